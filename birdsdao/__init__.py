@@ -1,0 +1,42 @@
+"""BirdsDao (鸟之道): a self-hosted bird assistant. ``create_app`` builds the whole server."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import PROJECT_ROOT, load_config
+from .errors import register_error_handlers
+from .security import init_security
+from .services import init_services
+
+__version__ = "0.1.0"
+
+# Each module exposes ``bp``; a newcomer finds every route by opening birdsdao/web/<name>.py.
+BLUEPRINTS = ("pages", "detect", "species", "chat", "kb")
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """config → services (models loaded once) → blueprints → error handlers."""
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+        instance_relative_config=True,
+    )
+    load_config(app, config)
+    app.instance_path = app.config["INSTANCE_PATH"]
+    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+    if app.config.get("PROXY_HOPS"):
+        # Behind nginx: trust X-Forwarded-* from exactly that many proxies.
+        hops = int(app.config["PROXY_HOPS"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
+
+    init_services(app)
+    for name in BLUEPRINTS:
+        app.register_blueprint(importlib.import_module(f"birdsdao.web.{name}").bp)
+    init_security(app)
+    register_error_handlers(app)
+    return app

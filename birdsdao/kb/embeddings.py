@@ -1,0 +1,5 @@
+"""Embedding models."""
+
+
+def build(config, services):
+    raise NotImplementedError("embedder is being built")

@@ -1,0 +1,4 @@
+"""Routes for chat (being built)."""
+from flask import Blueprint
+
+bp = Blueprint("chat", __name__)

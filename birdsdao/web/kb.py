@@ -1,0 +1,4 @@
+"""Routes for kb (being built)."""
+from flask import Blueprint
+
+bp = Blueprint("kb", __name__)
