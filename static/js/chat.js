@@ -406,6 +406,8 @@ function initControls() {
 
 function init() {
   initChrome();
+  // On a phone the options start folded so the photo and the conversation come first.
+  if (window.matchMedia("(max-width: 800px)").matches) $("options-panel").open = false;
   initControls();
   load();
   renderAll();

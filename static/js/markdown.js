@@ -3,7 +3,8 @@
 // (p, br, ul, ol, li, pre, code, strong, em, h4, button for [n] citations). Hostile text such as
 // `<img src=x onerror=...>` therefore shows up literally and cannot run.
 
-const INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*|__[^_\n]+__)|(\*[^*\s][^*\n]*\*|_[^_\s][^_\n]*_)|(\[\d{1,3}\])/g;
+// Underscore emphasis only at word boundaries, so snake_case names and `window.__x` stay as written.
+const INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*|(?<!\w)__[^_\n]+__(?!\w))|(\*[^*\s][^*\n]*\*|(?<!\w)_[^_\s][^_\n]*_(?!\w))|(\[\d{1,3}\])/g;
 
 function el(tag, className) {
   const node = document.createElement(tag);
@@ -14,8 +15,8 @@ function el(tag, className) {
 /** Inline spans: `code`, **bold**, *italic*, and [n] citation markers (when a citation handler is given). */
 function appendInline(parent, text, options) {
   let last = 0;
-  INLINE.lastIndex = 0;
-  for (let m = INLINE.exec(text); m; m = INLINE.exec(text)) {
+  // matchAll iterates over a copy of the regex, so the recursion for nested spans cannot reset our position.
+  for (const m of text.matchAll(INLINE)) {
     if (m.index > last) parent.append(document.createTextNode(text.slice(last, m.index)));
     const token = m[0];
     if (m[1]) {
