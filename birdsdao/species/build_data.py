@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -99,9 +100,10 @@ def read_tables(shared_data: Path) -> list[Row]:
     return rows
 
 
-def group_rows(rows: list[Row]) -> list[list[Row]]:
+def group_rows(rows: list[Row], merges: dict[str, str] | None = None) -> list[list[Row]]:
     """Group rows naming the same species: same scientific name, or an iNat row that the table links to a
     BIRDS-525 label (the link survives renames such as Phalacrocorax auritus -> Nannopterum auritum)."""
+    merges = merges or {}
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -118,6 +120,10 @@ def group_rows(rows: list[Row]) -> list[list[Row]]:
         find(r.scientific_name)
         if r.source == "inat" and r.birds525_label in by_label:
             union(r.scientific_name, by_label[r.birds525_label].scientific_name)
+    # Unmatched BIRDS-525 rows that the project identified as a species already in the vocabulary.
+    for sci, into in merges.items():
+        if sci in parent and into in parent:
+            union(sci, into)
     groups: dict[str, list[Row]] = {}
     for r in rows:
         groups.setdefault(find(r.scientific_name), []).append(r)
@@ -153,6 +159,7 @@ def load_project_tables() -> dict:
                      if r.get("chinese_name")},
         "taxonomy": {r["scientific_name"]: r for r in _read_project_csv("taxonomy_fixes.csv")},
         "aliases": aliases,
+        "merges": {r["scientific_name"]: r["into"] for r in _read_project_csv("project_merges.csv")},
         "descriptions": descriptions,
     }
 
@@ -179,6 +186,14 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
     record["inat_indices"] = sorted(r.inat_index for r in group if r.inat_index is not None)
 
     chinese, chinese_source = _first(group, "chinese_name"), "published"
+    extra_zh: list[str] = []
+    if chinese:
+        # The published list writes alternatives inline ("麻雀 (树麻雀)", "美洲中杓鹬/中杓鹬"): the first is
+        # the name, the others (and the cell as printed) stay as aliases so every spelling resolves.
+        parts = [p.strip() for p in re.split(r"[/()（）]", chinese) if p.strip()]
+        if len(parts) > 1:
+            extra_zh = [*parts[1:], chinese]
+            chinese = parts[0]
     if not chinese and project["zh_names"].get(sid):
         chinese, chinese_source = project["zh_names"][sid], "project"
     record["chinese_name"] = chinese or None
@@ -216,7 +231,7 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
     aliases: list[str] = []
     for r in group:
         aliases += [r.scientific_name, r.english_name, r.chinese_name, *r.label_names]
-    aliases += project["aliases"].get(sid, [])
+    aliases += extra_zh + project["aliases"].get(sid, [])
     seen = {sid.casefold(), english.casefold(), (chinese or "").casefold(), record["label"].casefold()}
     record["aliases"] = []
     for a in aliases:
@@ -238,7 +253,7 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
 def build_records(shared_data: Path) -> list[dict]:
     rows = read_tables(shared_data)
     project = load_project_tables()
-    groups = group_rows(rows)
+    groups = group_rows(rows, project["merges"])
     # Species rows first so that subspecies can inherit their parent's taxonomy.
     groups.sort(key=lambda g: (len(g[0].scientific_name.split()) > 2, g[0].scientific_name))
     by_sci: dict[str, dict] = {}
