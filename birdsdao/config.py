@@ -24,6 +24,7 @@ DEFAULTS: dict = {
     "IMAGENET_MODEL": str(WEIGHTS_DIR / "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
     "IMAGENET_LABELS": str(WEIGHTS_DIR / "imagenet_labels.txt"),
     "MAX_IMAGE_PIXELS": 40_000_000,  # decompression-bomb limit (width * height)
+    "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # whole request; Werkzeug answers 413 beyond it
