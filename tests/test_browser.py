@@ -54,6 +54,9 @@ def live_server(tmp_path_factory):
         "TESTING": True,
         "INSTANCE_PATH": str(tmp_path_factory.mktemp("browser") / "instance"),
         "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
+        # The tests make their own small knowledge bases; building the bundled species one would only
+        # compete for the 2 CPU cores.
+        "KB_SPECIES_BUILD": "off",
     })
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -16,6 +16,7 @@ const MODEL_LABELS = {
     "直接摘录知识库原文作答，不会编造，但也不会改写。Answers by quoting the knowledge base."],
   chatglm2: ["本地 ChatGLM2", "Local ChatGLM2", "在本机运行的 ChatGLM2 生成式模型。A generative model running on this server."],
   llama: ["本地 llama.cpp 模型", "Local llama.cpp", "在本机运行的 GGUF 生成式模型。A generative GGUF model on this server."],
+  transformers: ["本地 Transformers 模型", "Local Transformers model", "在本机运行的 Transformers 生成式模型。A generative model on this server."],
   openai: ["OpenAI 兼容接口", "OpenAI-compatible API", "转发到配置的 OpenAI 兼容服务。Forwarded to the configured API."],
 };
 
@@ -127,6 +128,8 @@ function fillBubble(bubble, msg) {
   }
   if (msg.status === "stopped") bubble.append(h("p", "muted", "（已停止 Stopped）"));
   if (msg.status === "error") bubble.append(h("p", "error-text", `出错了：${msg.error}`));
+  if (msg.stopped === "timeout") bubble.append(h("p", "muted", "（回答超时，已截断 Timed out）"));
+  for (const warning of Array.isArray(msg.warnings) ? msg.warnings : []) bubble.append(h("p", "muted warning", warning));
   const extras = renderExtras(msg);
   if (extras) bubble.append(extras);
 }
@@ -253,7 +256,7 @@ async function ask(userIndex) {
       }
       if (event.done) {
         if (Array.isArray(event.sources)) msg.sources = event.sources;
-        for (const key of ["triples", "entities", "attributes", "model_type"]) if (event[key] !== undefined) msg[key] = event[key];
+        for (const key of ["triples", "entities", "attributes", "model_type", "warnings", "stopped"]) if (event[key] !== undefined) msg[key] = event[key];
         if (typeof event.response === "string" && event.response && !msg.text) msg.text = event.response;
         msg.status = "done";
       }

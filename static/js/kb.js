@@ -59,7 +59,7 @@ async function refreshKbs(select) {
     tr.dataset.kb = kb.kb_name;
     tr.append(h("th", null, kb.kb_name), h("td", null, kb.description || ""), h("td", "num", kb.docs ?? ""), h("td", "num", kb.chunks ?? ""));
     const cell = h("td");
-    cell.append(actionButton("删除 Delete", `删除知识库 ${kb.kb_name} Delete knowledge base`, () => deleteKb(kb.kb_name)));
+    cell.append(actionButton("删除", `删除知识库 ${kb.kb_name} Delete knowledge base`, () => deleteKb(kb.kb_name)));
     tr.querySelector("th").scope = "row";
     tr.append(cell);
     rows.append(tr);
@@ -98,7 +98,7 @@ async function refreshDocs() {
     name.scope = "row";
     tr.append(name, h("td", "num", doc.chunks ?? ""), h("td", "num", formatBytes(doc.bytes)), h("td", null, formatTime(doc.added_at)));
     const cell = h("td");
-    cell.append(actionButton("删除 Delete", `删除文档 ${doc.doc_name} Delete document`, () => deleteDoc(kb, doc.doc_name)));
+    cell.append(actionButton("删除", `删除文档 ${doc.doc_name} Delete document`, () => deleteDoc(kb, doc.doc_name)));
     tr.append(cell);
     rows.append(tr);
   }
