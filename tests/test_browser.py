@@ -109,8 +109,9 @@ def wait_for(driver, condition, timeout=WAIT, message=""):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
 
 
-def screenshot(driver, name):
-    """Save the page at desktop size and at a phone's (390x844, touch, 2x) for a person to look at."""
+def screenshot(driver, name, scroll_to=None):
+    """Save the page at desktop size and at a phone's (390x844, touch, 2x) for a person to look at;
+    ``scroll_to``: a CSS selector brought into view on the phone, where the page is one long column."""
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
     time.sleep(0.3)
@@ -118,6 +119,8 @@ def screenshot(driver, name):
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
     time.sleep(0.3)  # let the layout and the canvas redraw at the new size
+    if scroll_to:
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", scroll_to)
     driver.save_screenshot(str(ARTIFACTS / f"{name}-phone.png"))
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
@@ -135,6 +138,15 @@ def last_assistant(driver):
     return driver.execute_script("return document.querySelector('#messages li.msg-assistant:last-child')")
 
 
+def wait_reply_finished(driver):
+    """Wait until the last assistant bubble is no longer streaming (read in one script call: the bubble
+    element is replaced while it grows) and return it."""
+    wait_for(driver, lambda d: d.execute_script(
+        "const li = document.querySelector('#messages li.msg-assistant:last-child');"
+        "return li !== null && li.dataset.status !== 'streaming';"), message="no finished assistant reply")
+    return last_assistant(driver)
+
+
 def ask(driver, text):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -143,9 +155,7 @@ def ask(driver, text):
     box.clear()
     box.send_keys(text)
     box.send_keys(Keys.ENTER)  # Enter sends (Shift+Enter would add a line)
-    wait_for(driver, lambda d: (li := last_assistant(d)) is not None and li.get_attribute("data-status") != "streaming",
-             message="no finished assistant reply")
-    return last_assistant(driver)
+    return wait_reply_finished(driver)
 
 
 # ---------------------------------------------------------------- page frame (no model needed)
@@ -208,7 +218,7 @@ def test_send_message_shows_user_and_reply_bubbles(page):
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
     driver.refresh()
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages li.msg")) == 2)
-    screenshot(driver, "chat-reply")
+    screenshot(driver, "chat-reply", scroll_to="#messages li:last-child")
     assert_page_clean(driver)
 
 
@@ -296,14 +306,13 @@ def test_tell_me_about_this_bird_asks_with_the_species_label(page):
     button = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .ask-bird"))[0]
     name = driver.find_element(By.CSS_SELECTOR, "#detections .species-name").text
     button.click()
-    wait_for(driver, lambda d: (li := last_assistant(d)) is not None and li.get_attribute("data-status") != "streaming")
-    reply = last_assistant(driver)
+    reply = wait_reply_finished(driver)
     assert reply.get_attribute("data-status") == "done", reply.text
     question = driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text
     assert name.split()[0] in question
     stored = json.loads(driver.execute_script("return localStorage.getItem('birdsdao.chat')"))
     assert stored["speciesLabel"] and stored["messages"][0]["extra"]["prompt_type"] == "species"
-    screenshot(driver, "chat-photo-answer")
+    screenshot(driver, "chat-photo-answer", scroll_to="#messages li:last-child")
     assert_page_clean(driver)
 
 
@@ -374,14 +383,14 @@ def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(pag
                           "document.querySelector('input[name=mode][value=kb]').click();")
     reply = ask(driver, "红隼 onerror script")
     assert reply.get_attribute("data-status") == "done", reply.text
-    text = reply.text
-    # The hostile markup is on screen as text (in the reply or, at least, in its cited source) ...
-    if "onerror" not in text:
-        reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
-        reply.find_element(By.CSS_SELECTOR, ".source-link").click()
-        text = driver.find_element(By.ID, "source-text").text
-    assert "<img src=x onerror=" in text and "<script>" in text
-    # ... and nothing it describes exists or ran.
+    # The extractive backend quotes the hostile sentence: it is on screen as text ...
+    assert "<img src=x onerror=" in reply.text and "<script>" in reply.text, reply.text
+    screenshot(driver, "chat-hostile")
+    # ... and so is the cited source, character for character, in the snippet dialog.
+    reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
+    reply.find_element(By.CSS_SELECTOR, ".source-link").click()
+    assert HOSTILE in driver.find_element(By.ID, "source-text").text
+    # Nothing it describes exists or ran.
     assert not driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, dialog img, dialog script")
     assert_page_clean(driver)
 
