@@ -283,6 +283,7 @@ def write_jsonl(records: list[dict], path: Path) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; this is a data file meant to be read by anyone
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
