@@ -35,6 +35,7 @@ DEFAULTS: dict = {
     "DETECTOR_IMGSZ": 320,
     "DETECTOR_CONF": 0.25,
     "DETECTOR_IOU": 0.45,
+    "DETECTOR_CACHE": None,  # where the exported ONNX file is kept (None: <instance>/cache)
     "DETECTOR_THREADS": None,  # ONNX Runtime intra-op threads (None: one per core)
     "CROP_MARGIN": 0.125,  # each side of a bird box grows by this fraction before classification
     "MAX_DETECTIONS": 8,  # birds classified per photo (largest boxes first)

@@ -88,7 +88,8 @@ class VisionPipeline:
         instance = Path(config["INSTANCE_PATH"])
         detector = build_detector(
             str(config["YOLO_WEIGHTS"]), imgsz=int(config["DETECTOR_IMGSZ"]), conf=float(config["DETECTOR_CONF"]),
-            iou=float(config["DETECTOR_IOU"]), backend=config["DETECTOR_BACKEND"], cache_dir=instance / "cache",
+            iou=float(config["DETECTOR_IOU"]), backend=config["DETECTOR_BACKEND"],
+            cache_dir=Path(config.get("DETECTOR_CACHE") or instance / "cache"),
             threads=config.get("DETECTOR_THREADS"),
         )
         threads = config.get("LITERT_THREADS")
