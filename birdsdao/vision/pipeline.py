@@ -16,7 +16,7 @@ from .classifier import CropFeatures, Guess, Prototypes, SpeciesClassifier
 from .detector import Box, build_detector
 from .imaging import crop_with_margin, decode_image, to_model_input
 from .taught import TaughtStore, normalize_label
-from .vocabulary import Entry, TableCatalog, Vocabulary
+from .vocabulary import Entry, Vocabulary
 
 
 @dataclass
@@ -82,9 +82,7 @@ class VisionPipeline:
 
     @classmethod
     def from_config(cls, config, services) -> "VisionPipeline":
-        catalog = services.optional("species") if services is not None else None
-        if catalog is None:
-            catalog = TableCatalog(config["SPECIES_TABLES_DIR"])
+        catalog = services.get("species")  # names and iNat/BIRDS-525 mapping; built before vision
         instance = Path(config["INSTANCE_PATH"])
         detector = build_detector(
             str(config["YOLO_WEIGHTS"]), imgsz=int(config["DETECTOR_IMGSZ"]), conf=float(config["DETECTOR_CONF"]),
