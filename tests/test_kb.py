@@ -92,6 +92,8 @@ def test_upload_statuses_replace_skip_reject(client):
     r = _upload(client, "k", [("a.txt", "第一版。".encode()), ("evil.exe", b"MZ\x90\x00"), ("empty.txt", b"   ")])
     assert [f["status"] for f in r.json["files"]] == ["added", "rejected", "rejected"]
     assert "unsupported" in r.json["files"][1]["error"]
+    r = _upload(client, "k", [("bad.pdf", b"%PDF-1.4 garbage"), ("deep.jsonl", b"[" * 100_000), ("bad.docx", b"PK\x03\x04junk")])
+    assert r.status_code == 200 and [f["status"] for f in r.json["files"]] == ["rejected"] * 3
     r = _upload(client, "k", [("a.txt", "第二版。".encode())])
     assert r.json["files"][0]["status"] == "skipped"
     r = _upload(client, "k", [("a.txt", "第二版的内容。".encode())], replace="1")

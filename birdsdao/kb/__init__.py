@@ -172,6 +172,9 @@ class KnowledgeBaseService:
             sections = load_sections(doc_name, data, self.limits)
         except IngestError as exc:
             return doc_name, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a hostile file must give "rejected", never a 500
+            log.warning("loader failed on %s: %r", doc_name, exc)
+            return doc_name, None, f"unreadable file ({type(exc).__name__})"
         chunks = make_chunks(doc_name, sections, self.splitter)
         if not chunks:
             return doc_name, None, "no text found in the file"
