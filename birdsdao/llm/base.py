@@ -121,6 +121,7 @@ class Gate:
 
     def __init__(self, name: str, concurrency: int = 1, queue_size: int = 4, retry_after_s: int = 5):
         self.name = name
+        self.concurrency = concurrency
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
         self._slots = threading.BoundedSemaphore(concurrency)
@@ -134,8 +135,8 @@ class Gate:
 
     def enter(self) -> "Ticket":
         with self._lock:
-            if self.waiting >= self.queue_size:
-                raise self._busy(f"{self.waiting} requests already queued")
+            if self.waiting + self.running >= self.concurrency + self.queue_size:
+                raise self._busy(f"{self.running} running, {self.waiting} queued")
             self.waiting += 1
         return Ticket(self)
 

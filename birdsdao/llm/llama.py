@@ -20,12 +20,18 @@ class LlamaBackend(Backend):
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"GGUF file not found: {model_path}")
         self.model_path = model_path
-        self.llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads or None, seed=seed,
+        threads = int(n_threads) if n_threads else None
+        # One thread count for both phases: on a busy 2-core box, a 2-thread prompt phase that spins against
+        # other processes was measured 10x slower than 1 thread (see bench/bench_llm.py).
+        self.llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=seed,
                          verbose=False)
         train_ctx = int(self.llm.metadata.get(f"{self.llm.metadata.get('general.architecture', '')}.context_length",
                                               n_ctx) or n_ctx)
         super().__init__(name, context_window=min(self.llm.n_ctx(), train_ctx))
         self.temperature = temperature
+        # Warm-up: llama.cpp's first multi-token batch is several times slower than later ones; pay it at
+        # start-up, not on the first user's question.
+        self.llm.create_chat_completion(messages=[{"role": "user", "content": "Hello, bird!"}], max_tokens=1)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
