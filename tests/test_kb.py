@@ -1,0 +1,221 @@
+"""The /kb/* routes end to end with the real e5 embedder and real FAISS: contract, name rules, path-traversal
+payloads (Langchain-Chatchat CVEs), limits, token, concurrency."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import docx
+import pytest
+
+KB_SERVICES = ("embedder", "kb")
+
+CARD = """# 白头海雕 Bald Eagle
+白头海雕是北美洲的大型猛禽，成鸟头部为白色。
+## 食性
+白头海雕主要以鱼类为食，也捕食水鸟，冬季常吃腐肉。
+## 分布
+分布于北美洲的湖泊、河流和海岸附近，在高大的树上筑巢。
+"""
+QA = "\n".join(json.dumps(r, ensure_ascii=False) for r in [
+    {"question": "麻雀吃什么？", "answer": "麻雀主要吃谷物和草籽，育雏期也吃昆虫。"},
+    {"question": "How long do magpies live?", "answer": "Eurasian magpies live about 3 to 5 years in the wild."},
+])
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off", KB_MAX_FILES=5, KB_MAX_FILE_BYTES=200_000)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def _upload(client, kb_name, files, **fields):
+    data = {"kb_name": kb_name, **fields, "files": [(io.BytesIO(body), name) for name, body in files]}
+    return client.post("/kb/upload", data=data, content_type="multipart/form-data")
+
+
+def _tree(root: Path) -> dict:
+    """Every path under root with its size and mtime: the file system 'before' and 'after'."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_create_list_upload_search_delete_round_trip(client):
+    r = client.post("/kb/create", data={"kb_name": "鸟类笔记", "description": "club notes"})
+    assert r.status_code == 201 and r.json["kb_name"] == "鸟类笔记"
+    assert client.post("/kb/create", data={"kb_name": "鸟类笔记"}).json["code"] == "exists"
+
+    r = _upload(client, "鸟类笔记", [("白头海雕.md", CARD.encode()), ("qa.jsonl", QA.encode("gb18030"))])
+    assert r.status_code == 200
+    assert [(f["doc_name"], f["status"]) for f in r.json["files"]] == [("白头海雕.md", "added"), ("qa.jsonl", "added")]
+    assert r.json["files"][1]["chunks"] == 2
+
+    kbs = {k["kb_name"]: k for k in client.get("/kb/list").json["kbs"]}
+    assert kbs["鸟类笔记"]["docs"] == 2 and kbs["鸟类笔记"]["embed_model"] == "e5-small"
+    docs = client.get("/kb/docs", query_string={"kb_name": "鸟类笔记"}).json["docs"]
+    assert {d["doc_name"] for d in docs} == {"白头海雕.md", "qa.jsonl"} and all(d["bytes"] > 0 for d in docs)
+
+    hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "白头海雕吃什么？", "top_k": 3}).json["hits"]
+    assert hits[0]["doc_name"] == "白头海雕.md" and "鱼类" in hits[0]["text"] and hits[0]["heading"] == "食性"
+    assert set(hits[0]) >= {"kb_name", "doc_name", "chunk_id", "score", "text"}
+    # question-to-question: an English paraphrase of an indexed question returns its answer
+    hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "magpie lifespan", "top_k": 1}).json["hits"]
+    assert "3 to 5 years" in hits[0]["text"]
+
+    assert client.post("/kb/delete_doc", data={"kb_name": "鸟类笔记", "doc_name": "白头海雕.md"}).status_code == 200
+    hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "白头海雕", "top_k": 5}).json["hits"]
+    assert all(h["doc_name"] != "白头海雕.md" for h in hits)
+    r = client.post("/kb/delete_doc", data={"kb_name": "鸟类笔记", "doc_name": "白头海雕.md"})
+    assert (r.status_code, r.json["code"]) == (404, "unknown_doc")
+
+    assert client.post("/kb/delete", data={"kb_name": "鸟类笔记"}).status_code == 200
+    assert client.get("/kb/list").json["kbs"] == []
+    r = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "x"})
+    assert (r.status_code, r.json["code"]) == (404, "unknown_kb")
+
+
+def test_upload_statuses_replace_skip_reject(client):
+    client.post("/kb/create", data={"kb_name": "k"})
+    r = _upload(client, "k", [("a.txt", "第一版。".encode()), ("evil.exe", b"MZ\x90\x00"), ("empty.txt", b"   ")])
+    assert [f["status"] for f in r.json["files"]] == ["added", "rejected", "rejected"]
+    assert "unsupported" in r.json["files"][1]["error"]
+    r = _upload(client, "k", [("a.txt", "第二版。".encode())])
+    assert r.json["files"][0]["status"] == "skipped"
+    r = _upload(client, "k", [("a.txt", "第二版的内容。".encode())], replace="1")
+    assert r.json["files"][0]["status"] == "replaced"
+    hits = client.post("/kb/search", data={"kb_name": "k", "query": "第二版"}).json["hits"]
+    assert [h["text"] for h in hits] == ["第二版的内容。"]  # the old chunk left the index
+
+
+@pytest.mark.parametrize("name", ["", "a" * 65, "a b", "a/b", "a.b", "..", "名字!"])
+def test_create_with_bad_name_is_refused(client, name):
+    r = client.post("/kb/create", data={"kb_name": name})
+    assert r.status_code == 400 and r.json["code"] in ("bad_name", "missing_field")
+
+
+# Published Langchain-Chatchat path-traversal payloads (CVE-2024-2474 / upload_docs, delete_knowledge_base,
+# download_doc) plus their encoded and Windows variants.
+TRAVERSAL = ["../", "../../etc", "..%2f..%2fetc", "%2e%2e%2f", "/etc/passwd", "/tmp", "..\\..\\windows",
+             "a\\b", "kb\x00", "....//....//etc", "..", ".", "samples/../../x", "~root", "C:\\x"]
+
+
+def test_traversal_payloads_are_refused_on_every_route_and_touch_nothing(client, app, tmp_path):
+    client.post("/kb/create", data={"kb_name": "safe"})
+    _upload(client, "safe", [("note.txt", "安全的内容。".encode())])
+    before = _tree(tmp_path)
+    for payload in TRAVERSAL:
+        for method, route, fields in [
+            ("post", "/kb/create", {"kb_name": payload}),
+            ("post", "/kb/delete", {"kb_name": payload}),
+            ("get", "/kb/docs", {"kb_name": payload}),
+            ("post", "/kb/search", {"kb_name": payload, "query": "x"}),
+            ("post", "/kb/delete_doc", {"kb_name": payload, "doc_name": "note.txt"}),
+            ("post", "/kb/delete_doc", {"kb_name": "safe", "doc_name": payload}),
+            ("post", "/kb/delete_doc", {"kb_name": "safe", "doc_name": payload + "note.txt"}),
+        ]:
+            if method == "get":
+                r = client.get(route, query_string=fields)
+            else:
+                r = client.post(route, data=fields)
+            assert 400 <= r.status_code < 500, (route, payload, r.status_code)
+        r = _upload(client, payload, [("x.txt", b"x")])
+        assert 400 <= r.status_code < 500
+    assert _tree(tmp_path) == before
+
+
+def test_uploaded_filenames_are_sanitised_and_never_escape(client, tmp_path):
+    client.post("/kb/create", data={"kb_name": "up"})
+    names = ["../../../evil.txt", "/etc/passwd.txt", "..\\..\\win.txt", "....//x.txt", "..", ".txt", "a\x00b.txt", "?*<>.txt"]
+    r = _upload(client, "up", [(n, "内容。".encode()) for n in names[:5]])
+    r2 = _upload(client, "up", [(n, "内容。".encode()) for n in names[5:]])
+    files = r.json["files"] + r2.json["files"]
+    for f in files:
+        assert f["doc_name"] and "/" not in f["doc_name"] and "\\" not in f["doc_name"] and ".." not in f["doc_name"]
+        assert not f["doc_name"].startswith(".")
+    # only the KB folder and the instance's own files exist: nothing escaped
+    outside = [p for p in tmp_path.rglob("*") if "kb" not in p.relative_to(tmp_path).parts]
+    assert all(p.is_dir() or p.name == "config.py" for p in outside)
+    assert not any(p.name in ("evil.txt", "passwd.txt", "win.txt") for p in tmp_path.rglob("*"))
+
+
+def test_docx_zip_bomb_is_rejected_and_real_docx_is_read(client):
+    client.post("/kb/create", data={"kb_name": "d"})
+    real = io.BytesIO()
+    document = docx.Document()
+    document.add_heading("戴胜", level=1)
+    document.add_paragraph("戴胜的头上有扇形的冠羽，常在地面啄食昆虫。")
+    document.save(real)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", b"\0" * (30 * 1024 * 1024))  # 30 MB of zeros, ~30 KB zipped: ratio ~1000
+    r = _upload(client, "d", [("hoopoe.docx", real.getvalue()), ("bomb.docx", bomb.getvalue())])
+    statuses = {f["doc_name"]: f for f in r.json["files"]}
+    assert statuses["hoopoe.docx"]["status"] == "added"
+    assert statuses["bomb.docx"]["status"] == "rejected" and "zip bomb" in statuses["bomb.docx"]["error"]
+    hit = client.post("/kb/search", data={"kb_name": "d", "query": "戴胜吃什么"}).json["hits"][0]
+    assert hit["heading"] == "戴胜" and "昆虫" in hit["text"]
+
+
+def test_limits_on_file_count_and_size(client):
+    client.post("/kb/create", data={"kb_name": "lim"})
+    r = _upload(client, "lim", [(f"{i}.txt", b"x.") for i in range(6)])
+    assert r.status_code == 400
+    r = _upload(client, "lim", [("big.txt", b"a. " * 100_000)])
+    assert r.json["files"][0]["status"] == "rejected" and "larger" in r.json["files"][0]["error"]
+
+
+def test_writes_need_the_token_when_configured(make_app):
+    client = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off", API_TOKEN="s3cret").test_client()
+    for route, data in [("/kb/create", {"kb_name": "t"}), ("/kb/delete", {"kb_name": "t"}),
+                        ("/kb/upload", {"kb_name": "t"}), ("/kb/delete_doc", {"kb_name": "t", "doc_name": "a.txt"})]:
+        r = client.post(route, data=data)
+        assert (r.status_code, r.json["code"]) == (401, "unauthorized"), route
+    assert client.get("/kb/list").json["kbs"] == []
+    r = client.post("/kb/create", data={"kb_name": "t"}, headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 201
+
+
+def test_two_concurrent_uploads_both_land_and_searches_stay_consistent(app):
+    service = app.extensions["birdsdao"].get("kb")
+    service.create("c")
+    service.upload("c", [("base.txt", "基础文档。".encode())])
+    docs_a = [(f"a{i}.txt", f"甲组第{i}篇：灰喜鹊在公园里觅食。".encode()) for i in range(4)]
+    docs_b = [(f"b{i}.txt", f"乙组第{i}篇：白鹭在稻田里捕鱼。".encode()) for i in range(4)]
+    errors, seen = [], []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            snap = service.get("c").current()
+            # a snapshot is internally consistent: FAISS, chunks and BM25 rows agree
+            if not (snap.index.ntotal == len(snap.chunks) == snap.counts.shape[0]):
+                errors.append("inconsistent snapshot")
+            hits = service.search("c", "基础文档", 3)
+            seen.append(len(hits))
+
+    threads = [threading.Thread(target=lambda d=d: service.upload("c", d)) for d in (docs_a, docs_b)]
+    r = threading.Thread(target=reader)
+    r.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    r.join()
+    assert not errors and seen
+    assert {d["doc_name"] for d in service.docs("c")} == {"base.txt"} | {n for n, _ in docs_a + docs_b}
+    assert service.get("c").current().index.ntotal == 9

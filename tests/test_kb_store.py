@@ -1,0 +1,206 @@
+"""The knowledge-base store and ingest pipeline without HTTP: crash safety (a writer killed with SIGKILL),
+incremental updates, loaders and encodings, the splitter, no pickle, the species KB build-once logic."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from birdsdao.config import PROJECT_ROOT
+from birdsdao.errors import APIError
+from birdsdao.kb import KnowledgeBaseService, Limits
+from birdsdao.kb.embeddings import EmbedderRegistry
+from birdsdao.kb.ingest import ChineseSentenceSplitter, decode_text, load_sections
+from birdsdao.kb.names import sanitize_filename, validate_kb_name
+from birdsdao.kb.species_kb import ensure_species_kb
+
+
+class CountingRegistry(EmbedderRegistry):
+    """The real e5 embedder, counting how many texts it was asked to embed."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedded = 0
+
+    def get(self, name=None):
+        model = super().get(name)
+        registry = self
+        if not getattr(model, "_counted", False):
+            original = model.embed_array
+
+            def counted(texts, *, is_query=False):
+                if not is_query:
+                    registry.embedded += len(texts)
+                return original(texts, is_query=is_query)
+
+            model.embed_array = counted
+            model._counted = True
+        return model
+
+
+@pytest.fixture
+def service(tmp_path):
+    return KnowledgeBaseService(tmp_path / "kb", CountingRegistry())
+
+
+def test_adding_and_deleting_a_document_does_not_reembed_the_rest(service):
+    service.create("inc")
+    service.upload("inc", [(f"d{i}.txt", f"第{i}篇文档。内容是关于鸟类{i}的观察记录。".encode()) for i in range(5)])
+    registry = service.embedders
+    after_first = registry.embedded
+    assert after_first == 5
+    service.upload("inc", [("new.txt", "新文档：夜鹭在夜间捕鱼。".encode())])
+    assert registry.embedded == after_first + 1
+    before = service.get("inc").current().index.ntotal
+    service.delete_doc("inc", "d0.txt")
+    snap = service.get("inc").current()
+    assert snap.index.ntotal == before - 1 and registry.embedded == after_first + 1
+    # the deleted document's vector is gone from FAISS itself, not only from the chunk list
+    vector = registry.get().embed_array(["第0篇文档。内容是关于鸟类0的观察记录。"], is_query=True)
+    _, ids = snap.index.search(vector, snap.index.ntotal)
+    assert set(ids[0].tolist()) == set(snap.ids.tolist())
+    # replacing a document with one changed paragraph re-embeds only that chunk's text
+    service.upload("inc", [("d1.txt", "第1篇文档。内容是关于鸟类1的观察记录。".encode())], replace=True)
+    assert registry.embedded == after_first + 1
+
+
+def test_reopened_store_has_the_same_results_and_no_pickle(service, tmp_path):
+    service.create("persist", "说明")
+    service.upload("persist", [("heron.md", "# 苍鹭\n苍鹭常站在浅水中等待鱼。\n".encode())])
+    first = [h.to_dict() for h in service.search("persist", "苍鹭", 3)]
+    again = KnowledgeBaseService(tmp_path / "kb", EmbedderRegistry())
+    assert [h.to_dict() for h in again.search("persist", "苍鹭", 3)] == first
+    files = {p.name for p in (tmp_path / "kb" / "persist").rglob("*") if p.is_file()}
+    assert not any(name.endswith((".pkl", ".pickle")) for name in files)
+    assert {"index.faiss", "chunks.jsonl", "bm25.npz", "vocab.json", "manifest.json", "CURRENT"} <= files
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from birdsdao.kb import KnowledgeBaseService
+    from birdsdao.kb.embeddings import EmbedderRegistry
+    service = KnowledgeBaseService({kb_root!r}, EmbedderRegistry())
+    print("ready", flush=True)
+    i = 0
+    while True:
+        service.upload("crash", [(f"doc{{i}}.txt", ("第%d篇。" % i + "大杜鹃在春天鸣叫。" * 30).encode())])
+        i += 1
+""")
+
+
+def test_kill_9_during_writes_leaves_a_loadable_last_good_state(service, tmp_path):
+    service.create("crash")
+    service.upload("crash", [("seed.txt", "种子文档。".encode())])
+    kb_root = tmp_path / "kb"
+    doc_counts = []
+    for delay in (0.35, 0.8, 1.3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(PROJECT_ROOT), kb_root=str(kb_root))],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        reopened = KnowledgeBaseService(kb_root, EmbedderRegistry())
+        snap = reopened.get("crash").current()
+        assert "seed.txt" in snap.docs
+        doc_counts.append(len(snap.docs))
+        assert snap.index.ntotal == len(snap.chunks) == snap.counts.shape[0]
+        assert sum(d["chunks"] for d in snap.docs.values()) == len(snap.chunks)
+        assert reopened.search("crash", "种子文档", 1)[0].doc_name == "seed.txt"
+        reopened.upload("crash", [(f"after{delay}.txt", "之后还能写。".encode())])  # still writable
+    assert doc_counts[-1] > len(doc_counts) + 1  # the killed writers really were committing
+
+
+def test_a_damaged_current_version_falls_back_to_the_previous_one(service, tmp_path):
+    service.create("dmg")
+    service.upload("dmg", [("one.txt", "第一篇。".encode())])
+    service.upload("dmg", [("two.txt", "第二篇。".encode())])
+    folder = tmp_path / "kb" / "dmg"
+    current = (folder / "CURRENT").read_text().strip()
+    (folder / current / "chunks.jsonl").write_bytes(b"garbage")
+    reopened = KnowledgeBaseService(tmp_path / "kb", EmbedderRegistry())
+    assert [d["doc_name"] for d in reopened.docs("dmg")] == ["one.txt"]
+
+
+def test_loaders_read_every_format_and_both_encodings():
+    limits = Limits()
+    text = "夜鹭在黄昏出来觅食。"
+    assert decode_text(text.encode("gb18030")) == text
+    assert decode_text(b"\xef\xbb\xbf" + text.encode()) == text
+    html = f"<html><script>alert(1)</script><h2>习性</h2><p>{text}</p></html>".encode()
+    section = load_sections("a.html", html, limits)[0]
+    assert (section.heading, section.text) == ("习性", text)
+    csv_sections = load_sections("a.csv", "问题,答案\n夜鹭何时觅食？,黄昏\n".encode("gb18030"), limits)
+    assert csv_sections[0].question == "夜鹭何时觅食？" and "黄昏" in csv_sections[0].text
+    md = load_sections("a.md", "# 夜鹭\nQ: When does it feed?\nA: At dusk.\n".encode(), limits)
+    assert md[0].question == "When does it feed?" and md[0].heading == "夜鹭"
+    pdf = load_sections("a.pdf", _tiny_pdf("Night herons feed at dusk."), limits)
+    assert pdf[0].heading == "p. 1" and "Night herons" in pdf[0].text
+
+
+def _tiny_pdf(line: str) -> bytes:
+    """A one-page PDF with one line of Helvetica text, written by hand (no PDF library needed)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({line}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_splitter_ends_chunks_at_sentence_ends_with_overlap():
+    splitter = ChineseSentenceSplitter(chunk_size=40, overlap=15)
+    text = "白鹭是一种涉禽。它们在浅水中觅食！为什么羽毛是白色的？因为繁殖期需要展示；冬季羽色不变。The egret waits. Then it strikes!"
+    chunks = splitter.split_text(text)
+    assert len(chunks) >= 3
+    assert all(c[-1] in "。！？；.!" for c in chunks)
+    assert all(len(c) <= 40 for c in chunks)
+    # overlap: each chunk after the first starts with the previous chunk's last sentence
+    assert any(chunks[i + 1].startswith(chunks[i].split("。")[-2][-5:]) or chunks[i][-8:] in chunks[i + 1]
+               for i in range(len(chunks) - 1))
+
+
+@pytest.mark.parametrize("raw", ["../../etc/passwd", "..", "", "\x00", "////", "..\\..\\boot.ini", "....//"])
+def test_sanitised_names_are_never_empty_and_never_a_path(raw):
+    name = sanitize_filename(raw, "txt")
+    assert name and "/" not in name and "\\" not in name and ".." not in name and not name.startswith(".")
+
+
+def test_kb_name_rule():
+    assert validate_kb_name("鸟类_notes-2") == "鸟类_notes-2"
+    for bad in ("", "a" * 65, "../x", "a b", "x\x00", "é"):
+        with pytest.raises(APIError):
+            validate_kb_name(bad)
+
+
+def test_species_kb_is_built_once_then_reused_and_updated_incrementally(service):
+    cards = [(f"{name}.md", f"# {name}\n{name}是一种鸟。它的食性是{food}。\n") for name, food in
+             [("白头海雕", "鱼"), ("戴胜", "昆虫"), ("喜鹊", "杂食")]]
+    assert ensure_species_kb(service, cards)["action"] == "built"
+    embedded = service.embedders.embedded
+    assert ensure_species_kb(service, cards)["action"] == "reused"
+    assert service.embedders.embedded == embedded
+    changed = cards[:2] + [("喜鹊.md", "# 喜鹊\n喜鹊是一种鸟。它的食性是杂食，也吃昆虫。\n")]
+    result = ensure_species_kb(service, changed)
+    assert result["action"] == "updated" and result["changed"] == 1
+    assert service.search("species", "喜鹊吃什么", 1)[0].doc_name == "喜鹊.md"
+    folder = Path(service.root) / "species"
+    manifest = json.loads((folder / (folder / "CURRENT").read_text().strip() / "manifest.json").read_text())
+    assert manifest["source_hash"] and manifest["bundled"] is True
