@@ -81,6 +81,26 @@ DEFAULTS: dict = {
     "OPENAI_API_KEY": None,
     "CHATGLM2_PATH": None,
     "CHATGLM2_PTUNING": None,
+    "CHATGLM2_QUANTIZE": None,  # 4 or 8: ChatGLM2's own int4/int8 kernels (CUDA only; CPU stays float32)
+    # A local transformers chat model directory (AutoModelForCausalLM + chat template) -> model_type "transformers".
+    "TRANSFORMERS_MODEL": None,
+    "TRANSFORMERS_QUANTIZE": None,  # 4 or 8 with bitsandbytes on CUDA
+    "LLAMA_CONTEXT": 4096,  # n_ctx for llama.cpp (capped by the model's trained context)
+    "LLAMA_THREADS": None,  # None: llama.cpp's own choice
+    "OPENAI_CONTEXT": 8192,  # the remote model's context window (prompt fitting uses an estimate)
+    "LLM_REMOTE_CONCURRENCY": 4,  # generations at once for backends without a local model to serialise on
+    "LLM_QUEUE_SIZE": 4,  # requests waiting per backend before 503 + Retry-After
+    "LLM_RETRY_AFTER_S": 5,
+    "LLM_MAX_INPUT_CHARS": 2000,
+    "LLM_MAX_HISTORY_TURNS": 6,  # [user, assistant] pairs kept (oldest dropped first)
+    "LLM_MAX_HISTORY_CHARS": 6000,
+    "LLM_MAX_NEW_TOKENS": 512,
+    "LLM_TIMEOUT_S": 120,  # per request: queue wait + generation
+    "LLM_TEMPERATURE": 0.2,
+    "LLM_TOP_K": 4,  # passages retrieved for mode=kb
+    "DEFAULT_KB": "species",  # the bundled species knowledge base
+    "EXTRACTIVE_MAX_SENTENCES": 4,
+    "EXTRACTIVE_EMBEDDER": True,  # re-rank sentences with the embedder service when it is loaded
     # --- server ---
     "TORCH_THREADS": None,  # None: leave torch's own choice (gunicorn.conf.py sets it from the CPU count)
 }
