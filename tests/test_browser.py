@@ -332,6 +332,35 @@ def test_tell_me_about_this_bird_asks_with_the_species_label(page):
     assert_page_clean(driver)
 
 
+def test_dropped_picture_without_a_bird_is_answered_plainly(page):
+    """Drag-and-drop path (a real DragEvent with a DataTransfer file) and the "not a bird" answer."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const canvas = document.createElement('canvas');
+        canvas.width = 640; canvas.height = 480;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = '#808080'; ctx.fillRect(0, 0, 640, 480);
+        canvas.toBlob((blob) => {
+          const data = new DataTransfer();
+          data.items.add(new File([blob], 'gray-wall.png', { type: 'image/png' }));
+          const zone = document.getElementById('drop-zone');
+          zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+          zone.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+          done();
+        }, 'image/png');
+    """)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .not-bird, #detections .detection"))
+    assert driver.find_elements(By.CSS_SELECTOR, "#detections .not-bird")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#detections .species-name, #detections .ask-bird")
+    assert "没有找到鸟" in driver.find_element(By.ID, "photo-status").text
+    assert driver.find_element(By.ID, "photo-caption").text == "gray-wall.png"
+    screenshot(driver, "chat-not-a-bird")
+    assert_page_clean(driver)
+
+
 # ---------------------------------------------------------------- knowledge bases (needs the kb branch)
 
 def _upload(driver, files):

@@ -355,7 +355,7 @@ async function loadModels(prefs) {
     select.replaceChildren();
     for (const it of items) {
       const known = MODEL_LABELS[it.name];
-      const opt = h("option", null, (known ? known[0] : it.name) + (it.name === def ? "（默认 default）" : ""));
+      const opt = h("option", null, (known ? known[0] : it.name) + (it.name === def ? "（默认）" : ""));
       opt.value = it.name;
       const unavailable = it.available === false || it.loaded === false || Boolean(it.error);
       opt.disabled = unavailable;
