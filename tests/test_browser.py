@@ -216,6 +216,60 @@ def test_markdown_renderer_builds_only_whitelisted_nodes(page):
     assert_page_clean(driver)
 
 
+CONTRAST = """
+// WCAG contrast of every visible text run against the first opaque background behind it.
+const parse = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+const lum = ([r, g, b]) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const background = (el) => {
+  for (let n = el; n; n = n.parentElement) {
+    const c = parse(getComputedStyle(n).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const bad = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+  const el = t.parentElement;
+  if (!t.textContent.trim() || !el.checkVisibility() || el.closest('.visually-hidden, option, [disabled]')) continue;
+  const style = getComputedStyle(el);
+  const a = lum(parse(style.color)), b = lum(background(el));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const large = parseFloat(style.fontSize) >= 24 || (parseFloat(style.fontSize) >= 18.66 && Number(style.fontWeight) >= 700);
+  if (ratio < (large ? 3 : 4.5)) bad.push(`${ratio.toFixed(2)} ${el.tagName}.${el.className}: ${t.textContent.trim().slice(0, 30)}`);
+}
+return bad;
+"""
+
+
+def test_text_contrast_and_keyboard_order(page):
+    """Every visible text meets WCAG AA contrast, and Tab walks the chat page in reading order."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    for path in ("/", "/kb"):
+        driver = page(path)
+        time.sleep(0.5)  # let the modules fill in the lists and help texts
+        assert driver.execute_script(CONTRAST) == [], path
+    driver = page("/")
+    order = []
+    keys = ActionChains(driver)  # key presses to the page, not to an element (file inputs take paths)
+    for _ in range(8):
+        keys.send_keys(Keys.TAB).perform()
+        active = driver.switch_to.active_element
+        order.append(active.get_attribute("id") or active.get_attribute("class") or active.tag_name)
+    # skip link, the two top-bar links, then the photo inputs before the options.
+    assert order[0] == "skip-link", order
+    assert order.index("photo-input") < order.index("camera-input"), order
+    focused_style = driver.execute_script(
+        "document.getElementById('photo-input').focus();"
+        "return getComputedStyle(document.querySelector('label[for=photo-input]')).outlineStyle")
+    assert focused_style == "solid"
+
+
 # ---------------------------------------------------------------- chat (needs the llm branch)
 
 def test_send_message_shows_user_and_reply_bubbles(page):
