@@ -36,6 +36,16 @@ window.__dialogs = [];
 for (const name of ["alert", "confirm", "prompt"]) {
   window[name] = (message) => { window.__dialogs.push([name, String(message)]); return name === "confirm"; };
 }
+window.__requests = [];  // the form fields of every fetch the page makes (files by name)
+const realFetch = window.fetch;
+window.fetch = function (url, init) {
+  if (init && init.body instanceof FormData) {
+    const fields = {};
+    for (const [k, v] of init.body.entries()) fields[k] = typeof v === "string" ? v : `<file ${v.name}>`;
+    window.__requests.push([String(url), fields]);
+  }
+  return realFetch.apply(this, arguments);
+};
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", (e) => {
   window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
@@ -585,4 +595,48 @@ def test_stop_button_ends_a_generative_reply_and_keeps_what_arrived(page):
     assert len(kept) > 0 and kept.strip()[:10] in reply.text
     assert driver.find_element(By.ID, "send-btn").is_displayed()
     assert not driver.find_element(By.ID, "stop-btn").is_displayed()
+    assert_page_clean(driver)
+
+
+def test_follow_ups_send_history_and_the_photo_species(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.ID, "photo-input").send_keys(str(NATURAL / "American_Robin" / "American_Robin.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
+    first = ask(driver, "它吃什么？")
+    assert first.get_attribute("data-status") == "done"
+    answer = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    ask(driver, "它在哪里过冬？")
+    sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/get_response"]
+    assert len(sent) == 2
+    assert sent[0]["species_label"] == sent[1]["species_label"] and sent[0]["species_label"]
+    assert json.loads(sent[0]["history"]) == []
+    assert json.loads(sent[1]["history"]) == [["它吃什么？", answer]]
+    assert sent[1]["stream"] == "1" and sent[1]["mode"] == "plain" and sent[1]["prompt_type"] == "chat"
+    detect = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/detect"]
+    assert detect == [{"image": "<file American_Robin.jpg>", "top_k": "5", "annotate": "0"}]
+    assert_page_clean(driver)
+
+
+def test_knowledge_extraction_results_render_as_tables(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    prompt = Select(driver.find_element(By.ID, "prompt-type"))
+    prompt.select_by_value("KE1")
+    assert "三元组" in driver.find_element(By.ID, "prompt-help").text
+    reply = ask(driver, "白头海雕生活在北美洲，以鱼类为食。")
+    assert reply.get_attribute("data-status") == "done"
+    triples = reply.find_elements(By.CSS_SELECTOR, ".extras table tr")
+    assert triples and all(len(tr.find_elements(By.TAG_NAME, "td")) == 3 for tr in triples)
+    prompt.select_by_value("KE3")
+    reply = ask(driver, "白头海雕的学名和保护级别是什么？")
+    assert reply.find_elements(By.CSS_SELECTOR, ".extras dl.attributes dt")
+    # Copy puts the reply on the clipboard (or the fallback) and says so.
+    copy = reply.find_element(By.CSS_SELECTOR, ".copy-btn")
+    copy.click()
+    wait_for(driver, lambda d: "已复制" in copy.text)
+    screenshot(driver, "chat-extraction", scroll_to="#messages li:last-child")
     assert_page_clean(driver)

@@ -121,7 +121,15 @@ function fillBubble(bubble, msg) {
   }
   const sources = Array.isArray(msg.sources) ? msg.sources : [];
   const content = renderMarkdown(msg.text, { citations: sources.length });
-  bubble.replaceChildren(content);
+  const extras = msg.status === "streaming" ? null : renderExtras(msg);
+  if (extras) {
+    // KE1-3: the table is the answer; the same facts as plain text stay one click away.
+    const raw = h("details", "raw-text");
+    raw.append(h("summary", null, "文本 Text"), content);
+    bubble.replaceChildren(extras, raw);
+  } else {
+    bubble.replaceChildren(content);
+  }
   if (msg.status === "streaming") {
     if (!msg.text) bubble.append(h("span", "typing", "思考中… Thinking…"));
     bubble.append(h("span", "cursor"));
@@ -130,8 +138,6 @@ function fillBubble(bubble, msg) {
   if (msg.status === "error") bubble.append(h("p", "error-text", `出错了：${msg.error}`));
   if (msg.stopped === "timeout") bubble.append(h("p", "muted", "（回答超时，已截断 Timed out）"));
   for (const warning of Array.isArray(msg.warnings) ? msg.warnings : []) bubble.append(h("p", "muted warning", warning));
-  const extras = renderExtras(msg);
-  if (extras) bubble.append(extras);
 }
 
 function sourceList(msg, index) {
