@@ -396,6 +396,24 @@ def test_tell_me_about_this_bird_asks_with_the_species_label(page):
     assert_page_clean(driver)
 
 
+def test_broken_photo_gets_a_readable_error_and_the_panel_recovers(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 20)
+    driver.find_element(By.ID, "photo-input").send_keys(str(broken))
+    status = driver.find_element(By.ID, "photo-status")
+    wait_for(driver, lambda d: status.get_attribute("data-kind") == "error")
+    assert status.text.startswith("识别失败") and "{" not in status.text and "bad_image" not in status.text
+    assert not driver.find_element(By.ID, "photo-figure").is_displayed()
+    # The same panel still works for the next photo.
+    driver.find_element(By.ID, "photo-input").send_keys(str(NATURAL / "American_Robin" / "American_Robin.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
+    assert status.get_attribute("data-kind") == "done"
+    assert_page_clean(driver)
+
+
 def test_dropped_picture_without_a_bird_is_answered_plainly(page):
     """Drag-and-drop path (a real DragEvent with a DataTransfer file) and the "not a bird" answer."""
     from selenium.webdriver.common.by import By
@@ -476,6 +494,10 @@ def test_kb_page_uploads_files_with_results_and_finds_them_in_search(page, tmp_p
     driver.find_element(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"] button').click()
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"]'))
     assert [kind for kind, _ in driver.execute_script("return window.__dialogs")] == ["confirm"]
+    # And the whole knowledge base.
+    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"] button').click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"]'))
+    assert "birds_test" not in [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#kb-select option")]
 
 
 def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(page, tmp_path):
