@@ -21,7 +21,7 @@ import pytest
 from birdsdao import create_app
 from birdsdao.config import PROJECT_ROOT
 
-from .conftest import NATURAL, YOLO_WEIGHTS
+from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
 
 pytestmark = pytest.mark.slow
 
@@ -661,4 +661,27 @@ def test_knowledge_extraction_results_render_as_tables(page):
     copy.click()
     wait_for(driver, lambda d: "已复制" in copy.text)
     screenshot(driver, "chat-extraction", scroll_to="#messages li:last-child")
+    assert_page_clean(driver)
+
+
+def test_teach_a_species_from_three_photos_then_forget_it(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.CSS_SELECTOR, "#teach-panel summary").click()
+    driver.find_element(By.ID, "teach-label").send_keys("PAGE TEST BIRD")
+    driver.find_element(By.ID, "teach-zh").send_keys("测试鸟")
+    photos = sorted((BIRDS525 / "ABBOTTS BABBLER").glob("*.jpg"))[:3]
+    driver.find_element(By.ID, "teach-images").send_keys("\n".join(str(p) for p in photos))
+    driver.find_element(By.CSS_SELECTOR, "#teach-form button[type=submit]").click()
+    status = driver.find_element(By.ID, "teach-status")
+    wait_for(driver, lambda d: status.get_attribute("data-kind") in ("done", "error"))
+    assert status.get_attribute("data-kind") == "done", status.text
+    assert "PAGE TEST BIRD" in status.text and "3 张照片" in status.text
+    row = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#taught-list li[data-label="PAGE TEST BIRD"]'))[0]
+    assert "测试鸟" in row.text
+    screenshot(driver, "chat-teach", scroll_to="#taught-list")
+    row.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#taught-list li[data-label="PAGE TEST BIRD"]'))
+    assert "已忘记" in status.text
     assert_page_clean(driver)

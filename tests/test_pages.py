@@ -111,7 +111,8 @@ def test_scripts_use_only_contract_routes():
     assert not re.search(r"https?://", text)
     used = set(re.findall(r"""["'`](/(?:detect|get_response|models|kb/[a-z_]+|species/[a-z]+))\b""", text))
     assert used >= {"/detect", "/get_response", "/models", "/kb/list", "/kb/create", "/kb/delete",
-                    "/kb/upload", "/kb/docs", "/kb/delete_doc", "/kb/search"}
+                    "/kb/upload", "/kb/docs", "/kb/delete_doc", "/kb/search", "/species/teach",
+                    "/species/forget", "/species/taught"}
 
 
 def test_cross_site_form_post_is_refused_unless_it_carries_the_token(make_app):

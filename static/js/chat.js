@@ -3,6 +3,7 @@
 import { getJSON, postStream, describeError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { initPhoto, speciesName } from "./photo.js";
+import { initTeach } from "./teach.js";
 import { h, initChrome, showError, hideNotice } from "./ui.js";
 
 const STORE_KEY = "birdsdao.chat";
@@ -464,6 +465,7 @@ function init() {
     else if (button.dataset.action === "retry") retry();
   });
 
+  initTeach();
   initPhoto({
     onResult(result) {
       // Follow-up questions ("它吃什么？") are about the bird in the latest photo.
