@@ -142,3 +142,27 @@ def test_service_builder_loads_the_bundled_catalogue(make_app):
     assert isinstance(catalog, SpeciesCatalog) and len(catalog) > 1000
     assert catalog.describe()["species"] == len(catalog)
     assert build({}, None).get(BALD_EAGLE) is not None
+
+
+def test_published_inline_alternatives_and_project_aliases_resolve(catalog):
+    sparrow = catalog.resolve("麻雀")
+    assert sparrow is not None and sparrow.id == "Passer montanus"
+    assert catalog.resolve("树麻雀") is sparrow
+    assert catalog.resolve("麻雀 (树麻雀)") is sparrow
+    assert catalog.resolve("走鹃").id == "Geococcyx californianus"
+    assert catalog.resolve("大走鹃").id == "Geococcyx californianus"
+
+
+def test_find_mentions_latin_and_label_spellings(catalog):
+    text = "Photo of Haliaeetus leucocephalus (BALD_EAGLE) next to a cardinal."
+    found = [(s.id, text[a:b]) for s, a, b in catalog.find_mentions(text)]
+    assert found[:2] == [(BALD_EAGLE, "Haliaeetus leucocephalus"), (BALD_EAGLE, "BALD_EAGLE")]
+
+
+def test_resolve_long_garbage_is_fast_and_none(catalog):
+    import time
+
+    text = "x" * 20000 + " bald eagel"
+    start = time.perf_counter()
+    assert catalog.resolve(text) is None
+    assert time.perf_counter() - start < 0.5

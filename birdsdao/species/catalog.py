@@ -22,6 +22,8 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 # swallow "Kiwi"-like words).
 _MAX_TYPO = 2
 _MIN_TYPO_LEN = 5
+# Longer than any name: no point fuzzy-matching it (and difflib is quadratic in the query length).
+_MAX_TYPO_LEN = 80
 
 
 def _norm_char(ch: str) -> str:
@@ -211,7 +213,7 @@ class SpeciesCatalog:
         return next(iter(found.values())) if len(found) == 1 else None
 
     def _resolve_typo(self, key: str) -> Species | None:
-        if len(key) < _MIN_TYPO_LEN:
+        if not _MIN_TYPO_LEN <= len(key) <= _MAX_TYPO_LEN:
             return None
         limit = 1 if len(key) < 8 else _MAX_TYPO
         candidates = difflib.get_close_matches(key, self._ascii_keys, n=8, cutoff=0.75)
