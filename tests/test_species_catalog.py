@@ -166,3 +166,15 @@ def test_resolve_long_garbage_is_fast_and_none(catalog):
     start = time.perf_counter()
     assert catalog.resolve(text) is None
     assert time.perf_counter() - start < 0.5
+
+
+def test_every_natural_dev_folder_name_resolves():
+    """The field photos are named by English name with underscores (apostrophes dropped)."""
+    natural = SHARED_DATA.parent / "datasets" / "natural-dev"
+    if not natural.exists():
+        pytest.skip("../shared/datasets/natural-dev not present")
+    catalog = SpeciesCatalog.load()
+    folders = sorted(p.name for p in natural.iterdir() if p.is_dir())
+    assert folders
+    unresolved = [f for f in folders if catalog.resolve(f.replace("_", " ")) is None]
+    assert not unresolved
