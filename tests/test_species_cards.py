@@ -156,3 +156,10 @@ def test_eval_set_covers_every_species_and_matches_the_generator(catalog):
         assert {q["doc_name"] for q in questions} == {doc_name(catalog.record(species_id))}
     seed = [q for q in per_species["Haliaeetus leucocephalus"] if q["kind"] == "about"]
     assert seed[0]["question"] == "请告诉我些关于白头海雕的知识吧？"
+
+
+def test_descriptions_name_their_species_so_chunks_stand_alone(catalog):
+    for species in catalog.all():
+        text = catalog.card(species.id)["description"]["zh"]
+        assert species.chinese_name in text, species.id
+        assert "@" not in text and "{" not in text, species.id
