@@ -178,3 +178,17 @@ def test_every_natural_dev_folder_name_resolves():
     assert folders
     unresolved = [f for f in folders if catalog.resolve(f.replace("_", " ")) is None]
     assert not unresolved
+
+
+def test_one_character_names_match_only_when_they_are_a_main_name(catalog):
+    osprey = catalog.find_mentions("鹗吃什么？")
+    assert [(s.id, a, b) for s, a, b in osprey] == [("Pandion haliaetus", 0, 1)]
+    assert catalog.find_mentions("早餐吃鸡蛋和鹅肝") == []       # 鸡 / 鹅 are aliases only
+    assert catalog.resolve("鸡").id == "Gallus gallus domesticus"
+
+
+def test_names_with_brackets_and_hybrid_sign_are_found_in_text(catalog):
+    text = "Where does the Northern Harrier (American) live?"
+    assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Circus cyaneus hudsonius"]
+    text = "What does the Pacific Black Duck × Mallard hybrid eat?"
+    assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Anas superciliosa × platyrhynchos"]

@@ -16,7 +16,7 @@ DATA_FILE = Path(__file__).resolve().parent / "data" / "species.jsonl"
 # Characters that users type interchangeably in names: apostrophes are dropped ("Cassin's" == "Cassins"),
 # hyphens/underscores/dots/middle dots become spaces ("Sea-Eagle" == "Sea Eagle", "BALD_EAGLE").
 _DROP = set("'’‘`´ʼ")
-_SPACE = set("-‐‑‒–—_./·・,，、")
+_SPACE = set("-‐‑‒–—_./·・,，、()（）[]×")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 # Typos: at most this many edits for English/Latin, and fewer for short names (a 4-letter "Kiwi" must not
 # swallow "Kiwi"-like words).
@@ -157,6 +157,14 @@ class SpeciesCatalog:
                     if main_only:
                         main_keys.add(key)
         self._ascii_keys = [k for k, v in self._names.items() if v is not None and not has_cjk(k)]
+        # Typo candidates are looked up by length (an edit changes it by at most _MAX_TYPO).
+        self._ascii_by_len: dict[int, list[str]] = {}
+        for k in self._ascii_keys:
+            self._ascii_by_len.setdefault(len(k), []).append(k)
+        # One-character Chinese names (鹗) are matched in text only when they are a species' main name:
+        # one-character aliases (鸡, 鹅) would fire inside ordinary words.
+        self._cjk_single = {normalize(s.chinese_name) for s in self._species
+                            if s.chinese_name and len(normalize(s.chinese_name)) == 1}
         self._cjk_keys = sorted((k for k, v in self._names.items() if v is not None and has_cjk(k)),
                                 key=len, reverse=True)
         self._max_cjk = max((len(k) for k in self._cjk_keys), default=0)
@@ -216,7 +224,8 @@ class SpeciesCatalog:
         if not _MIN_TYPO_LEN <= len(key) <= _MAX_TYPO_LEN:
             return None
         limit = 1 if len(key) < 8 else _MAX_TYPO
-        candidates = difflib.get_close_matches(key, self._ascii_keys, n=8, cutoff=0.75)
+        pool = [k for n in range(len(key) - limit, len(key) + limit + 1) for k in self._ascii_by_len.get(n, ())]
+        candidates = difflib.get_close_matches(key, pool, n=8, cutoff=0.75)
         scored = [(_edit_distance(key, c, limit), c) for c in candidates]
         scored = [(d, c) for d, c in scored if d <= limit]
         if not scored:
@@ -250,7 +259,7 @@ class SpeciesCatalog:
                 s = self._names.get(norm[i:i + length])
                 if s is not None:
                     return i + length
-            return 0
+            return i + 1 if ch in self._cjk_single and self._names.get(ch) is not None else 0
         if not ch.isalnum() or (i > 0 and norm[i - 1].isalnum() and not _CJK.match(norm[i - 1])):
             return 0
         # Word ends after i, up to the longest name's word count; try the longest first.
