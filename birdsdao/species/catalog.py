@@ -11,6 +11,8 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .cards import make_card, render_card
+
 DATA_FILE = Path(__file__).resolve().parent / "data" / "species.jsonl"
 
 # Characters that users type interchangeably in names: apostrophes are dropped ("Cassin's" == "Cassins"),
@@ -285,12 +287,10 @@ class SpeciesCatalog:
         return self._records.get(species_id)
 
     def card(self, species_id: str) -> dict | None:
-        from .cards import make_card
         record = self._records.get(species_id)
         return make_card(record) if record else None
 
     def card_text(self, species_id: str, lang: str = "zh") -> str:
-        from .cards import render_card
         record = self._records.get(species_id)
         if record is None:
             raise KeyError(species_id)
@@ -302,6 +302,10 @@ class SpeciesCatalog:
             "chinese_names": {
                 "published": sum(s.chinese_name_source == "published" for s in self._species),
                 "project": sum(s.chinese_name_source == "project" for s in self._species),
+            },
+            "descriptions": {
+                "species": sum((r.get("description") or {}).get("kind") == "species" for r in self._records.values()),
+                "family": sum((r.get("description") or {}).get("kind") == "family" for r in self._records.values()),
             },
             "inat_outputs": len(self._by_inat),
             "data_file": Path(self._source).name if self._source else None,
