@@ -4,6 +4,7 @@ torch model with onnxruntime on random and real-looking inputs. Input ``images``
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from .common import summary, write_json, write_labels
@@ -45,9 +46,12 @@ def run(args) -> dict:
     wrapped = Probs(model).eval()
     x = torch.rand(2, 3, imgsz, imgsz)
     tmp = onnx_path.with_name(".model.onnx.tmp")
-    torch.onnx.export(wrapped, (x,), str(tmp), opset_version=args.opset, input_names=["images"],
-                      output_names=["probs"], dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}},
-                      dynamo=False)
+    with warnings.catch_warnings():
+        # The TorchScript exporter (as Ultralytics uses) needs no onnxscript; torch flags it as legacy.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapped, (x,), str(tmp), opset_version=args.opset, input_names=["images"],
+                          output_names=["probs"], dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}},
+                          dynamo=False)
     tmp.replace(onnx_path)
     write_labels(out, names)
 

@@ -2,7 +2,7 @@
 (characters, or jieba words), from JSONL files — one table row per hypothesis file, so answer backends can
 be compared on the same questions. The metrics are implemented here (short, exact, unit-tested):
 
-- BLEU: corpus-level (Papineni et al. 2002), clipped n-gram precisions n=1..4, brevity penalty, no smoothing;
+- tokens are lower-cased; BLEU: corpus-level (Papineni et al. 2002), clipped n-gram precisions n=1..4, brevity penalty, no smoothing;
 - ROUGE-L: mean over items of the LCS F1 (best reference per item);
 - chrF: character n-grams n=1..6 without spaces, precision and recall averaged over n, F-β with β=2,
   statistics summed over the corpus (as sacrebleu's chrF).
@@ -42,7 +42,7 @@ def tokenize(text: str, mode: str = "char") -> list[str]:
         jieba.setLogLevel(60)
         return [t for piece in jieba.lcut(text) for t in (_TOKEN.findall(piece) if piece.isascii() else [piece.strip()])
                 if t and not t.isspace()]
-    return _TOKEN.findall(text.lower() if text.isascii() else text)
+    return _TOKEN.findall(text.lower())
 
 
 def _ngrams(tokens, n: int) -> Counter:

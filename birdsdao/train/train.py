@@ -63,7 +63,9 @@ def loaders(train, val, names, imgsz, batch, seed=0):
     from .data import SpeciesDataset
 
     g = torch.Generator().manual_seed(seed)
-    tr = DataLoader(SpeciesDataset(train, names, imgsz, train=True), batch_size=batch, shuffle=True, generator=g)
+    ds = SpeciesDataset(train, names, imgsz, train=True)
+    # A final batch of one image breaks BatchNorm on small inputs (1x1 maps): drop the ragged tail.
+    tr = DataLoader(ds, batch_size=batch, shuffle=True, generator=g, drop_last=len(ds) > batch)
     va = DataLoader(SpeciesDataset(val, names, imgsz, train=False), batch_size=batch)
     return tr, va
 
