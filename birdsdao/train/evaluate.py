@@ -95,13 +95,17 @@ def plot(metrics: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    per = sorted(metrics["per_species"].items(), key=lambda kv: kv[1]["accuracy"])
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.12 * len(per))))
+    per = sorted(metrics["per_species"].items(), key=lambda kv: (kv[1]["accuracy"], kv[0]))
+    title = f"per-species accuracy (top-1 {metrics['top1']:.3f}, {metrics['images']} images)"
+    if len(per) > 80:  # a readable figure: the 50 worst and the 30 best (metrics.json has them all)
+        per = per[:50] + per[-30:]
+        title += ", 50 worst + 30 best species"
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.13 * len(per))))
     ax.barh(range(len(per)), [v["accuracy"] for _, v in per], color="#4a7")
-    ax.set_yticks(range(len(per)), [k for k, _ in per], fontsize=5 if len(per) > 60 else 7)
+    ax.set_yticks(range(len(per)), [k for k, _ in per], fontsize=6)
     ax.set_xlim(0, 1)
     ax.set_xlabel("top-1 accuracy")
-    ax.set_title(f"per-species accuracy (top-1 {metrics['top1']:.3f}, {metrics['images']} images)")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     paths.append(out / "per_species_accuracy.png")
     fig.savefig(paths[-1], dpi=110)
@@ -178,7 +182,8 @@ def evaluate_detector(args) -> dict:
     """mAP50 / mAP50-95 with Ultralytics' validator (the detector file is a trusted, full-pickle checkpoint)."""
     from ultralytics import YOLO
 
-    model = args.model if str(args.model).endswith(".pt") and "inat" not in str(args.model) else DEFAULT_DETECTOR
+    # --model defaults to the species .tflite; for a detector data set that means "the configured detector".
+    model = args.model if Path(args.model).suffix == ".pt" else DEFAULT_DETECTOR
     out = (Path(args.out) / args.name).resolve()
     res = YOLO(str(model)).val(data=str(args.data), batch=args.batch, device=args.device or None,
                                project=str(out.parent), name=out.name, exist_ok=True, plots=False, verbose=False)
