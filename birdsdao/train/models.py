@@ -178,17 +178,23 @@ def gflops(model: nn.Module, imgsz: int) -> float:
 
 
 @torch.inference_mode()
-def cpu_latency_ms(model: nn.Module, imgsz: int, runs: int = 30, warmup: int = 5) -> float:
-    """Median ms per single image on CPU, BatchNorm fused into convs as at serving time."""
-    m = copy.deepcopy(_unwrap(model)).cpu().eval()
-    if hasattr(m, "fuse"):
-        m = m.fuse(verbose=False)
+def cpu_latency_ms(models: list[nn.Module], imgsz: int, runs: int = 30, warmup: int = 5) -> list[float]:
+    """Median ms per single image on CPU for each model, BatchNorm fused into convs as at serving time.
+
+    The models are timed in alternation (a, b, a, b, …) so that a busy shared CPU slows them alike and
+    their ratio stays meaningful even when the absolute numbers do not."""
+    ms = []
+    for model in models:
+        m = copy.deepcopy(_unwrap(model)).cpu().eval()
+        ms.append(m.fuse(verbose=False) if hasattr(m, "fuse") else m)
     x = torch.rand(1, 3, imgsz, imgsz)
     for _ in range(warmup):
-        m(x)
-    times = []
+        for m in ms:
+            m(x)
+    times = [[] for _ in ms]
     for _ in range(runs):
-        t = time.perf_counter()
-        m(x)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        for m, t_list in zip(ms, times):
+            t = time.perf_counter()
+            m(x)
+            t_list.append((time.perf_counter() - t) * 1000)
+    return [statistics.median(t) for t in times]

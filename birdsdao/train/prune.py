@@ -58,20 +58,19 @@ def prune_by_bn_scale(model, imgsz: int, ratio: float, max_layer_ratio: float = 
     return {"bn_channels_before": before, "bn_channels_after": after}
 
 
-def profile(model, loader, device, imgsz, runs) -> dict:
+def profile(model, loader, device, imgsz) -> dict:
     from .engine import predict_logits, topk_accuracy
-    from .models import count_params, cpu_latency_ms, gflops
+    from .models import count_params, gflops
 
     logits, ys = predict_logits(model.to(device), loader, device)
     return {"params": count_params(model), "gflops": round(gflops(model, imgsz), 4),
-            "cpu_latency_ms": round(cpu_latency_ms(model, imgsz, runs=runs), 2),
             "top1": topk_accuracy(logits, ys, 1), "top5": topk_accuracy(logits, ys, 5)}
 
 
 def run(args) -> dict:
     from .data import load_split_tree
     from .engine import fit
-    from .models import load_classifier, save_classifier
+    from .models import cpu_latency_ms, load_classifier, save_classifier
     from .train import loaders, seed_everything
 
     seed_everything(args.seed)
@@ -86,25 +85,26 @@ def run(args) -> dict:
     tr, va = loaders(train, val, names, imgsz, args.batch, args.seed)
     device = pick_device(args.device)
     t0 = time.perf_counter()
-    report = {"parent": profile(parent, va, device, imgsz, args.latency_runs)}
+    report = {"parent": profile(parent, va, device, imgsz)}
     print(f"parent: {report['parent']}", flush=True)
 
     model = copy.deepcopy(parent)
     sparse = fit(model, tr, va, epochs=args.sparse_epochs, lr=args.lr, device=device, sparsity=args.sparsity,
                  ckpt_path=out / "sparse_state.pt", resume=args.resume, desc="sparsity")
-    report["sparse"] = profile(model, va, device, imgsz, args.latency_runs)
+    report["sparse"] = profile(model, va, device, imgsz)
     report["sparse"]["history"] = sparse["history"]
     report["channels"] = prune_by_bn_scale(model, imgsz, args.ratio, args.max_layer_ratio)
-    report["pruned"] = profile(model, va, device, imgsz, args.latency_runs)
+    report["pruned"] = profile(model, va, device, imgsz)
     print(f"pruned, before fine-tuning: {report['pruned']}", flush=True)
     tuned = fit(model, tr, va, epochs=args.finetune_epochs, lr=args.lr, device=device,
                 ckpt_path=out / "finetune_state.pt", resume=args.resume, desc="fine-tune")
-    report["finetuned"] = profile(model, va, device, imgsz, args.latency_runs)
+    report["finetuned"] = profile(model, va, device, imgsz)
     report["finetuned"]["history"] = tuned["history"]
     save_classifier(out / "model.pt", model, names, imgsz,
                     extra={"pruned_from": str(args.model), "ratio": args.ratio, "sparsity": args.sparsity})
     write_labels(out, names)
     p, f = report["parent"], report["finetuned"]
+    p["cpu_latency_ms"], f["cpu_latency_ms"] = (round(v, 2) for v in cpu_latency_ms([parent, model], imgsz, args.latency_runs))
     report["ratios"] = {"params": f["params"] / p["params"], "gflops": f["gflops"] / p["gflops"],
                         "cpu_latency": f["cpu_latency_ms"] / p["cpu_latency_ms"], "top1_delta_points": 100 * (f["top1"] - p["top1"])}
     report.update(species=len(names), val_images=len(va.dataset), imgsz=imgsz, ratio=args.ratio,
