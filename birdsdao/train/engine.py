@@ -44,17 +44,21 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
 
 def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, device, ckpt_path: Path,
         weight_decay: float = 5e-4, sparsity: float = 0.0, label_smoothing: float = 0.1,
-        resume: bool = False, desc: str = "train", on_epoch: Callable[[dict], None] | None = None) -> dict:
+        resume: bool = False, desc: str = "train", bn_lr_scale: float = 1.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` in place; returns the per-epoch history. The last epoch's weights are kept: picking
     the best epoch by the held-out split would tune on the test images (there is no third split here)."""
     model.to(device)
     # BatchNorm scales and biases get no weight decay (the sparsity penalty, when on, is the only pull on γ).
-    decay, no_decay = [], []
+    # Adam moves each weight by about lr per step whatever the gradient's size, so the L1 pull can only
+    # drive γ to zero within a short sparsity phase if γ gets a larger step (bn_lr_scale).
+    gammas = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    decay, no_decay, bn_gamma = [], [], []
     for n, p in model.named_parameters():
         p.requires_grad_(True)
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        (bn_gamma if id(p) in gammas else no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                             {"params": no_decay, "weight_decay": 0.0},
+                             {"params": bn_gamma, "weight_decay": 0.0, "lr": lr * bn_lr_scale}], lr=lr)
     steps = max(1, epochs * len(train_loader))
     warm = min(len(train_loader), steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(

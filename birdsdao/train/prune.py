@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-layer-ratio", type=float, default=0.8, help="never remove more than this from one layer")
     p.add_argument("--sparsity", type=float, default=1e-3, help="λ of the L1 penalty λ·Σ|γ|")
     p.add_argument("--sparse-epochs", type=int, default=2)
+    p.add_argument("--bn-lr-scale", type=float, default=10.0,
+                   help="learning-rate multiplier for BN scales in the sparsity phase (lets the L1 pull act in few epochs)")
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=32)
@@ -68,6 +70,8 @@ def profile(model, loader, device, imgsz) -> dict:
 
 
 def run(args) -> dict:
+    import torch
+
     from .data import load_split_tree
     from .engine import fit
     from .models import cpu_latency_ms, load_classifier, save_classifier
@@ -90,9 +94,12 @@ def run(args) -> dict:
 
     model = copy.deepcopy(parent)
     sparse = fit(model, tr, va, epochs=args.sparse_epochs, lr=args.lr, device=device, sparsity=args.sparsity,
-                 ckpt_path=out / "sparse_state.pt", resume=args.resume, desc="sparsity")
+                 bn_lr_scale=args.bn_lr_scale, ckpt_path=out / "sparse_state.pt", resume=args.resume, desc="sparsity")
     report["sparse"] = profile(model, va, device, imgsz)
     report["sparse"]["history"] = sparse["history"]
+    gammas = torch.cat([m.weight.detach().abs().flatten() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    report["gamma_quantiles_after_sparsity"] = {q: round(float(gammas.quantile(q)), 4) for q in (0.1, 0.3, 0.5, 0.9)}
+    print(f"|γ| quantiles after sparsity training: {report['gamma_quantiles_after_sparsity']}", flush=True)
     report["channels"] = prune_by_bn_scale(model, imgsz, args.ratio, args.max_layer_ratio)
     report["pruned"] = profile(model, va, device, imgsz)
     print(f"pruned, before fine-tuning: {report['pruned']}", flush=True)
