@@ -1,0 +1,71 @@
+"""Helpers every command shares: atomic file writes, label lists, device choice and the end-of-run summary."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from birdsdao.config import PROJECT_ROOT
+
+SHARED = Path(os.environ.get("BIRDSDAO_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
+DEFAULT_DETECTOR = SHARED / "weights" / "yolov8n.pt"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file + os.replace, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_labels(out: Path, names: list[str]) -> None:
+    """labels.txt (line i = output i, what the server reads) and labels.json (the same list)."""
+    atomic_write_text(Path(out) / "labels.txt", "".join(f"{n}\n" for n in names))
+    write_json(Path(out) / "labels.json", list(names))
+
+
+def read_labels(path: Path) -> list[str]:
+    path = Path(path)
+    if path.suffix == ".json":
+        return list(json.loads(path.read_text(encoding="utf-8")))
+    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def pick_device(name: str | None):
+    """``--device``: 'cpu', 'cuda', 'cuda:1', or empty for the first GPU when there is one."""
+    import torch
+
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def summary(title: str, rows: dict) -> str:
+    """The block printed at the end of every command (also returned for tests)."""
+    width = max((len(k) for k in rows), default=0)
+    lines = [f"== {title} =="] + [f"  {k.ljust(width)} : {v}" for k, v in rows.items()]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text

@@ -1,0 +1,152 @@
+"""The vision recipes end to end at toy scale on real BIRDS-525 photos (3 species, 32 px, 1 epoch):
+train → resume → prune → export → evaluate, plus the pieces that carry the method (BN-L1 subgradient,
+smallest-|γ| channel removal, weights-only checkpoints, the metrics) and the real LiteRT iNat model."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from birdsdao.train.__main__ import COMMANDS, main
+from birdsdao.train.data import list_species, make_split_tree, split_species
+from birdsdao.train.engine import bn_l1_subgradient
+from birdsdao.train.evaluate import aggregate_by_label, expected_calibration_error, score_predictions
+from birdsdao.train.models import load_classifier, logits_of, seed_classifier
+from birdsdao.train.prune import prune_by_bn_scale
+
+from conftest import BIRDS525, YOLO_WEIGHTS
+
+SPECIES = ["AMERICAN GOLDFINCH", "AMERICAN ROBIN", "BARN OWL"]
+TINY = ["--imgsz", "32", "--batch", "8", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def birds(tmp_path_factory):
+    """A 3-species folder-per-species set (symlinks to the shared photos)."""
+    root = tmp_path_factory.mktemp("birds")
+    for s in SPECIES:
+        os.symlink(BIRDS525 / s, root / s)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(birds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    metrics = main(["train", "--data", str(birds), "--epochs", "1", "--detector", str(YOLO_WEIGHTS),
+                    "--out", str(out), *TINY])
+    return out / "train", metrics
+
+
+def test_every_command_has_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "--out" in capsys.readouterr().out
+
+
+def test_split_holds_out_image_4_of_each_species_as_symlinks(birds, tmp_path):
+    train, val = split_species(list_species(birds))
+    root = make_split_tree(tmp_path / "split", train, val)
+    for s in SPECIES:
+        assert [p.name for p in (root / "val" / s).iterdir()] == ["4.jpg"]
+        assert sorted(p.name for p in (root / "train" / s).iterdir()) == ["1.jpg", "2.jpg", "3.jpg"]
+        assert (root / "val" / s / "4.jpg").is_symlink()
+
+
+def test_train_writes_model_labels_metrics_and_loads_weights_only(trained):
+    run, metrics = trained
+    assert (run / "labels.txt").read_text(encoding="utf-8").splitlines() == SPECIES
+    assert json.loads((run / "labels.json").read_text(encoding="utf-8")) == SPECIES
+    saved = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["val_images"] == 3 and saved["train_images"] == 9 and 0.0 <= saved["top1"] <= 1.0
+    torch.load(run / "model.pt", weights_only=True)  # no pickled code inside
+    model, ckpt = load_classifier(run / "model.pt")
+    assert ckpt["names"] == SPECIES and logits_of(model, torch.rand(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_train_resumes_from_its_last_epoch(trained, birds):
+    run, first = trained
+    metrics = main(["train", "--data", str(birds), "--epochs", "2", "--resume", "--detector", str(YOLO_WEIGHTS),
+                    "--out", str(run.parent), *TINY])
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["history"][0] == first["history"][0]  # epoch 1 was not re-run
+
+
+def test_bn_l1_subgradient_adds_lambda_sign_gamma():
+    bn = torch.nn.BatchNorm2d(4)
+    bn.weight.data = torch.tensor([0.5, -0.2, 0.0, 2.0])
+    bn.weight.grad = torch.zeros(4)
+    bn_l1_subgradient(torch.nn.Sequential(bn), 0.1)
+    assert torch.allclose(bn.weight.grad, torch.tensor([0.1, -0.1, 0.0, 0.1]))
+
+
+def test_pruning_removes_the_channels_with_the_smallest_gammas():
+    torch.manual_seed(0)
+    model = seed_classifier(3, None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = 0.5 + torch.rand_like(m.weight)
+    first = model.model[0].bn
+    first.weight.data[:4] = 1e-4  # the four channels a global |γ| threshold must take first
+    n0 = first.num_features
+    x = torch.rand(2, 3, 32, 32)
+    counts = prune_by_bn_scale(model, 32, ratio=0.05)
+    assert counts["bn_channels_after"] < counts["bn_channels_before"]
+    assert model.model[0].conv.out_channels <= n0 - 4
+    assert model.model[0].bn.weight.min() > 0.1
+    assert logits_of(model.eval(), x).shape == (2, 3)
+
+
+def test_prune_then_export_then_evaluate(trained, tmp_path):
+    run, _ = trained
+    report = main(["prune", "--model", str(run / "model.pt"), "--ratio", "0.3", "--sparse-epochs", "1",
+                   "--finetune-epochs", "1", "--latency-runs", "3", "--out", str(tmp_path), "--batch", "8",
+                   "--device", "cpu"])
+    assert report["finetuned"]["params"] < 0.7 * report["parent"]["params"]
+    assert report["finetuned"]["gflops"] < report["parent"]["gflops"]
+    pruned = tmp_path / "prune" / "model.pt"
+    torch.load(pruned, weights_only=True)
+    model, ckpt = load_classifier(pruned)
+    assert sum(p.numel() for p in model.parameters()) == report["finetuned"]["params"]
+
+    info = main(["export", "--model", str(pruned), "--out", str(tmp_path)])
+    assert info["max_abs_diff"] < 1e-4 and (tmp_path / "export" / "labels.txt").exists()
+
+    by_kind = {}
+    for path, name in ((pruned, "eval-pt"), (tmp_path / "export" / "model.onnx", "eval-onnx")):
+        m = main(["evaluate", "--model", str(path), "--data", str(run / "split"), "--out", str(tmp_path), "--name", name])
+        assert (tmp_path / name / "per_species_accuracy.png").stat().st_size > 1000
+        assert (tmp_path / name / "reliability.png").stat().st_size > 1000
+        by_kind[name] = m
+    assert by_kind["eval-pt"]["images"] == 3
+    assert by_kind["eval-pt"]["top1"] == by_kind["eval-onnx"]["top1"]
+    assert by_kind["eval-pt"]["ece"] == pytest.approx(by_kind["eval-onnx"]["ece"], abs=1e-4)
+
+
+def test_evaluate_default_litert_model_names_birds525_species(tmp_path):
+    species = ["AMERICAN GOLDFINCH", "AMERICAN ROBIN", "BARN OWL", "MALLARD DUCK", "NORTHERN CARDINAL"]
+    data = tmp_path / "data"
+    data.mkdir()
+    for s in species:
+        os.symlink(BIRDS525 / s, data / s)
+    m = main(["evaluate", "--data", str(data), "--index", "4", "--out", str(tmp_path)])
+    assert m["kind"] == "litert" and m["images"] == 5 and m["coverable_species"] == 5
+    assert m["top1"] >= 0.8  # measured 5/5 on these; the model is ~85% on the species it covers
+    assert 0.0 <= m["ece"] <= 1.0
+
+
+def test_metrics_aggregate_subspecies_and_compute_ece_by_hand():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    agg, names = aggregate_by_label(probs, ["A", "B", "A"])
+    assert names == ["A", "B"] and np.allclose(agg, [[0.7, 0.3], [0.9, 0.1]])
+    # bins (0, .5] = {0.3 right}, (.5, 1] = {0.9 right, 0.7 wrong}: ECE = 2/3·|0.5−0.8| + 1/3·|1−0.3|.
+    ece, table = expected_calibration_error(np.array([0.9, 0.7, 0.3]), np.array([1.0, 0.0, 1.0]), bins=2)
+    assert ece == pytest.approx((2 / 3) * abs(0.5 - 0.8) + (1 / 3) * abs(1.0 - 0.3))
+    assert [b["count"] for b in table] == [1, 2]
+    s = score_predictions(agg, names, ["A", "B"])
+    assert s["top1"] == 0.5 and s["top5"] == 1.0 and s["confusions"] == [{"true": "B", "predicted": "A", "count": 1}]
+    assert s["per_species"]["A"]["accuracy"] == 1.0
