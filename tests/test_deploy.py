@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -160,3 +161,14 @@ def test_photo_upload_passes_through_nginx(nginx_proxy):
         result = json.loads(r.read())
     assert result["is_bird"] is True
     assert result["detections"][0]["species"][0]["english_name"] == "Bald Eagle"
+
+
+def test_streamed_answer_passes_through_nginx_as_server_sent_events(nginx_proxy):
+    form = urllib.parse.urlencode({"user_input": "请告诉我些关于白头海雕的知识吧？", "mode": "kb", "stream": "1"}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{nginx_proxy['port']}/get_response", data=form, method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in r.read().decode().splitlines() if line.startswith("data: ")]
+    deltas = "".join(e.get("delta", "") for e in events)
+    assert "白头海雕" in deltas
+    assert events[-1]["done"] is True and events[-1]["sources"], events[-1]
