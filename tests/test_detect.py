@@ -48,9 +48,11 @@ def post(client, data: bytes, name="photo.jpg", path="/detect", field="image", *
     headers = fields.pop("headers", None)
     files = [(io.BytesIO(d), name) for d in data] if isinstance(data, list) else (io.BytesIO(data), name)
     builder = EnvironBuilder(path=path, method="POST", data={field: files, **fields}, headers=headers)
+    environ = builder.get_environ()
     try:
-        return client.open(builder)
+        return client.open(environ)
     finally:
+        environ["wsgi.input"].close()
         builder.close()
 
 
