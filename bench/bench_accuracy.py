@@ -154,9 +154,9 @@ def natural(app, vision, alphas, powers):
 
 def skimage_photos() -> dict[str, bytes]:
     """scikit-image's bundled sample pictures (none shows a bird: cat, astronaut, rocket, coffee, ...)."""
-    import skimage
+    import importlib.util
 
-    folder = Path(skimage.__file__).parent / "data"
+    folder = Path(importlib.util.find_spec("skimage").origin).parent / "data"
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".png", ".jpg", ".gif")}
 
 

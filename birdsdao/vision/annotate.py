@@ -44,9 +44,13 @@ def caption(names: dict, confidence: float) -> str:
 
 
 def draw(image: Image.Image, items: list[tuple[tuple[float, float, float, float], str]], font_path: str | None,
-         quality: int = 85) -> str:
-    """items: (box in this image's pixels, caption). → ``data:image/jpeg;base64,...``"""
-    canvas = image.copy()
+         quality: int = 85, max_side: int = 1024) -> str:
+    """items: (box in this image's pixels, caption). → ``data:image/jpeg;base64,...`` no larger than
+    ``max_side`` (it is a preview for the chat page; encoding a full-size JPEG cost more than detection)."""
+    factor = min(1.0, max_side / max(image.size))
+    canvas = image.resize((round(image.size[0] * factor), round(image.size[1] * factor)), Image.Resampling.BILINEAR) \
+        if factor < 1 else image.copy()
+    items = [(tuple(v * factor for v in box), text) for box, text in items]
     pen = ImageDraw.Draw(canvas)
     size = max(14, round(max(canvas.size) / 40))
     font = load_font(font_path, size)

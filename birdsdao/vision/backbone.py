@@ -90,7 +90,7 @@ class INatBackbone:
 
 # ImageNet (1001 outputs, 0 = background) indices that are birds: cock … great grey owl, black grouse …
 # black swan, white stork … albatross. tests/test_vision_models.py checks them against the labels file.
-IMAGENET_BIRD_RANGES = ((8, 25), (81, 101), (128, 146))
+IMAGENET_BIRD_RANGES = ((8, 25), (81, 101), (128, 147))
 IMAGENET_EMBEDDING_KEY = "GlobalPool/Mean"
 IMAGENET_LOGITS_KEY = "SpatialSqueeze"
 

@@ -68,8 +68,15 @@ class SpeciesClassifier:
         self.inat, self.imagenet = inat, imagenet
         self.alpha, self.scale, self.power = alpha, scale, power
         self.base_vocab = vocab
-        # Base prototypes re-keyed from BIRDS-525 labels to vocabulary keys.
-        self.base = {label_to_key[k]: (v, int(c)) for k, v, c in zip(base.keys, base.vectors, base.counts) if k in label_to_key}
+        # Base prototypes re-keyed from BIRDS-525 labels to vocabulary keys; labels the catalogue merges into
+        # one species (JACOBIN PIGEON is a Rock Dove breed) pool their photos into one mean.
+        sums: dict[str, tuple[np.ndarray, int]] = {}
+        for label, vec, count in zip(base.keys, base.vectors, base.counts):
+            if label in label_to_key:
+                key = label_to_key[label]
+                total, n = sums.get(key, (0, 0))
+                sums[key] = (total + vec * int(count), n + int(count))
+        self.base = {key: (l2n(total / n), n) for key, (total, n) in sums.items()}
         self.lock = threading.Lock()
         self.state = self._build_state({}, [])
 

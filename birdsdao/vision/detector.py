@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +153,9 @@ def export_onnx(weights: str, imgsz: int, cache_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         copy = Path(tmp) / "model.pt"
         shutil.copyfile(weights, copy)
-        exported = YOLO(str(copy), task="detect").export(format="onnx", imgsz=imgsz, simplify=True, verbose=False)
+        with warnings.catch_warnings():  # torch's tracer warnings are noise for a one-off build step
+            warnings.simplefilter("ignore")
+            exported = YOLO(str(copy), task="detect").export(format="onnx", imgsz=imgsz, simplify=True, verbose=False)
         os.replace(exported, target)
     return target
 

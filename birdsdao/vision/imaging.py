@@ -42,8 +42,9 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SI
         raise APIError(400, "bad_image", "image dimensions are too large (decompression bomb)") from None
     except UnidentifiedImageError:
         raise APIError(400, "bad_image", "the upload is not a readable image") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated / corrupt data
-        raise APIError(400, "bad_image", f"the image could not be decoded: {exc}") from None
+    except Exception as exc:  # truncated / corrupt data; also openers that plugins add to Pillow (Ultralytics
+        # hooks HEIF support that fails with ImportError on unknown bytes): any failure here is the upload's.
+        raise APIError(400, "bad_image", f"the image could not be decoded: {type(exc).__name__}") from None
     orig_w, orig_h = _oriented_size(image, width, height)
     image = ImageOps.exif_transpose(image)
     image = to_rgb(image)

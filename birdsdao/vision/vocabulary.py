@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-NAME_KEYS = ("label", "scientific_name", "english_name", "chinese_name", "chinese_name_source")
-
-
 @dataclass
 class Entry:
     key: str  # the catalogue's species id, or "taught:<LABEL>" for a species only the user taught
@@ -21,7 +18,7 @@ class Entry:
 
 @dataclass
 class Vocabulary:
-    """Entries in a fixed order; ``inat_map[i]`` = entry row of iNat output i (background: -1)."""
+    """Entries in a fixed order, found by key through ``index``."""
 
     entries: list[Entry] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
@@ -31,7 +28,6 @@ class Vocabulary:
         vocab = cls()
         for sp in catalog.all():
             vocab.add(Entry(sp.id, sp.names(), tuple(sp.inat_indices)))
-        vocab.num_inat = num_inat
         return vocab
 
     def add(self, entry: Entry) -> int:

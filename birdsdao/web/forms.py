@@ -88,8 +88,12 @@ def files_field(name: str, *, required: bool = True, max_count: int = 50) -> lis
 
 
 def read_upload(storage) -> bytes:
-    """The bytes of one uploaded file (size already bounded by MAX_CONTENT_LENGTH)."""
-    return storage.read()
+    """The bytes of one uploaded file (size already bounded by MAX_CONTENT_LENGTH). Closed at once: large
+    uploads are spooled to temporary files that would otherwise wait for the garbage collector."""
+    try:
+        return storage.read()
+    finally:
+        storage.close()
 
 
 def upload_bytes(name: str) -> bytes:
