@@ -53,8 +53,8 @@ def main():
     have = 0
     for size in args.sizes:
         start = time.perf_counter()
-        while have < size:  # documents of 1,000 chunks, vectors given directly (no embedding)
-            n = min(1000, size - have)
+        while have < size:  # documents of up to 10,000 chunks, vectors given directly (no embedding)
+            n = min(10000, size - have)
             texts = sentences(rows, n, rng)
             picks = rng.choices(range(len(base)), k=n)
             vectors = base[picks] + np.random.default_rng(have).normal(0, 0.02, (n, base.shape[1])).astype(np.float32)

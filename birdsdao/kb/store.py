@@ -381,10 +381,15 @@ class KnowledgeBase:
     def as_langchain(self):
         """The current snapshot as a LangChain ``FAISS`` vector store (docstore rebuilt from our JSON,
         sharing the index), for LangChain chains that want one."""
-        from langchain_community.docstore.in_memory import InMemoryDocstore
-        from langchain_community.vectorstores import FAISS
-        from langchain_community.vectorstores.utils import DistanceStrategy
+        import warnings
+
         from langchain_core.documents import Document
+
+        with warnings.catch_warnings():  # langchain-community announces its sunset on import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from langchain_community.docstore.in_memory import InMemoryDocstore
+            from langchain_community.vectorstores import FAISS
+            from langchain_community.vectorstores.utils import DistanceStrategy
 
         snap = self.current()
         docstore = InMemoryDocstore({str(i): Document(page_content=c["text"], metadata={
