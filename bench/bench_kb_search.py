@@ -1,7 +1,7 @@
 """Search latency p50/p95 at 1k, 10k and 100k chunks, query embedding included, per mode, through
 ``KnowledgeBaseService.search`` (the same call /kb/search makes). The corpus is synthetic: chunk texts are
 random sentences over the species names and bird vocabulary (so BM25 has realistic postings), vectors are
-the e5 vectors of 2,000 real sentences plus small noise (so 100k chunks need not be embedded).
+the e5 vectors of 500 real sentences plus small noise (so 100k chunks need not be embedded).
 BM25 is compared with rank_bm25-style scoring (a Python loop over every chunk) when rank_bm25 is installed.
 
     nice -n 10 .venv/bin/python bench/bench_kb_search.py [--sizes 1000 10000 100000]
@@ -44,7 +44,7 @@ def main():
     rows = kb_corpus.species_rows()
     registry = EmbedderRegistry()
     embedder = registry.get()
-    base_texts = sentences(rows, 2000, rng)
+    base_texts = sentences(rows, 500, rng)
     base = embedder.embed_array(base_texts)
     queries = [q["question"] for q in kb_corpus.questions(rows, args.queries)]
     service = KnowledgeBaseService(Path(tempfile.mkdtemp()) / "kb", registry)

@@ -13,7 +13,7 @@ from scipy import sparse
 log = logging.getLogger(__name__)
 
 MODES = ("vector", "bm25", "rrf", "weighted")
-DEFAULT_MODE = "rrf"
+DEFAULT_MODE = "weighted"
 RRF_K = 60
 CANDIDATES = 50  # hits taken from each side before fusion
 
