@@ -13,7 +13,12 @@ from scipy import sparse
 log = logging.getLogger(__name__)
 
 MODES = ("vector", "bm25", "rrf", "weighted")
-DEFAULT_MODE = "weighted"
+# bench/bench_kb_recall.py (200 species questions, zh+en): recall@5 vector 99.0%, bm25 99.5%, rrf 100%,
+# weighted 100%; recall@1 95.0 / 99.0 / 99.0 / 99.5%. rrf and weighted tie within one question; rrf is kept
+# because weighted adds raw cosines, and a Q&A entry's question ("麻雀吃什么？") has a higher cosine with any
+# question than prose does, so weighted ranked a look-alike question over the right prose chunk
+# (tests/test_kb.py round trip) where rank fusion does not.
+DEFAULT_MODE = "rrf"
 RRF_K = 60
 CANDIDATES = 50  # hits taken from each side before fusion
 
