@@ -24,6 +24,33 @@ DEFAULTS: dict = {
     "IMAGENET_MODEL": str(WEIGHTS_DIR / "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
     "IMAGENET_LABELS": str(WEIGHTS_DIR / "imagenet_labels.txt"),
     "MAX_IMAGE_PIXELS": 40_000_000,  # decompression-bomb limit (width * height)
+    "MAX_IMAGE_SIDE": 1600,  # uploads are downscaled once to this longest side (boxes still map back)
+    # Few-shot class means over the two MobileNets' embeddings (python -m birdsdao.vision.build_prototypes).
+    "PROTOTYPES": str(WEIGHTS_DIR / "birds525_prototypes.npz"),
+    # Detector: "onnx" exports the weights once (cached in <instance>/cache) and runs ONNX Runtime; "torch"
+    # runs Ultralytics' predictor. 320 px keeps every bird box of natural-dev (bench/bench_detect.py).
+    "DETECTOR_BACKEND": "onnx",
+    "DETECTOR_IMGSZ": 320,
+    "DETECTOR_CONF": 0.25,
+    "DETECTOR_IOU": 0.45,
+    "DETECTOR_CACHE": None,  # where the exported ONNX file is kept (None: <instance>/cache)
+    "DETECTOR_THREADS": None,  # ONNX Runtime intra-op threads (None: one per core)
+    "CROP_MARGIN": 0.125,  # each side of a bird box grows by this fraction before classification
+    "MAX_DETECTIONS": 8,  # birds classified per photo (largest boxes first)
+    # LiteRT threads (None: library default). The shared README saw all-zero scores with 2 threads on one
+    # build; tests/test_vision.py checks the configured value against the default.
+    "LITERT_THREADS": None,
+    # Fusion of the iNat head and the prototype head (vision/classifier.py; chosen in bench/bench_accuracy.py).
+    "FUSION_ALPHA": 0.5,  # prior weight of the iNat head
+    "FUSION_POWER": 2.0,  # how strongly each head's own top probability sways its weight
+    "PROTOTYPE_SCALE": 40.0,  # softmax scale on cosine similarities
+    # "Not a bird": with no confident bird box, a photo is a bird only when ImageNet's bird classes hold at
+    # least this probability mass (measured on non-bird and bird photos, bench/bench_accuracy.py).
+    "BIRD_BOX_CONF": 0.5,
+    "IMAGENET_BIRD_MIN": 0.2,
+    "ANNOTATION_FONT": None,  # a .ttf/.ttc with CJK glyphs; None: the first of vision.annotate.FONT_CANDIDATES
+    "TAUGHT_MIN_IMAGES": 3,
+    "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # whole request; Werkzeug answers 413 beyond it
@@ -54,6 +81,26 @@ DEFAULTS: dict = {
     "OPENAI_API_KEY": None,
     "CHATGLM2_PATH": None,
     "CHATGLM2_PTUNING": None,
+    "CHATGLM2_QUANTIZE": None,  # 4 or 8: ChatGLM2's own int4/int8 kernels (CUDA only; CPU stays float32)
+    # A local transformers chat model directory (AutoModelForCausalLM + chat template) -> model_type "transformers".
+    "TRANSFORMERS_MODEL": None,
+    "TRANSFORMERS_QUANTIZE": None,  # 4 or 8 with bitsandbytes on CUDA
+    "LLAMA_CONTEXT": 4096,  # n_ctx for llama.cpp (capped by the model's trained context)
+    "LLAMA_THREADS": None,  # None: llama.cpp's own choice
+    "OPENAI_CONTEXT": 8192,  # the remote model's context window (prompt fitting uses an estimate)
+    "LLM_REMOTE_CONCURRENCY": 4,  # generations at once for backends without a local model to serialise on
+    "LLM_QUEUE_SIZE": 4,  # requests waiting per backend before 503 + Retry-After
+    "LLM_RETRY_AFTER_S": 5,
+    "LLM_MAX_INPUT_CHARS": 2000,
+    "LLM_MAX_HISTORY_TURNS": 6,  # [user, assistant] pairs kept (oldest dropped first)
+    "LLM_MAX_HISTORY_CHARS": 6000,
+    "LLM_MAX_NEW_TOKENS": 512,
+    "LLM_TIMEOUT_S": 120,  # per request: queue wait + generation
+    "LLM_TEMPERATURE": 0.2,
+    "LLM_TOP_K": 4,  # passages retrieved for mode=kb
+    "DEFAULT_KB": "species",  # the bundled species knowledge base
+    "EXTRACTIVE_MAX_SENTENCES": 4,
+    "EXTRACTIVE_EMBEDDER": True,  # re-rank sentences with the embedder service when it is loaded
     # --- server ---
     "TORCH_THREADS": None,  # None: leave torch's own choice (gunicorn.conf.py sets it from the CPU count)
 }

@@ -1,0 +1,407 @@
+"""The "llm" service: one request -> species resolution + retrieval + prompt + backend -> an Answer.
+
+``answer()`` returns the whole Answer; ``stream()`` returns an iterator of events ({"delta"} ... then
+{"done": true, ...}) that stops generating as soon as it is closed. Everything that can be refused (bad
+history, unknown model or KB, a full queue) is refused before the first event, so streaming routes can
+still answer with a proper 4xx/503."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..errors import APIError
+from . import entities as ent
+from .base import Limits, Passage, Prompt, has_cjk
+from .extractive import NOTHING
+from .prompts import PROMPT_TYPES, fit, parse_json
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+MODES = ("plain", "kb")
+KE_TYPES = ("KE1", "KE2", "KE3")
+# What a species description should cover; the extractive backend scores card sentences against it.
+SPECIES_TOPICS = {
+    "zh": "中文名 学名 英文名 目 科 保护级别 特征 外形 分布 栖息 食",
+    "en": "name scientific english order family iucn status plumage range habitat diet feeds",
+}
+
+
+@dataclass
+class AnswerRequest:
+    user_input: str
+    prompt_type: str = "chat"
+    model_type: str | None = None
+    mode: str = "plain"
+    kb_name: str | None = None
+    history: object = None
+    species_label: str | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class Answer:
+    response: str
+    model_type: str
+    prompt_type: str
+    mode: str
+    generative: bool
+    backend_kind: str
+    sources: list[Passage] = field(default_factory=list)
+    kb_name: str | None = None
+    species: dict | None = None
+    timings_ms: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stopped: str | None = None  # "timeout" | "cancelled" when generation ended early
+    extracted: dict = field(default_factory=dict)  # triples / entities / attributes for KE1-3
+
+    def to_dict(self, with_response: bool = True) -> dict:
+        out = {"model_type": self.model_type, "prompt_type": self.prompt_type, "mode": self.mode,
+               "generative": self.generative, "backend_kind": self.backend_kind,
+               "sources": [p.to_source() for p in self.sources], "species": self.species,
+               "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()}, **self.extracted}
+        if with_response:
+            out = {"response": self.response, **out}
+        if self.kb_name:
+            out["kb_name"] = self.kb_name
+        if self.warnings:
+            out["warnings"] = self.warnings
+        if self.stopped:
+            out["stopped"] = self.stopped
+        return out
+
+
+class AnswerService:
+    def __init__(self, config, services):
+        self.config = config
+        self.catalog = services.optional("species")
+        self.kb = services.optional("kb")
+        self._services = services
+        self.registry = Registry(config, services)
+        self.recognizer = ent.EntityRecognizer(self.catalog)
+        self.max_input_chars = int(config.get("LLM_MAX_INPUT_CHARS", 2000))
+        self.max_history_turns = int(config.get("LLM_MAX_HISTORY_TURNS", 6))
+        self.max_history_chars = int(config.get("LLM_MAX_HISTORY_CHARS", 6000))
+        self.max_new_tokens = int(config.get("LLM_MAX_NEW_TOKENS", 512))
+        self.timeout_s = float(config.get("LLM_TIMEOUT_S", 120))
+        self.top_k = int(config.get("LLM_TOP_K", 4))
+        self.default_kb = config.get("DEFAULT_KB") or "species"
+        self.stats = {"answers": 0, "cancelled": 0, "timeouts": 0}
+        self._stats_lock = threading.Lock()
+
+    # --- service protocol -------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"default": self.registry.default,
+                "backends": {e.name: (e.error or "loaded") for e in self.registry.entries.values()}}
+
+    def models(self) -> dict:
+        return self.registry.to_dict()
+
+    def answer(self, request: AnswerRequest) -> Answer:
+        job = self._prepare(request)
+        try:
+            job.start()
+            text = "".join(job.deltas())
+            return job.finish(text)
+        finally:
+            job.close()
+
+    def stream(self, request: AnswerRequest) -> "EventStream":
+        return EventStream(self._prepare(request))
+
+    # --- preparing a job --------------------------------------------------------------------------
+    def _prepare(self, req: AnswerRequest) -> "Job":
+        t0 = time.perf_counter()
+        if req.prompt_type not in PROMPT_TYPES:
+            raise APIError(400, "bad_field", f"'prompt_type' must be one of: {', '.join(PROMPT_TYPES)}")
+        if req.mode not in MODES:
+            raise APIError(400, "bad_field", "'mode' must be 'plain' or 'kb'")
+        question = (req.user_input or "").strip()
+        if not question:
+            raise APIError(400, "missing_field", "'user_input' is required")
+        if len(question) > self.max_input_chars:
+            raise APIError(400, "bad_field", f"'user_input' is longer than {self.max_input_chars} characters")
+        history = self._history(req.history)
+        entry = self.registry.get(req.model_type)
+        backend = entry.backend
+        lang = "zh" if has_cjk(question) else "en"
+        warnings: list[str] = []
+
+        focus, label_species = self._focus_species(req, question, warnings)
+        search_query = question
+        if focus and label_species is not None and focus[0] is label_species:
+            # A follow-up about the photo ("它吃什么？"): search with the bird's names too.
+            search_query = f"{question} {' '.join(self._names(label_species))}"
+        prompt = Prompt(question=question, prompt_type=req.prompt_type, lang=lang, history=history,
+                        search_query=search_query)
+        if req.prompt_type == "species" and not backend.generative:
+            prompt.search_query = SPECIES_TOPICS[lang]
+
+        kb_name = None
+        if req.mode == "kb":
+            kb_name = req.kb_name or self.default_kb
+            passages = self._kb_passages(kb_name, search_query, focus, lang)
+        else:
+            passages = self._card_passages(focus, lang)
+            if not passages and not backend.generative and req.prompt_type == "chat" and self.kb is not None:
+                # No species named and no model to talk freely: the extractive answer needs documents.
+                try:
+                    passages = self._kb_passages(self.default_kb, search_query, focus, lang)
+                except APIError:
+                    passages = []
+        if req.prompt_type == "KE2":
+            passages = []  # entities are found in the user's text, not in documents
+        prompt.passages = passages
+        retrieve_ms = (time.perf_counter() - t0) * 1000
+
+        max_new = min(req.max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        if backend.generative:
+            name = self._names(focus[0])[0] if focus else None
+            fit(prompt, backend.count_tokens, backend.context_window, max_new, species_name=name)
+        ticket = entry.gate.enter()  # 503 + Retry-After right here when the queue is full
+        limits = Limits(max_new_tokens=max_new, deadline=time.monotonic() + self.timeout_s)
+        job = Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings)
+        job.timings_ms["retrieve"] = retrieve_ms
+        job.t0 = t0
+        return job
+
+    def _history(self, raw) -> list[tuple[str, str]]:
+        if raw is None or raw == "":
+            return []
+        if not isinstance(raw, list) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in raw):
+            raise APIError(400, "bad_field", "'history' must be a JSON list of [user, assistant] string pairs")
+        pairs = [(u, a) for u, a in raw][-self.max_history_turns:] if self.max_history_turns > 0 else []
+        while pairs and sum(len(u) + len(a) for u, a in pairs) > self.max_history_chars:
+            pairs = pairs[1:]
+        return pairs
+
+    def _focus_species(self, req, question, warnings):
+        """The species the question is about: those it names, else the photo's (species_label)."""
+        if self.catalog is None:
+            if req.prompt_type == "species" or req.species_label:
+                warnings.append("the species catalogue is unavailable")
+            return [], None
+        label_species = None
+        if req.species_label:
+            label_species = self.catalog.by_label(req.species_label) or self.catalog.resolve(req.species_label)
+            if label_species is None:
+                warnings.append(f"unknown species_label '{req.species_label}' ignored")
+        named = []
+        for sp, _start, _end in self.catalog.find_mentions(question):
+            if all(sp.id != s.id for s in named):
+                named.append(sp)
+        if not named and req.prompt_type == "species":
+            resolved = self.catalog.resolve(question)
+            if resolved is not None:
+                named.append(resolved)
+        focus = named[:2] or ([label_species] if label_species is not None else [])
+        return focus, label_species
+
+    @staticmethod
+    def _names(sp) -> list[str]:
+        return [n for n in (sp.chinese_name, sp.english_name, sp.scientific_name) if n]
+
+    def _card_passages(self, focus, lang) -> list[Passage]:
+        passages = []
+        for sp in focus:
+            text = self.catalog.card_text(sp.id, lang)
+            if text:
+                passages.append(Passage(number=len(passages) + 1, text=text, kb_name="species", doc_name=sp.id,
+                                        chunk_id=f"{sp.id}#card", score=1.0,
+                                        heading=ent.display_name(sp, lang), species_id=sp.id))
+        return passages
+
+    def _kb_passages(self, kb_name, query, focus, lang) -> list[Passage]:
+        if self.kb is None:
+            if kb_name == self.default_kb and self.catalog is not None:
+                return self._card_passages(focus, lang)  # the bundled species KB, straight from the cards
+            self._services.get("kb")  # raises 503 model_unavailable with the reason
+        try:
+            hits = self.kb.search(kb_name, query, self.top_k)
+        except KeyError:
+            raise APIError(404, "unknown_kb", f"unknown knowledge base '{kb_name}'") from None
+        passages = []
+        for hit in hits:
+            h = hit.to_dict() if hasattr(hit, "to_dict") else dict(hit)
+            passages.append(Passage(number=len(passages) + 1, text=h["text"], kb_name=h.get("kb_name", kb_name),
+                                    doc_name=h["doc_name"], chunk_id=str(h["chunk_id"]), score=float(h["score"]),
+                                    heading=h.get("heading"), species_id=h.get("species_id")))
+        return passages
+
+    def count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
+
+
+class Job:
+    """One answer in progress: owns its place in the backend's queue and its cancel flag."""
+
+    def __init__(self, service: AnswerService, entry, prompt: Prompt, limits: Limits, ticket, req, kb_name, focus,
+                 warnings):
+        self.service = service
+        self.entry = entry
+        self.backend = entry.backend
+        self.prompt = prompt
+        self.limits = limits
+        self.ticket = ticket
+        self.req = req
+        self.kb_name = kb_name
+        self.focus = focus
+        self.warnings = warnings
+        self.timings_ms: dict = {}
+        self.t0 = time.perf_counter()
+        self.finished = False
+        self._stream = None
+        self.extracted: dict | None = None
+
+    def start(self) -> None:
+        remaining = self.limits.deadline - time.monotonic()
+        self.ticket.acquire(timeout=max(remaining, 0.0))
+        self.t_start = time.perf_counter()
+        self.timings_ms["queue"] = (self.t_start - self.t0) * 1000 - self.timings_ms["retrieve"]
+
+    def deltas(self):
+        """Text deltas of the answer."""
+        if not self.backend.generative and self.prompt.prompt_type in KE_TYPES:
+            yield self._extract_without_llm()
+            return
+        if not self.backend.generative and self.focus and self.prompt.passages:
+            yield self._subject_line()
+        self._stream = self.backend.stream(self.prompt, self.limits)
+        first = True
+        for delta in self._stream:
+            if first:
+                self.timings_ms["first_token"] = (time.perf_counter() - self.t0) * 1000
+                first = False
+            yield delta
+
+    def _subject_line(self) -> str:
+        sp = self.focus[0]
+        lang = self.prompt.lang
+        if lang == "zh":
+            taxon = "·".join(x for x in (sp.order_zh, sp.family_zh or sp.family) if x)
+            return f"关于{ent.display_name(sp, 'zh')}（{taxon or sp.scientific_name}）：" if taxon or sp.chinese_name else ""
+        return f"About the {sp.english_name} ({', '.join(x for x in (sp.scientific_name, sp.family) if x)}): "
+
+    def _extract_without_llm(self) -> str:
+        """KE1-3 with the project's own recogniser and the catalogue's facts."""
+        lang, text = self.prompt.lang, self.prompt.question
+        species = [e for e in self.service.recognizer.entities(text) if e["type"] == "species"]
+        found = [self.service.catalog.get(e["species_id"]) for e in species] if species else list(self.focus)
+        found = [sp for i, sp in enumerate(found) if sp is not None and all(sp.id != o.id for o in found[:i])]
+        kind = self.prompt.prompt_type
+        if kind == "KE2":
+            items = self.service.recognizer.entities(text)
+            self.extracted = {"entities": items}
+            return ("、".join(f"{e['text']}（{e['type']}）" for e in items) if lang == "zh" else
+                    ", ".join(f"{e['text']} ({e['type']})" for e in items)) or _nothing_found(lang)
+        if kind == "KE1":
+            rows = [t for sp in found for t in ent.triples(sp, lang)]
+            self.extracted = {"triples": rows}
+            return "\n".join(f"({h}, {r}, {t})" for h, r, t in rows) or _nothing_found(lang)
+        attrs = ent.attributes(found[0], lang) if found else {}
+        self.extracted = {"attributes": attrs}
+        return "\n".join(f"{k}: {v}" for k, v in attrs.items()) or _nothing_found(lang)
+
+    def finish(self, text: str) -> Answer:
+        self.finished = True
+        now = time.perf_counter()
+        self.timings_ms["generate"] = (now - getattr(self, "t_start", now)) * 1000
+        self.timings_ms["total"] = (now - self.t0) * 1000
+        extracted = self.extracted
+        if extracted is None and self.prompt.prompt_type in KE_TYPES:
+            extracted = self._parse_model_json(text)
+        answer = Answer(
+            response=text or NOTHING[self.prompt.lang], model_type=self.entry.name,
+            prompt_type=self.prompt.prompt_type, mode=self.req.mode, generative=self.backend.generative,
+            backend_kind=self.backend.kind, sources=self.prompt.passages, kb_name=self.kb_name,
+            species=self.focus[0].names() if self.focus else None, timings_ms=self.timings_ms,
+            warnings=self.warnings, extracted=extracted or {})
+        if self.limits.cancel.is_set():
+            answer.stopped = "cancelled"
+        elif self.limits.expired():
+            answer.stopped = "timeout"
+            self.service.count("timeouts")
+        self.service.count("answers")
+        return answer
+
+    def _parse_model_json(self, text: str) -> dict:
+        kind = self.prompt.prompt_type
+        key = {"KE1": "triples", "KE2": "entities", "KE3": "attributes"}[kind]
+        value, warning = parse_json(text)
+        if isinstance(value, dict):
+            value = value.get(key, value if kind == "KE3" else None)
+        if warning:
+            self.warnings.append(warning)
+        question = self.prompt.question
+        if kind == "KE1":
+            ok = [list(map(str, t)) for t in (value if isinstance(value, list) else [])
+                  if isinstance(t, (list, tuple)) and len(t) == 3]
+        elif kind == "KE2":
+            ok = []
+            for e in value if isinstance(value, list) else []:
+                if isinstance(e, dict) and isinstance(e.get("text"), str) and e["text"]:
+                    start = question.find(e["text"])
+                    ok.append({"text": e["text"], "type": str(e.get("type", "other")),
+                               "start": start if start >= 0 else None,
+                               "end": start + len(e["text"]) if start >= 0 else None})
+        else:
+            ok = {str(k): str(v) for k, v in value.items()
+                  if isinstance(v, (str, int, float))} if isinstance(value, dict) else {}
+        if not ok and value is not None:
+            self.warnings.append(f"the model's JSON held no usable {key}")
+        return {key: ok}
+
+    def close(self) -> None:
+        """Stop generating (client gone, or done) and give the model to the next request. Idempotent."""
+        if not self.finished:
+            self.limits.cancel.set()
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self.ticket is not None:
+            if not self.finished and self.ticket.state == "running":
+                self.service.count("cancelled")
+            self.ticket.release()
+            self.ticket = None
+
+
+def _nothing_found(lang: str) -> str:
+    return "没有在文本中找到鸟类实体。" if lang == "zh" else "No bird entities were found in the text."
+
+
+class EventStream:
+    """Iterator of answer events; ``close()`` (Werkzeug calls it when the client goes away) cancels the
+    generation and frees the model even when iteration never started."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self._events = self._run()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._events)
+
+    def _run(self):
+        job = self.job
+        try:
+            job.start()
+            parts = []
+            for delta in job.deltas():
+                parts.append(delta)
+                yield {"delta": delta}
+            answer = job.finish("".join(parts))
+            yield {"done": True, **answer.to_dict(with_response=False)}
+        except APIError as exc:
+            yield {"done": True, "error": exc.message, "code": exc.code, "sources": []}
+        finally:
+            job.close()
+
+    def close(self) -> None:
+        self._events.close()
+        self.job.close()

@@ -1,0 +1,182 @@
+"""The default answer backend, needing no weights: it answers from the retrieved passages (KB hits or
+species cards) by choosing and ordering their most relevant sentences, each cited as [n]. It never writes
+a claim of its own, so it cannot be talked into one by a poisoned document; sentences that address the
+assistant ("ignore previous instructions...") are never quoted."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Iterator
+
+from .base import Backend, Limits, Passage, Prompt, has_cjk
+
+log = logging.getLogger(__name__)
+
+_SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=\.)\s+(?=[A-Z0-9\"'(])|\n+")
+_MARKDOWN = re.compile(r"^\s*(?:#{1,6}\s*|[-*+]\s+|\d+[.)]\s+|>\s*)|\*\*|__|`")
+_LATIN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Text that speaks to the assistant instead of about birds: kept out of answers (prompt injection).
+_INJECTION = re.compile(
+    r"ignore (?:all |the )?(?:previous|prior|above|earlier) (?:instructions|prompts?)|disregard (?:all |the )?"
+    r"(?:previous|above) |system prompt|you are now|new instructions|忽略(?:之前|以上|上面|前面|先前)?(?:的)?(?:所有)?"
+    r"(?:指令|指示|要求|提示)|无视(?:之前|以上)|系统提示|你现在是", re.I)
+STOPWORDS = frozenset(
+    "的 了 吗 呢 吧 啊 呀 么 是 在 有 和 与 及 或 它 它们 他 她 这 那 这个 那个 这种 那种 什么 怎么 怎样 如何 为什么 哪 哪个 哪些 哪里 "
+    "吗？ 一 一种 种 只 个 请 告诉 我 你 介绍 一下 关于 可以 能 会 多少 几 ？ ? ， , 。 . ！ ! 、 ： : the a an is are was "
+    "were be of to in on for and or what which who whom how why where when does do did it its this that these "
+    "those about tell me please describe can could would you i my with as by from".split())
+# Question words that name a topic the cards word differently ("它吃什么" -> the diet sentence).
+EXPANSIONS = {
+    "吃": ("食", "捕食", "觅食", "食物"), "食物": ("食", "捕食", "觅食"), "食性": ("食", "捕食"),
+    "哪里": ("分布", "栖息", "生活"), "住": ("栖息", "分布"), "分布": ("栖息", "见于"), "生活": ("栖息",),
+    "多大": ("体长", "翼展", "体重"), "大小": ("体长", "翼展", "体重"), "多重": ("体重",), "多长": ("体长",),
+    "叫声": ("鸣叫", "鸣声", "叫"), "叫": ("鸣",), "保护": ("保护级别", "IUCN", "濒危", "无危"),
+    "濒危": ("保护级别", "IUCN"), "科": ("科",), "目": ("目",), "学名": ("学名",), "英文": ("英文名",),
+    "繁殖": ("巢", "产卵", "繁殖期"), "巢": ("繁殖", "产卵"), "迁徙": ("迁", "越冬", "繁殖地"),
+    "长什么样": ("羽", "体长", "特征", "外形"), "样子": ("羽", "特征", "外形"), "特征": ("羽", "外形"),
+    "eat": ("diet", "food", "feeds", "prey"), "food": ("diet", "feeds", "prey"), "diet": ("feeds", "prey"),
+    "where": ("range", "habitat", "distribution", "found"), "live": ("habitat", "range", "found"),
+    "big": ("length", "wingspan", "weight"), "size": ("length", "wingspan", "weight"),
+    "sound": ("call", "song", "voice"), "call": ("song", "voice"), "endangered": ("iucn", "status"),
+    "status": ("iucn", "conservation"), "family": ("family",), "order": ("order",),
+    "look": ("plumage", "feathers", "appearance"), "nest": ("breeding", "eggs"), "breed": ("nest", "eggs"),
+}
+NOTHING = {
+    "zh": "资料中没有找到与这个问题相关的内容。",
+    "en": "The documents contain nothing relevant to this question.",
+}
+
+
+def terms(text: str) -> list[str]:
+    """Query terms: jieba words for Chinese, lower-cased words for Latin script, minus stop words."""
+    import jieba
+
+    out: list[str] = []
+    for token in jieba.lcut_for_search(text):
+        token = token.strip().lower()
+        if not token or token in STOPWORDS:
+            continue
+        if has_cjk(token):
+            out.append(token)
+        else:
+            out.extend(w for w in _LATIN.findall(token) if w not in STOPWORDS)
+    expanded = list(out)
+    for token in out:
+        expanded.extend(EXPANSIONS.get(token, ()))
+    return list(dict.fromkeys(expanded))
+
+
+def split_sentences(text: str) -> list[str]:
+    sentences = []
+    for raw in _SENTENCE_END.split(text):
+        if not raw:
+            continue
+        sentence = _MARKDOWN.sub("", raw).strip()
+        if len(sentence) >= 4 and re.search(r"\w", sentence):
+            sentences.append(sentence)
+    return sentences
+
+
+class ExtractiveBackend(Backend):
+    kind = "retrieval-only"
+    generative = False
+    local = False  # pure Python over a few passages: no model to serialise on
+
+    def __init__(self, name: str, embedder=None, max_sentences: int = 4, max_chars: int = 600):
+        super().__init__(name, context_window=0)
+        self.embedder = embedder
+        self.max_sentences = max_sentences
+        self.max_chars = max_chars
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        jieba.initialize()  # load the dictionary now, not on the first question
+
+    def describe(self) -> dict:
+        return {"embedder": self.embedder is not None}
+
+    # --- selection ------------------------------------------------------------------------------
+    def select(self, prompt: Prompt) -> list[tuple[str, Passage]]:
+        """The chosen sentences with their passage, best first."""
+        query = prompt.search_query or prompt.question
+        candidates: list[tuple[str, Passage, int]] = []
+        for passage in prompt.passages:
+            for position, sentence in enumerate(split_sentences(passage.text)):
+                if not _INJECTION.search(sentence):
+                    candidates.append((sentence, passage, position))
+        if not candidates:
+            return []
+        # Answer in the question's language when the passages offer it.
+        want_cjk = prompt.lang == "zh"
+        same_lang = [c for c in candidates if has_cjk(c[0]) == want_cjk]
+        if same_lang:
+            candidates = same_lang
+        query_terms = terms(query)
+        lowered = [c[0].lower() for c in candidates]
+        n = len(candidates)
+        idf = {t: math.log(1 + n / (1 + sum(t in s for s in lowered))) for t in query_terms}
+        scores = []
+        for (sentence, passage, position), low in zip(candidates, lowered):
+            overlap = sum(idf[t] * (1 + 0.1 * min(len(t), 4)) for t in query_terms if t in low)
+            # Small priors: better-ranked passage, earlier sentence (summaries come first), not too long.
+            prior = 0.3 / passage.number + 0.2 / (1 + position) - 0.001 * max(0, len(sentence) - 120)
+            scores.append(overlap + prior)
+        order = sorted(range(n), key=lambda i: -scores[i])
+        order = self._rerank(query, candidates, order, scores)
+        chosen: list[tuple[str, Passage]] = []
+        used = 0
+        best = scores[order[0]]
+        for i in order:
+            sentence, passage, _ = candidates[i]
+            if len(chosen) >= self.max_sentences or (chosen and used + len(sentence) > self.max_chars):
+                break
+            # Stop at sentences far weaker than the best one (they are filler, not answer).
+            if chosen and best > 1 and scores[i] < 0.35 * best:
+                break
+            chosen.append((sentence, passage))
+            used += len(sentence)
+        return chosen
+
+    def _rerank(self, query, candidates, order, scores):
+        """With the embedder service: mix cosine similarity into the top lexical candidates."""
+        if self.embedder is None:
+            return order
+        top = order[:12]
+        try:
+            vectors = _embed(self.embedder, [query] + [candidates[i][0] for i in top])
+        except Exception:  # the embedder is an optional refinement, never a reason to fail an answer
+            log.exception("embedder failed; lexical ranking only")
+            return order
+        q = vectors[0]
+        top_lex = max(scores[i] for i in top) or 1.0
+        for i, v in zip(top, vectors[1:]):
+            cos = sum(a * b for a, b in zip(q, v)) / (math.sqrt(sum(a * a for a in q) * sum(b * b for b in v)) or 1)
+            scores[i] = scores[i] / top_lex + cos
+        return sorted(top, key=lambda i: -scores[i]) + order[12:]
+
+    # --- the interface ---------------------------------------------------------------------------
+    def stream(self, prompt: Prompt, limits: Limits) -> Iterator[str]:
+        chosen = self.select(prompt)
+        if not chosen:
+            yield NOTHING[prompt.lang]
+            return
+        sep = "" if prompt.lang == "zh" else " "
+        for i, (sentence, passage) in enumerate(chosen):
+            if limits.expired():
+                return
+            end = "" if sentence[-1] in "。！？.!?；;" else ("。" if prompt.lang == "zh" else ".")
+            yield f"{sep if i else ''}{sentence}{end}[{passage.number}]"
+
+
+def _embed(embedder, texts: list[str]):
+    for method in ("embed_documents", "embed", "encode"):
+        fn = getattr(embedder, method, None)
+        if callable(fn):
+            return [list(map(float, v)) for v in fn(texts)]
+    raise TypeError("embedder has no embed_documents/embed/encode method")
+
+
+def create(name: str, config, services) -> ExtractiveBackend:
+    return ExtractiveBackend(name, embedder=services.optional("embedder") if config.get("EXTRACTIVE_EMBEDDER") else None,
+                             max_sentences=int(config.get("EXTRACTIVE_MAX_SENTENCES", 4)))

@@ -1,0 +1,319 @@
+"""Generate ``birdsdao/species/data/species.jsonl``, the one file the species catalogue loads.
+
+Run ``python -m birdsdao.species.build_data [SHARED_DATA_DIR]`` (default ``<project>/../shared/data``).
+It merges the two published reference tables (BIRDS-525 labels and iNat model outputs) into one record
+per species keyed by scientific name, keeps every other spelling as an alias, and adds what the project
+wrote itself (files beside this module in ``data/``): Chinese names of orders/families, Chinese names for
+species the published list lacks, taxonomy for rows the tables left unmatched, common aliases, and
+descriptions. Every field that can come from either side carries its source (``published``/``project``)
+so a card can say which facts are the project's own. The server never reads ``../shared`` at runtime.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+BIRDS525_TABLE = "birds525_species_reference.csv"
+INAT_TABLE = "inat_bird_species_reference.csv"
+
+# Species texts shorter than this (characters) also carry their family's overview on the card.
+SHORT_TEXT = 90
+
+IUCN_ZH = {
+    "LC": "无危", "NT": "近危", "VU": "易危", "EN": "濒危", "CR": "极危",
+    "EW": "野外灭绝", "EX": "灭绝", "DD": "数据缺乏", "NE": "未评估",
+}
+
+
+def _clean(value: str | None) -> str:
+    """Table cells: strip, and undo the ``\\xd7`` escapes the iNat labels carry for the hybrid sign."""
+    value = (value or "").strip().replace("\\xd7", "×")
+    return value.rstrip(".")  # "Vestiaria coccinea." in BIRDS-525
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: _clean(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _inat_label_parts(label: str) -> tuple[str, str]:
+    """``"Corvus corax (Common Raven)"`` -> (``"Corvus corax"``, ``"Common Raven"``); the 2017 names."""
+    if "(" not in label:
+        return label, ""
+    sci, _, rest = label.partition(" (")
+    return sci.strip(), rest[:-1].strip() if rest.endswith(")") else rest.strip()
+
+
+def make_label(english_name: str) -> str:
+    """The generated label of a species with no BIRDS-525 label: English upper-cased, apostrophes dropped."""
+    return " ".join(english_name.replace("'", "").replace("’", "").upper().split())
+
+
+@dataclass
+class Row:
+    """One table row, normalised: ``source`` is ``"birds525"`` or ``"inat"``."""
+    source: str
+    scientific_name: str
+    english_name: str
+    chinese_name: str
+    order: str
+    family: str
+    iucn_status: str
+    ebird_code: str
+    match: str
+    birds525_label: str = ""
+    inat_index: int | None = None
+    label_names: tuple[str, ...] = ()   # the data set's own spellings (iNat 2017 name, BIRDS-525 label)
+
+    @property
+    def filled(self) -> int:
+        return sum(bool(v) for v in (self.order, self.family, self.iucn_status, self.ebird_code,
+                                     self.chinese_name)) + (self.match != "none")
+
+
+@dataclass
+class Merged:
+    rows: list[Row] = field(default_factory=list)
+
+
+def read_tables(shared_data: Path) -> list[Row]:
+    rows: list[Row] = []
+    for r in _read_csv(shared_data / BIRDS525_TABLE):
+        rows.append(Row("birds525", r["scientific_name"], r["english_name"], r["chinese_name"], r["order"],
+                        r["family"], r["iucn_status"], r["ebird_code"], r["match"],
+                        birds525_label=r["label"], label_names=(r["label"],)))
+    for r in _read_csv(shared_data / INAT_TABLE):
+        if r["label"] == "background":
+            continue
+        sci2017, en2017 = _inat_label_parts(r["label"])
+        rows.append(Row("inat", r["scientific_name"], r["english_name"], r["chinese_name"], r["order"],
+                        r["family"], r["iucn_status"], r["ebird_code"], r["match"],
+                        birds525_label=r["birds525_label"], inat_index=int(r["index"]),
+                        label_names=tuple(x for x in (sci2017, en2017) if x)))
+    return rows
+
+
+def group_rows(rows: list[Row], merges: dict[str, str] | None = None) -> list[list[Row]]:
+    """Group rows naming the same species: same scientific name, or an iNat row that the table links to a
+    BIRDS-525 label (the link survives renames such as Phalacrocorax auritus -> Nannopterum auritum)."""
+    merges = merges or {}
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    by_label = {r.birds525_label: r for r in rows if r.source == "birds525"}
+    for r in rows:
+        find(r.scientific_name)
+        if r.source == "inat" and r.birds525_label in by_label:
+            union(r.scientific_name, by_label[r.birds525_label].scientific_name)
+    # Unmatched BIRDS-525 rows that the project identified as a species already in the vocabulary.
+    for sci, into in merges.items():
+        if sci in parent and into in parent:
+            union(sci, into)
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(find(r.scientific_name), []).append(r)
+    return list(groups.values())
+
+
+def _first(rows: list[Row], attr: str) -> str:
+    return next((getattr(r, attr) for r in rows if getattr(r, attr)), "")
+
+
+def _read_project_csv(name: str) -> list[dict]:
+    path = DATA_DIR / name
+    return _read_csv(path) if path.exists() else []
+
+
+def load_project_tables() -> dict:
+    """The project's own data files (all optional so the generator runs at every stage of the work)."""
+    descriptions = {}
+    path = DATA_DIR / "descriptions.jsonl"
+    if path.exists():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    item = json.loads(line)
+                    descriptions[item["scientific_name"]] = item
+    families = {}
+    path = DATA_DIR / "family_descriptions.tsv"
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            families = {r["family"]: r["zh"] for r in csv.DictReader(fh, delimiter="\t")}
+    aliases: dict[str, list[str]] = {}
+    for r in _read_project_csv("aliases.csv"):
+        aliases.setdefault(r["scientific_name"], []).append(r["alias"])
+    return {
+        "orders_zh": {r["order"]: r["order_zh"] for r in _read_project_csv("orders_zh.csv")},
+        "families_zh": {r["family"]: r["family_zh"] for r in _read_project_csv("families_zh.csv")},
+        "zh_names": {r["scientific_name"]: r["chinese_name"] for r in _read_project_csv("project_zh_names.csv")
+                     if r.get("chinese_name")},
+        "taxonomy": {r["scientific_name"]: r for r in _read_project_csv("taxonomy_fixes.csv")},
+        "aliases": aliases,
+        "merges": {r["scientific_name"]: r["into"] for r in _read_project_csv("project_merges.csv")},
+        "descriptions": descriptions,
+        "family_descriptions": families,
+    }
+
+
+def _src(value, source: str):
+    return source if value else None
+
+
+def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dict:
+    """One species record from the rows that name it (best-matched row first)."""
+    group = sorted(group, key=lambda r: (-(r.match != "none"), -r.filled, r.source != "inat",
+                                         r.inat_index if r.inat_index is not None else 10**6))
+    main = group[0]
+    sid = main.scientific_name
+    b525 = sorted((r for r in group if r.source == "birds525"), key=lambda r: (r.match == "none", r.birds525_label))
+    birds525_label = next((r.birds525_label for r in group if r.source == "inat" and r.birds525_label), "") \
+        or (b525[0].birds525_label if b525 else "")
+    english = main.english_name if main.match != "none" else (
+        next((r.english_name for r in group if r.source == "inat"), "") or main.english_name)
+    record: dict = {"id": sid, "scientific_name": sid, "english_name": english}
+    record["label"] = birds525_label or make_label(english)
+    record["birds525_label"] = birds525_label or None
+    record["birds525_labels"] = sorted(r.birds525_label for r in b525)
+    record["inat_indices"] = sorted(r.inat_index for r in group if r.inat_index is not None)
+
+    chinese, chinese_source = _first(group, "chinese_name"), "published"
+    extra_zh: list[str] = []
+    if chinese:
+        # The published list writes alternatives inline ("麻雀 (树麻雀)", "美洲中杓鹬/中杓鹬"): the first is
+        # the name, the others (and the cell as printed) stay as aliases so every spelling resolves.
+        parts = [p.strip() for p in re.split(r"[/()（）]", chinese) if p.strip()]
+        if len(parts) > 1:
+            extra_zh = [*parts[1:], chinese]
+            chinese = parts[0]
+    if not chinese and project["zh_names"].get(sid):
+        chinese, chinese_source = project["zh_names"][sid], "project"
+    record["chinese_name"] = chinese or None
+    record["chinese_name_source"] = chinese_source if chinese else None
+
+    sources: dict[str, str | None] = {}
+    # Taxonomy: the tables first; a subspecies/domestic form inherits its parent species' published row;
+    # rows the tables left unmatched take the project's own taxonomy_fixes.csv.
+    order, family = _first(group, "order"), _first(group, "family")
+    iucn, ebird = _first(group, "iucn_status"), _first(group, "ebird_code")
+    tax_source = "published"
+    if not (order and family):
+        parent = by_sci.get(" ".join(sid.split()[:2]))
+        if parent and parent is not record and parent.get("order"):
+            order, family = parent["order"], parent["family"]
+            tax_source = "published (parent species)"
+        elif sid in project["taxonomy"]:
+            fix = project["taxonomy"][sid]
+            order, family = fix.get("order", ""), fix.get("family", "")
+            tax_source = "project"
+    record["order"], record["family"] = order or None, family or None
+    sources["order"] = _src(order, tax_source)
+    sources["family"] = _src(family, tax_source)
+    record["order_zh"] = project["orders_zh"].get(order) or None
+    record["family_zh"] = project["families_zh"].get(family) or None
+    sources["order_zh"] = _src(record["order_zh"], "project")
+    sources["family_zh"] = _src(record["family_zh"], "project")
+    record["iucn_status"] = iucn or None
+    record["iucn_status_zh"] = IUCN_ZH.get(iucn) if iucn else None
+    sources["iucn_status"] = _src(iucn, "published")
+    record["ebird_code"] = ebird or None
+    sources["ebird_code"] = _src(ebird, "published")
+    sources["chinese_name"] = record["chinese_name_source"]
+
+    aliases: list[str] = []
+    for r in group:
+        aliases += [r.scientific_name, r.english_name, r.chinese_name, *r.label_names]
+    aliases += extra_zh + project["aliases"].get(sid, [])
+    seen = {sid.casefold(), english.casefold(), (chinese or "").casefold(), record["label"].casefold()}
+    record["aliases"] = []
+    for a in aliases:
+        if a and a.casefold() not in seen:
+            seen.add(a.casefold())
+            record["aliases"].append(a)
+
+    desc = project["descriptions"].get(sid)
+    if desc is None and project["family_descriptions"].get(family):
+        # No species text yet: what is true of the whole family, labelled as such on the card.
+        desc = {"zh": project["family_descriptions"][family], "en": None, "kind": "family"}
+    record["description"] = {
+        "zh": desc.get("zh") if desc else None,
+        "en": desc.get("en") if desc else None,
+        "kind": (desc.get("kind") or "species") if desc else None,   # "species" | "family"
+    }
+    # A short species text leaves diet/habitat questions unanswered: add what is true of the whole
+    # family, rendered under its own labelled heading.
+    family_text = project["family_descriptions"].get(family)
+    if desc and record["description"]["kind"] == "species" and family_text and len(desc["zh"]) < SHORT_TEXT:
+        record["description"]["family_zh"] = family_text
+    sources["description"] = "project" if desc else None
+    record["sources"] = sources
+    return record
+
+
+def build_records(shared_data: Path) -> list[dict]:
+    rows = read_tables(shared_data)
+    project = load_project_tables()
+    groups = group_rows(rows, project["merges"])
+    # Species rows first so that subspecies can inherit their parent's taxonomy.
+    groups.sort(key=lambda g: (len(g[0].scientific_name.split()) > 2, g[0].scientific_name))
+    by_sci: dict[str, dict] = {}
+    records = []
+    for group in groups:
+        record = merge_group(group, project, by_sci)
+        by_sci[record["id"]] = record
+        records.append(record)
+    records.sort(key=lambda r: r["id"])
+    return records
+
+
+def write_jsonl(records: list[dict], path: Path) -> None:
+    """Atomic write: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; this is a data file meant to be read by anyone
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shared_data", nargs="?", default=str(DEFAULT_SHARED_DATA),
+                        help="folder with the two reference CSVs (default: <project>/../shared/data)")
+    parser.add_argument("--out", default=str(DATA_DIR / "species.jsonl"))
+    args = parser.parse_args(argv)
+    records = build_records(Path(args.shared_data))
+    write_jsonl(records, Path(args.out))
+    n_pub = sum(r["chinese_name_source"] == "published" for r in records)
+    n_proj = sum(r["chinese_name_source"] == "project" for r in records)
+    kinds = [r["description"]["kind"] for r in records]
+    print(f"{len(records)} species -> {args.out}; Chinese names: {n_pub} published, {n_proj} project, "
+          f"{len(records) - n_pub - n_proj} missing; descriptions: {kinds.count('species')} species-level, "
+          f"{kinds.count('family')} family-level", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

