@@ -72,6 +72,14 @@ def main():
                 times.append((time.perf_counter() - t) * 1000)
             times.sort()
             print(f"  {mode:7s} p50 {times[len(times) // 2]:6.1f} ms  p95 {times[int(len(times) * 0.95)]:6.1f} ms")
+        # The query embedding alone, same queries: what the index side adds is the difference.
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            embedder.embed_array([q], is_query=True)
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        print(f"  (query embedding alone p50 {times[len(times) // 2]:6.1f} ms  p95 {times[int(len(times) * 0.95)]:6.1f} ms)")
         try:
             from rank_bm25 import BM25Okapi
         except ImportError:
