@@ -46,7 +46,7 @@ def main():
     embedder = registry.get()
     base_texts = sentences(rows, 500, rng)
     base = embedder.embed_array(base_texts)
-    queries = [q["question"] for q in kb_corpus.questions(rows, args.queries)]
+    queries = [q["question"] for q in random.Random(5).sample(kb_corpus.questions(rows, args.queries), args.queries)]
     service = KnowledgeBaseService(Path(tempfile.mkdtemp()) / "kb", registry)
     service.create("lat")
     kb = service.get("lat")
