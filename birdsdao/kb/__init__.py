@@ -224,7 +224,10 @@ class KnowledgeBaseService:
     # --- search --------------------------------------------------------------------------------------
 
     def search(self, kb_name: str, query: str, top_k: int = 5, mode: str | None = None) -> list[Hit]:
-        return self.get(kb_name).search(query, top_k, mode or self.search_mode)
+        kb = self.get(kb_name)
+        if kb_name in self.building:  # half-built: an answer from a few cards would mislead
+            raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
+        return kb.search(query, top_k, mode or self.search_mode)
 
     def describe(self) -> dict:
         return {"search_mode": self.search_mode, "default_kb": self.default_kb, "building": sorted(self.building),
