@@ -8,6 +8,7 @@ The KB is built once under bench/out/recall/ and reused by later runs (delete it
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -26,16 +27,35 @@ OUT = Path(__file__).resolve().parent / "out" / "recall"
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200, help="questions (half Chinese, half English)")
+    parser.add_argument("--n", type=int, default=200, help="questions (sampled from the eval set)")
+    parser.add_argument("--cards", type=int, default=0, help="build the KB from this many cards only (0: all)")
     args = parser.parse_args()
     rows = kb_corpus.species_rows()
-    cards = [kb_corpus.card(r) for r in rows]
-    service = KnowledgeBaseService(OUT, EmbedderRegistry())
+    questions = kb_corpus.questions(rows, args.n)
+    try:  # the real species cards and eval set (species branch), when present
+        from birdsdao.species import build as build_catalog
+        from birdsdao.kb.species_kb import card_documents
+
+        cards = card_documents(build_catalog({}, None))
+        source = "species cards (birdsdao.species.cards)"
+    except ImportError:
+        cards = [kb_corpus.card(r) for r in rows]
+        source = "CSV stand-in cards (bench/kb_corpus.py)"
+    if args.cards and args.cards < len(cards):
+        # A subset KB (all cards take ~2 min to embed on an idle 2-core box, far longer on a busy one):
+        # a random sample of cards, questions only about them.
+        rng = random.Random(11)
+        cards = rng.sample(cards, args.cards)
+        keep = {name for name, _ in cards}
+        questions = [q for q in questions if q["doc_name"] in keep]
+    if len(questions) > args.n:
+        questions = random.Random(5).sample(questions, args.n)
+    print(f"corpus: {len(cards)} {source}")
+    service = KnowledgeBaseService(OUT / f"{len(cards)}", EmbedderRegistry())
     start = time.perf_counter()
     result = ensure_species_kb(service, cards)
     chunks = len(service.get("species").current().chunks)
     print(f"species KB: {result['action']} {len(cards)} cards, {chunks} chunks in {time.perf_counter() - start:.1f} s")
-    questions = kb_corpus.questions(rows, args.n)
     print(f"{len(questions)} questions; recall by mode (top-k documents, card = target)")
     print(f"{'mode':10s} {'lang':4s} {'R@1':>6s} {'R@5':>6s} {'p50 ms':>7s}")
     best = None

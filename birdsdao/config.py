@@ -62,7 +62,7 @@ DEFAULTS: dict = {
     "KB_EMBED_BATCH": 32,
     "KB_CHUNK_SIZE": 400,  # characters per chunk
     "KB_CHUNK_OVERLAP": 80,
-    "KB_SEARCH_MODE": "rrf",  # vector | bm25 | rrf | weighted (bench/bench_kb_recall.py picked rrf)
+    "KB_SEARCH_MODE": "rrf",  # vector | bm25 | rrf | weighted: see bench/bench_kb_recall.py and search.py
     "KB_DEFAULT": "species",  # kb_name used by /get_response mode=kb when none is given
     "KB_SPECIES_BUILD": "background",  # startup | background | off: building the bundled species KB
     "KB_MAX_FILE_BYTES": 20 * 1024 * 1024,

@@ -235,6 +235,10 @@ def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):
     service.building.add("species")
     r = client.post("/kb/search", data={"kb_name": "species", "query": "白头海雕"})
     assert (r.status_code, r.json["code"]) == (503, "kb_building")
+    service.create("species")  # the builder has created it but not filled it yet: still 503
+    r = client.post("/kb/search", data={"kb_name": "species", "query": "白头海雕"})
+    assert (r.status_code, r.json["code"]) == (503, "kb_building")
+    service.delete("species")
     service.building.discard("species")
     assert client.post("/kb/search", data={"kb_name": "species", "query": "x"}).json["code"] == "unknown_kb"
 

@@ -18,7 +18,7 @@ from birdsdao.errors import APIError
 from birdsdao.kb import KnowledgeBaseService, Limits
 from birdsdao.kb.embeddings import EmbedderRegistry
 from birdsdao.kb.ingest import ChineseSentenceSplitter, decode_text, load_sections
-from birdsdao.kb.names import sanitize_filename, validate_kb_name
+from birdsdao.kb.names import sanitize_filename, validate_doc_name, validate_kb_name
 from birdsdao.kb.species_kb import ensure_species_kb
 
 
@@ -205,3 +205,23 @@ def test_species_kb_is_built_once_then_reused_and_updated_incrementally(service)
     folder = Path(service.root) / "species"
     manifest = json.loads((folder / (folder / "CURRENT").read_text().strip() / "manifest.json").read_text())
     assert manifest["source_hash"] and manifest["bundled"] is True
+
+
+def test_a_kb_is_usable_as_a_langchain_faiss_vector_store(service):
+    service.create("lc")
+    service.upload("lc", [("egret.md", "# 白鹭\n白鹭在稻田里捕食小鱼和青蛙。\n".encode()),
+                          ("owl.md", "# 猫头鹰\n猫头鹰在夜间捕食老鼠。\n".encode())])
+    store = service.get("lc").as_langchain()
+    docs = store.similarity_search("白鹭吃什么", k=1)
+    assert docs[0].metadata["doc_name"] == "egret.md" and "小鱼" in docs[0].page_content
+
+
+def test_species_cards_feed_the_species_kb_builder():
+    from birdsdao.kb.species_kb import card_documents
+    from birdsdao.species import build as build_catalog
+
+    catalog = build_catalog({}, None)
+    docs = card_documents(catalog)
+    assert len(docs) == len(catalog) and len({name for name, _ in docs}) == len(docs)
+    assert all(name.endswith(".md") and text.strip() for name, text in docs)
+    assert validate_doc_name(docs[0][0]) == docs[0][0]

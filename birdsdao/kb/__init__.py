@@ -18,6 +18,7 @@ species_kb (the bundled species KB built from the species cards).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ from ..errors import APIError
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
 from .search import DEFAULT_MODE, MODES
-from .store import Hit, KnowledgeBase, StoreError
+from .store import _VERSION_RE, Hit, KnowledgeBase, StoreError
 
 __all__ = ["Hit", "KnowledgeBaseService", "build"]
 
@@ -100,25 +101,22 @@ class KnowledgeBaseService:
             return kb
 
     def _open_folder(self, folder: Path, kb_name: str) -> KnowledgeBase:
-        import json
+        """Open a KB with the embedding model its manifest names (a model that no longer loads: 503)."""
+        model = None
+        try:
+            version = (folder / "CURRENT").read_text("ascii").strip()
+            if _VERSION_RE.fullmatch(version):
+                model = json.loads((folder / version / "manifest.json").read_text("utf-8")).get("embed_model")
+        except (OSError, ValueError):
+            model = None  # the store's loader falls back to an intact version
+        return KnowledgeBase(folder, self._embedder(model, status=503), kb_name)
 
-        manifest_model = None
-        pointer = folder / "CURRENT"
-        if pointer.is_file():
-            try:
-                name = pointer.read_text("ascii").strip()
-                manifest_model = json.loads((folder / name / "manifest.json").read_text("utf-8")).get("embed_model")
-            except (OSError, ValueError):
-                manifest_model = None  # the loader falls back to an intact version below
-        return KnowledgeBase(folder, self._embedder(manifest_model), kb_name)
-
-    def _embedder(self, name: str | None):
+    def _embedder(self, name: str | None, status: int = 400):
         try:
             return self.embedders.get(name)
-        except APIError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a model that cannot load is the user's bad field
-            raise APIError(400, "bad_field", f"embedding model {name!r} cannot be loaded: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes a clear JSON error
+            code = "bad_field" if status == 400 else "kb_unavailable"
+            raise APIError(status, code, f"embedding model {name!r} cannot be loaded: {exc}") from None
 
     # --- knowledge bases -----------------------------------------------------------------------------
 
@@ -226,7 +224,10 @@ class KnowledgeBaseService:
     # --- search --------------------------------------------------------------------------------------
 
     def search(self, kb_name: str, query: str, top_k: int = 5, mode: str | None = None) -> list[Hit]:
-        return self.get(kb_name).search(query, top_k, mode or self.search_mode)
+        kb = self.get(kb_name)
+        if kb_name in self.building:  # half-built: an answer from a few cards would mislead
+            raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
+        return kb.search(query, top_k, mode or self.search_mode)
 
     def describe(self) -> dict:
         return {"search_mode": self.search_mode, "default_kb": self.default_kb, "building": sorted(self.building),

@@ -6,6 +6,7 @@ vanished ones deleted; unchanged chunk texts reuse their stored vectors), so a n
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -93,7 +94,10 @@ def start_species_kb(service, services, mode: str) -> None:
 
     def run():
         try:
-            service.status[SPECIES_KB] = ensure_species_kb(service, documents)
+            # gunicorn workers each run this: the first builds, the others wait, then find it up to date.
+            with open(service.root / f".{SPECIES_KB}-build.lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                service.status[SPECIES_KB] = ensure_species_kb(service, documents)
         except Exception as exc:  # noqa: BLE001 - a failed build must not take the server down
             log.exception("species knowledge base build failed")
             service.status[SPECIES_KB] = {"action": "failed", "error": f"{type(exc).__name__}: {exc}"}
