@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from typing import Iterator
 
 from .base import Backend, Limits, Passage, Prompt, has_cjk
@@ -42,6 +43,10 @@ EXPANSIONS = {
     "status": ("iucn", "conservation"), "family": ("family",), "order": ("order",),
     "look": ("plumage", "feathers", "appearance"), "nest": ("breeding", "eggs"), "breed": ("nest", "eggs"),
 }
+NOT_MENTIONED = {
+    "zh": "资料中没有提到这一点。资料中关于它的记载：",
+    "en": "The documents do not mention this. What they do say:",
+}
 NOTHING = {
     "zh": "资料中没有找到与这个问题相关的内容。",
     "en": "The documents contain nothing relevant to this question.",
@@ -67,9 +72,15 @@ def terms(text: str) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
+_HEADING = re.compile(r"^\s*#{1,6}\s.*$", re.M)
+# Provenance lines ("来源：…") describe where facts come from; they answer nothing.
+_PROVENANCE = re.compile(r"^\s*(?:来源|Sources?)\s*[:：].*$", re.M | re.I)
+
+
 def split_sentences(text: str) -> list[str]:
+    """Sentences of a passage; Markdown headings (titles, not statements) are left out."""
     sentences = []
-    for raw in _SENTENCE_END.split(text):
+    for raw in _SENTENCE_END.split(_PROVENANCE.sub("", _HEADING.sub("", text))):
         if not raw:
             continue
         sentence = _MARKDOWN.sub("", raw).strip()
@@ -88,6 +99,8 @@ class ExtractiveBackend(Backend):
         self.embedder = embedder
         self.max_sentences = max_sentences
         self.max_chars = max_chars
+        self._cache: dict[str, list[float]] = {}
+        self._cache_lock = threading.Lock()
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
@@ -97,8 +110,8 @@ class ExtractiveBackend(Backend):
         return {"embedder": self.embedder is not None}
 
     # --- selection ------------------------------------------------------------------------------
-    def select(self, prompt: Prompt) -> list[tuple[str, Passage]]:
-        """The chosen sentences with their passage, best first."""
+    def select(self, prompt: Prompt) -> tuple[list[tuple[str, Passage]], bool]:
+        """(the chosen sentences with their passage, best first; whether they answer the question)."""
         query = prompt.search_query or prompt.question
         candidates: list[tuple[str, Passage, int]] = []
         for passage in prompt.passages:
@@ -106,19 +119,30 @@ class ExtractiveBackend(Backend):
                 if not _INJECTION.search(sentence):
                     candidates.append((sentence, passage, position))
         if not candidates:
-            return []
+            return [], False
         # Answer in the question's language when the passages offer it.
         want_cjk = prompt.lang == "zh"
         same_lang = [c for c in candidates if has_cjk(c[0]) == want_cjk]
         if same_lang:
             candidates = same_lang
         query_terms = terms(query)
+        subject = [s for s in prompt.subject_terms if s]
+        # A term inside the subject's own names ("白头海雕", "eagle") says which bird, not what about it.
+        is_subject = {t: any(t in name for name in subject) for t in query_terms}
+        topic_terms = [t for t in query_terms if not is_subject[t]]
         lowered = [c[0].lower() for c in candidates]
         n = len(candidates)
         idf = {t: math.log(1 + n / (1 + sum(t in s for s in lowered))) for t in query_terms}
+        answered = not topic_terms or any(t in low for t in topic_terms for low in lowered)
+        if not answered:
+            # The documents do not speak about what was asked: say so (stream() does), then offer only the
+            # two leading facts about the subject, never sentences dressed up as an answer.
+            about = [(c[0], c[1]) for c, low in zip(candidates, lowered) if any(n in low for n in subject)]
+            return about[:2], False
         scores = []
         for (sentence, passage, position), low in zip(candidates, lowered):
-            overlap = sum(idf[t] * (1 + 0.1 * min(len(t), 4)) for t in query_terms if t in low)
+            overlap = sum(idf[t] * (1 + 0.1 * min(len(t), 4)) * (0.3 if is_subject[t] else 1.0)
+                          for t in query_terms if t in low)
             # Small priors: better-ranked passage, earlier sentence (summaries come first), not too long.
             prior = 0.3 / passage.number + 0.2 / (1 + position) - 0.001 * max(0, len(sentence) - 120)
             scores.append(overlap + prior)
@@ -136,7 +160,7 @@ class ExtractiveBackend(Backend):
                 break
             chosen.append((sentence, passage))
             used += len(sentence)
-        return chosen
+        return chosen, True
 
     def _rerank(self, query, candidates, order, scores):
         """With the embedder service: mix cosine similarity into the top lexical candidates."""
@@ -144,37 +168,40 @@ class ExtractiveBackend(Backend):
             return order
         top = order[:12]
         try:
-            vectors = _embed(self.embedder, [query] + [candidates[i][0] for i in top])
+            q, vectors = self._vectors(query, [candidates[i][0] for i in top])
         except Exception:  # the embedder is an optional refinement, never a reason to fail an answer
             log.exception("embedder failed; lexical ranking only")
             return order
-        q = vectors[0]
         top_lex = max(scores[i] for i in top) or 1.0
-        for i, v in zip(top, vectors[1:]):
-            cos = sum(a * b for a, b in zip(q, v)) / (math.sqrt(sum(a * a for a in q) * sum(b * b for b in v)) or 1)
-            scores[i] = scores[i] / top_lex + cos
+        for i, v in zip(top, vectors):
+            scores[i] = scores[i] / top_lex + float(sum(a * b for a, b in zip(q, v)))  # unit vectors: cosine
         return sorted(top, key=lambda i: -scores[i]) + order[12:]
+
+    def _vectors(self, query: str, sentences: list[str]):
+        """Query and sentence vectors (L2-normalised); card sentences recur, so their vectors are cached."""
+        model = self.embedder.get() if hasattr(self.embedder, "get") else self.embedder
+        with self._cache_lock:
+            known = {s: self._cache[s] for s in sentences if s in self._cache}
+        missing = [s for s in dict.fromkeys(sentences) if s not in known]
+        if missing:
+            known.update(zip(missing, model.embed_documents(missing)))
+            with self._cache_lock:
+                self._cache.update((s, known[s]) for s in missing)
+                while len(self._cache) > 20_000:
+                    self._cache.pop(next(iter(self._cache)))
+        return model.embed_query(query), [known[s] for s in sentences]
 
     # --- the interface ---------------------------------------------------------------------------
     def stream(self, prompt: Prompt, limits: Limits) -> Iterator[str]:
-        chosen = self.select(prompt)
-        if not chosen:
-            yield NOTHING[prompt.lang]
-            return
+        chosen, answered = self.select(prompt)
+        if not answered:
+            yield NOTHING[prompt.lang] if not chosen else NOT_MENTIONED[prompt.lang]
         sep = "" if prompt.lang == "zh" else " "
         for i, (sentence, passage) in enumerate(chosen):
             if limits.expired():
                 return
             end = "" if sentence[-1] in "。！？.!?；;" else ("。" if prompt.lang == "zh" else ".")
-            yield f"{sep if i else ''}{sentence}{end}[{passage.number}]"
-
-
-def _embed(embedder, texts: list[str]):
-    for method in ("embed_documents", "embed", "encode"):
-        fn = getattr(embedder, method, None)
-        if callable(fn):
-            return [list(map(float, v)) for v in fn(texts)]
-    raise TypeError("embedder has no embed_documents/embed/encode method")
+            yield f"{sep if i or not answered else ''}{sentence}{end}[{passage.number}]"
 
 
 def create(name: str, config, services) -> ExtractiveBackend:
