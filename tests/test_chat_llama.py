@@ -128,3 +128,13 @@ def test_a_llama_model_that_fails_to_load_answers_503_with_the_reason(make_app, 
     assert models["llama"]["loaded"] is False and models["llama"]["error"]
     # The default backend still works.
     assert client.post("/get_response", data={"user_input": "hi"}).status_code == 200
+
+
+def test_chatglm2_pointing_to_a_gguf_is_served_by_llama_cpp(make_app):
+    app = make_app(services=["llm"], CHATGLM2_PATH=GGUF, LLAMA_THREADS=1, LLM_TEMPERATURE=0)
+    client = app.test_client()
+    models = {m["name"]: m for m in client.get("/models").get_json()["models"]}
+    assert models["chatglm2"]["loaded"] and models["chatglm2"]["model"].endswith(".gguf")
+    body = client.post("/get_response", data={"user_input": "Hi!", "model_type": "chatglm2",
+                                              "max_new_tokens": 6}).get_json()
+    assert body["model_type"] == "chatglm2" and body["response"].strip()

@@ -423,6 +423,9 @@ class EventStream:
             yield {"done": True, **answer.to_dict(with_response=False)}
         except APIError as exc:
             yield {"done": True, "error": exc.message, "code": exc.code, "sources": []}
+        except Exception:  # headers are sent: the error can only travel as the last event
+            log.exception("answer stream failed")
+            yield {"done": True, "error": "internal error while generating", "code": "internal_error", "sources": []}
         finally:
             job.close()
 
