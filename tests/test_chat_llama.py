@@ -138,3 +138,36 @@ def test_chatglm2_pointing_to_a_gguf_is_served_by_llama_cpp(make_app):
     body = client.post("/get_response", data={"user_input": "Hi!", "model_type": "chatglm2",
                                               "max_new_tokens": 6}).get_json()
     assert body["model_type"] == "chatglm2" and body["response"].strip()
+
+
+def test_a_real_http_client_disconnect_stops_generation(app):
+    """Through a real HTTP server (Werkzeug's, threaded): the client reads one event and hangs up."""
+    import threading
+
+    import httpx
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    llm = app.extensions["birdsdao"].get("llm")
+    gate = llm.registry.get("llama").gate
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/get_response"
+        form = {"user_input": "Tell me a very long story about birds.", "model_type": "llama", "stream": "1",
+                "max_new_tokens": "500"}
+        with httpx.stream("POST", url, data=form, timeout=30) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break
+        deadline = time.monotonic() + 10
+        while gate.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.running == 0 and llm.stats["cancelled"] == 1
+        # Freed long before 500 tokens could have been generated.
+        ok = httpx.post(url, data={"user_input": "hi", "model_type": "llama", "max_new_tokens": "4"}, timeout=30)
+        assert ok.status_code == 200
+    finally:
+        server.shutdown()
+        thread.join()
