@@ -24,6 +24,32 @@ DEFAULTS: dict = {
     "IMAGENET_MODEL": str(WEIGHTS_DIR / "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
     "IMAGENET_LABELS": str(WEIGHTS_DIR / "imagenet_labels.txt"),
     "MAX_IMAGE_PIXELS": 40_000_000,  # decompression-bomb limit (width * height)
+    "MAX_IMAGE_SIDE": 1600,  # uploads are downscaled once to this longest side (boxes still map back)
+    # Few-shot class means over the two MobileNets' embeddings (python -m birdsdao.vision.build_prototypes).
+    "PROTOTYPES": str(WEIGHTS_DIR / "birds525_prototypes.npz"),
+    # Detector: "onnx" exports the weights once (cached in <instance>/cache) and runs ONNX Runtime; "torch"
+    # runs Ultralytics' predictor. 320 px keeps every bird box of natural-dev (bench/bench_detect.py).
+    "DETECTOR_BACKEND": "onnx",
+    "DETECTOR_IMGSZ": 320,
+    "DETECTOR_CONF": 0.25,
+    "DETECTOR_IOU": 0.45,
+    "DETECTOR_CACHE": None,  # where the exported ONNX file is kept (None: <instance>/cache)
+    "DETECTOR_THREADS": None,  # ONNX Runtime intra-op threads (None: one per core)
+    "CROP_MARGIN": 0.125,  # each side of a bird box grows by this fraction before classification
+    "MAX_DETECTIONS": 8,  # birds classified per photo (largest boxes first)
+    # LiteRT threads (None: library default). The shared README saw all-zero scores with 2 threads on one
+    # build; tests/test_vision.py checks the configured value against the default.
+    "LITERT_THREADS": None,
+    # Fusion of the iNat head and the prototype head (vision/classifier.py; chosen in bench/bench_accuracy.py).
+    "FUSION_ALPHA": 0.5,  # prior weight of the iNat head
+    "FUSION_POWER": 2.0,  # how strongly each head's own top probability sways its weight
+    "PROTOTYPE_SCALE": 40.0,  # softmax scale on cosine similarities
+    # "Not a bird": with no confident bird box, a photo is a bird only when ImageNet's bird classes hold at
+    # least this probability mass (measured on non-bird and bird photos, bench/bench_accuracy.py).
+    "BIRD_BOX_CONF": 0.5,
+    "IMAGENET_BIRD_MIN": 0.2,
+    "ANNOTATION_FONT": None,  # a .ttf/.ttc with CJK glyphs; None: the first of vision.annotate.FONT_CANDIDATES
+    "TAUGHT_MIN_IMAGES": 3,
     "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,

@@ -107,12 +107,14 @@ def nginx_proxy(gunicorn_server, tmp_path_factory):
         f"{name}_temp_path {tmp / name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     conf = tmp / "nginx.conf"
+    # As root, nginx's workers drop to 'nobody', who cannot enter pytest's private tmp folders.
+    user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"worker_processes 1;\ndaemon off;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\n"
+        f"{user}worker_processes 1;\ndaemon off;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\n"
         f"events {{ worker_connections 64; }}\n"
         f"http {{\naccess_log {tmp / 'access.log'};\n{temp_paths}{site}\n}}\n"
     )
-    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         status, body = _wait_for(f"http://127.0.0.1:{port}/healthz", 30, proc)
         assert status == 200, (status, body, (tmp / "error.log").read_text() if (tmp / "error.log").exists() else "")

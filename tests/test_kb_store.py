@@ -88,10 +88,11 @@ WRITER = textwrap.dedent("""
     from birdsdao.kb import KnowledgeBaseService
     from birdsdao.kb.embeddings import EmbedderRegistry
     service = KnowledgeBaseService({kb_root!r}, EmbedderRegistry())
-    print("ready", flush=True)
     i = 0
     while True:
-        service.upload("crash", [(f"doc{{i}}.txt", ("第%d篇。" % i + "大杜鹃在春天鸣叫。" * 30).encode())])
+        service.upload("crash", [(f"doc{{i}}-{{time.time()}}.txt", ("第%d篇。" % i + "大杜鹃在春天鸣叫。" * 30).encode())])
+        if i == 0:
+            print("ready", flush=True)  # one commit done: models and jieba are loaded, writes are fast now
         i += 1
 """)
 
@@ -101,7 +102,7 @@ def test_kill_9_during_writes_leaves_a_loadable_last_good_state(service, tmp_pat
     service.upload("crash", [("seed.txt", "种子文档。".encode())])
     kb_root = tmp_path / "kb"
     doc_counts = []
-    for delay in (0.35, 0.8, 1.3):
+    for delay in (0.05, 0.3, 0.7):
         proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(PROJECT_ROOT), kb_root=str(kb_root))],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
@@ -117,7 +118,7 @@ def test_kill_9_during_writes_leaves_a_loadable_last_good_state(service, tmp_pat
         assert sum(d["chunks"] for d in snap.docs.values()) == len(snap.chunks)
         assert reopened.search("crash", "种子文档", 1)[0].doc_name == "seed.txt"
         reopened.upload("crash", [(f"after{delay}.txt", "之后还能写。".encode())])  # still writable
-    assert doc_counts[-1] > len(doc_counts) + 1  # the killed writers really were committing
+    assert doc_counts[-1] >= 2 * len(doc_counts)  # each killed writer had committed (then died mid-work)
 
 
 def test_a_damaged_current_version_falls_back_to_the_previous_one(service, tmp_path):

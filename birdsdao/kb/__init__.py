@@ -172,6 +172,9 @@ class KnowledgeBaseService:
             sections = load_sections(doc_name, data, self.limits)
         except IngestError as exc:
             return doc_name, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a hostile file must give "rejected", never a 500
+            log.warning("loader failed on %s: %r", doc_name, exc)
+            return doc_name, None, f"unreadable file ({type(exc).__name__})"
         chunks = make_chunks(doc_name, sections, self.splitter)
         if not chunks:
             return doc_name, None, "no text found in the file"
@@ -180,9 +183,11 @@ class KnowledgeBaseService:
         info = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         return doc_name, chunks, info
 
-    def upload(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False) -> list[dict]:
+    def upload(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False, *,
+               bundled: bool = False) -> list[dict]:
+        """``bundled``: files the server itself ships (species cards), exempt from the per-upload count."""
         kb = self.get(kb_name)
-        if len(files) > self.limits.max_files:
+        if len(files) > self.limits.max_files and not bundled:
             raise APIError(400, "bad_field", f"at most {self.limits.max_files} files per upload")
         current = kb.current().docs
         results: list[dict | None] = []  # None: decided by the store under its lock
@@ -200,8 +205,10 @@ class KnowledgeBaseService:
             else:
                 seen.add(doc_name)
                 results.append(None)
-                # Embedding is the slow part: done here, outside the KB's write lock.
-                ready.append((doc_name, chunks, kb.embed_chunks(chunks), info))
+                ready.append((doc_name, chunks, info))
+        # Embedding is the slow part: one batched pass for the whole upload, outside the KB's write lock.
+        vectors = kb.embed_documents([(name, chunks) for name, chunks, _ in ready])
+        ready = [(name, chunks, v, info) for (name, chunks, info), v in zip(ready, vectors)]
         committed = iter(kb.add_documents(ready, replace) if ready else [])
         return [r if r is not None else next(committed) for r in results]
 

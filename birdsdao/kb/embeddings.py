@@ -62,7 +62,7 @@ class SentenceTransformerEmbeddings(Embeddings):
         # local_files_only: the server is offline by design; a missing model is a clear error, not a hang.
         self._model = SentenceTransformer(name, device="cpu", local_files_only=True)
         self.name = name
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        self.dim = int(self._model.get_embedding_dimension())
         self.version = f"sentence-transformers:{Path(name).name}"
         self.batch_size = batch_size
         self._lock = threading.Lock()

@@ -81,6 +81,7 @@ def _sections_from_lines(text: str, *, markdown: bool) -> list[Section]:
     """Headings (Markdown ``#``) open sections; ``Q:``/``A:`` (or 问：/答：) lines become Q&A sections."""
     sections: list[Section] = []
     heading, buf = "", []
+    path: list[tuple[int, str]] = []  # open headings (level, text): a section's heading is its path
     question: list[str] | None = None
     answer: list[str] = []
 
@@ -104,7 +105,9 @@ def _sections_from_lines(text: str, *, markdown: bool) -> list[Section]:
         m = _HEADING_MD.match(line) if markdown else None
         if m:
             flush_qa() if mode != "text" else flush_text()
-            mode, heading = "text", m.group(2).strip()
+            level = len(m.group(1))
+            path = [(lv, h) for lv, h in path if lv < level] + [(level, m.group(2).strip())]
+            mode, heading = "text", " > ".join(h for _, h in path)
             continue
         qa = _QA_LINE.match(line)
         if qa and _qa_kind(qa.group(1)) == "q":

@@ -66,7 +66,8 @@ def ensure_species_kb(service, documents: list[tuple[str, str]], kb_name: str = 
     changed = [(n, t) for n, t in documents
                if n not in existing or existing[n].get("sha256") != hashlib.sha256(t.encode("utf-8")).hexdigest()]
     for i in range(0, len(changed), _BATCH):
-        service.upload(kb_name, [(n, t.encode("utf-8")) for n, t in changed[i:i + _BATCH]], replace=True)
+        service.upload(kb_name, [(n, t.encode("utf-8")) for n, t in changed[i:i + _BATCH]], replace=True,
+                       bundled=True)
     for name in set(existing) - {n for n, _ in documents}:
         kb.delete_document(name)
     kb.update_manifest(source_hash=wanted)

@@ -15,6 +15,7 @@ process committed, apply their change, commit. Embedding happens before the lock
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -83,6 +84,11 @@ class Snapshot:
         self.bm25 = BM25(self.counts, self.vocab)
         self.row_of = {int(i): r for r, i in enumerate(self.ids)}
         self.key_to_id = {c["key"]: int(i) for c, i in zip(self.chunks, self.ids)}
+
+    @functools.cached_property
+    def text_owner(self) -> dict:
+        """Key of a chunk's shown text → a document carrying it (finds boilerplate shared across documents)."""
+        return {text_key(c["text"]): c["doc"] for c in self.chunks}
 
     @property
     def docs(self) -> dict:
@@ -209,10 +215,33 @@ class KnowledgeBase:
         if (stat.st_ino, stat.st_mtime_ns) != self._pointer_stat:
             self.snapshot = self._load()
 
+    def embed_documents(self, docs: list[tuple[str, list[Chunk]]]) -> list[np.ndarray]:
+        """Vectors for the chunks of several new documents in one batched pass. Boilerplate (a chunk text
+        that other documents also carry: headers, licences) is indexed by its bare text, not prefixed with
+        this document's title, so it is embedded once for the whole knowledge base."""
+        snap = self.current()
+        owners: dict[str, set] = {}
+        for doc_name, chunks in docs:
+            for chunk in chunks:
+                owners.setdefault(text_key(chunk.text), set()).add(doc_name)
+        for doc_name, chunks in docs:
+            for chunk in chunks:
+                key = text_key(chunk.text)
+                other_doc = snap.text_owner.get(key)
+                if len(owners[key]) > 1 or (other_doc is not None and other_doc != doc_name):
+                    chunk.index_text = chunk.text
+        flat = [c for _, chunks in docs for c in chunks]
+        vectors = self.embed_chunks(flat)
+        out, start = [], 0
+        for _, chunks in docs:
+            out.append(vectors[start:start + len(chunks)])
+            start += len(chunks)
+        return out
+
     def embed_chunks(self, chunks: list[Chunk]) -> np.ndarray:
         """Vectors for new chunks: texts already in the index (same embedded text) reuse their stored
         vector, duplicates within the batch are embedded once, the rest go to the model in batches."""
-        snap = self.snapshot
+        snap = self.current()
         keys = [text_key(c.index_text or c.text) for c in chunks]
         out = np.zeros((len(chunks), snap.manifest["dim"]), np.float32)
         todo: dict[str, list[int]] = {}

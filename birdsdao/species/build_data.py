@@ -149,6 +149,11 @@ def load_project_tables() -> dict:
                 if line.strip():
                     item = json.loads(line)
                     descriptions[item["scientific_name"]] = item
+    families = {}
+    path = DATA_DIR / "family_descriptions.tsv"
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            families = {r["family"]: r["zh"] for r in csv.DictReader(fh, delimiter="\t")}
     aliases: dict[str, list[str]] = {}
     for r in _read_project_csv("aliases.csv"):
         aliases.setdefault(r["scientific_name"], []).append(r["alias"])
@@ -161,6 +166,7 @@ def load_project_tables() -> dict:
         "aliases": aliases,
         "merges": {r["scientific_name"]: r["into"] for r in _read_project_csv("project_merges.csv")},
         "descriptions": descriptions,
+        "family_descriptions": families,
     }
 
 
@@ -240,10 +246,13 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
             record["aliases"].append(a)
 
     desc = project["descriptions"].get(sid)
+    if desc is None and project["family_descriptions"].get(family):
+        # No species text yet: what is true of the whole family, labelled as such on the card.
+        desc = {"zh": project["family_descriptions"][family], "en": None, "kind": "family"}
     record["description"] = {
         "zh": desc.get("zh") if desc else None,
         "en": desc.get("en") if desc else None,
-        "kind": desc.get("kind") if desc else None,   # "species" | "family"
+        "kind": (desc.get("kind") or "species") if desc else None,   # "species" | "family"
     }
     sources["description"] = "project" if desc else None
     record["sources"] = sources
@@ -274,6 +283,7 @@ def write_jsonl(records: list[dict], path: Path) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; this is a data file meant to be read by anyone
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -75,8 +75,13 @@ def _render_zh(r: dict) -> str:
     lines += facts
     desc = r.get("description") or {}
     if desc.get("zh"):
-        heading = "科级概述" if desc.get("kind") == "family" else "简介"
-        lines += ["", f"## {heading}（{_SOURCE_ZH['project']}）", "", desc["zh"]]
+        if desc.get("kind") == "family":
+            family = r.get("family_zh") or r.get("family")
+            lines += ["", f"## 科级概述（{_SOURCE_ZH['project']}）", "",
+                      f"本项目尚未撰写{name}的专门介绍。{name}属于{family}，以下是该科鸟类的共同特征，"
+                      f"不一定都适用于{name}：", "", desc["zh"]]
+        else:
+            lines += ["", f"## 简介（{_SOURCE_ZH['project']}）", "", desc["zh"]]
         if desc.get("en"):
             lines += ["", desc["en"]]
     lines += ["", "来源：" + "；".join(_source_notes_zh(src))]

@@ -1,35 +1,242 @@
-"""The vision service (first cut: loads the detector and the two LiteRT models once)."""
+"""The vision service: photo bytes → decoded image → bird boxes → crops → species ranking → answer.
+Built once per process by ``birdsdao.vision.build``; views call ``detect``, ``teach`` and ``forget``."""
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import APIError
+from . import annotate
+from .backbone import ImageNetModel, INatBackbone
+from .classifier import CropFeatures, Guess, Prototypes, SpeciesClassifier
+from .detector import Box, build_detector
+from .imaging import crop_with_margin, decode_image, to_model_input
+from .taught import TaughtStore, normalize_label
+from .vocabulary import Entry, Vocabulary
+
+
+@dataclass
+class Detection:
+    box: Box | None  # None: the whole image (no bird box was found)
+    species: list[Guess]
+    image_size: tuple[int, int]  # uploaded image's (w, h), for the whole-image box
+
+    def to_dict(self) -> dict:
+        if self.box is None:
+            box, conf = [0.0, 0.0, float(self.image_size[0]), float(self.image_size[1])], None
+        else:
+            d = self.box.to_dict()
+            box, conf = d["box"], d["box_confidence"]
+        return {"box": box, "box_confidence": conf, "species": [g.to_dict() for g in self.species]}
+
+
+@dataclass
+class DetectResult:
+    width: int
+    height: int
+    detections: list[Detection]
+    is_bird: bool
+    annotated_image: str | None = None
+    timings_ms: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {
+            "image": {"width": self.width, "height": self.height},
+            "detections": [d.to_dict() for d in self.detections],
+            "is_bird": self.is_bird,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+        if self.annotated_image is not None:
+            out["annotated_image"] = self.annotated_image
+        return out
+
+
+class _Clock:
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = (now - self.last) * 1000
+        self.last = now
+
+    def done(self) -> dict:
+        return {**self.laps, "total": (time.perf_counter() - self.start) * 1000}
+
 
 class VisionPipeline:
-    def __init__(self, detector, inat, imagenet, weights_name):
+    def __init__(self, config: dict, detector, classifier: SpeciesClassifier, catalog, store: TaughtStore):
+        self.config = config
         self.detector = detector
-        self.inat = inat
-        self.imagenet = imagenet
-        self.weights_name = weights_name
-        self.lock = threading.Lock()
+        self.classifier = classifier
+        self.catalog = catalog
+        self.store = store
+        self.font_path = annotate.find_font(config.get("ANNOTATION_FONT"))
+        self.write_lock = threading.Lock()  # teach/forget: store + vocabulary change together
+        self._load_taught()
 
     @classmethod
-    def from_config(cls, config, services):
-        from ai_edge_litert.interpreter import Interpreter
-        from ultralytics import YOLO
-
-        detector = YOLO(config["YOLO_WEIGHTS"], task="detect")
-        inat = Interpreter(model_path=config["INAT_MODEL"])
-        inat.allocate_tensors()
-        imagenet = Interpreter(model_path=config["IMAGENET_MODEL"])
-        imagenet.allocate_tensors()
-        pipeline = cls(detector, inat, imagenet, Path(str(config["YOLO_WEIGHTS"])).name)
-        pipeline.detector.predict(np.zeros((64, 64, 3), dtype=np.uint8), verbose=False)  # warm-up
+    def from_config(cls, config, services) -> "VisionPipeline":
+        catalog = services.get("species")  # names and iNat/BIRDS-525 mapping; built before vision
+        instance = Path(config["INSTANCE_PATH"])
+        detector = build_detector(
+            str(config["YOLO_WEIGHTS"]), imgsz=int(config["DETECTOR_IMGSZ"]), conf=float(config["DETECTOR_CONF"]),
+            iou=float(config["DETECTOR_IOU"]), backend=config["DETECTOR_BACKEND"],
+            cache_dir=Path(config.get("DETECTOR_CACHE") or instance / "cache"),
+            threads=config.get("DETECTOR_THREADS"),
+        )
+        threads = config.get("LITERT_THREADS")
+        inat = INatBackbone(config["INAT_MODEL"], threads)
+        imagenet = ImageNetModel(config["IMAGENET_MODEL"], threads)
+        vocab = Vocabulary.from_catalog(catalog, inat.num_outputs)
+        base = Prototypes.load(config["PROTOTYPES"])
+        label_to_key = {}
+        for label in base.keys:
+            species = catalog.by_label(label)
+            if species is not None:
+                label_to_key[label] = species.id
+        classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key,
+                                       alpha=float(config["FUSION_ALPHA"]), scale=float(config["PROTOTYPE_SCALE"]),
+                                       power=float(config["FUSION_POWER"]))
+        pipeline = cls(config, detector, classifier, catalog, TaughtStore(instance / "taught"))
+        pipeline.warm_up()
         return pipeline
+
+    def warm_up(self) -> None:
+        """One pass over a blank image so the first user does not pay for lazy initialisation."""
+        from PIL import Image
+
+        blank = Image.new("RGB", (320, 240), (128, 128, 128))
+        self.detector(blank)
+        self.classifier.features(np.stack([to_model_input(blank)]))
+
+    # -- /detect -----------------------------------------------------------------------------------------
+    def detect(self, data: bytes, *, top_k: int = 5, annotate_image: bool = True) -> DetectResult:
+        clock = _Clock()
+        image, scale = decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
+                                    max_side=int(self.config["MAX_IMAGE_SIDE"]))
+        width, height = round(image.size[0] / scale), round(image.size[1] / scale)
+        clock.lap("decode")
+        boxes = self.detector(image)[: int(self.config["MAX_DETECTIONS"])]
+        clock.lap("detect")
+        box_min = float(self.config["BIRD_BOX_CONF"])
+        imagenet_min = float(self.config["IMAGENET_BIRD_MIN"])
+        # The whole image rides in the same batch when no box is confident (it may be the answer).
+        need_whole = not any(b.confidence >= box_min for b in boxes)
+        crops = [crop_with_margin(image, b.xyxy, float(self.config["CROP_MARGIN"])) for b in boxes]
+        if need_whole:
+            crops.append(image)
+        feats = self.classifier.features(np.stack([to_model_input(c) for c in crops]))
+        kept = [i for i, b in enumerate(boxes) if b.confidence >= box_min or feats.imagenet_bird[i] >= imagenet_min]
+        whole = len(crops) - 1
+        if kept:
+            rows, out_boxes = kept, [boxes[i].scaled(1 / scale) for i in kept]
+        elif feats.imagenet_bird[whole] >= imagenet_min:
+            rows, out_boxes = [whole], [None]
+        else:
+            rows, out_boxes = [], []
+        guesses = self.classifier.rank(_take(feats, rows), top_k) if rows else []
+        detections = [Detection(b, g, (width, height)) for b, g in zip(out_boxes, guesses)]
+        clock.lap("classify")
+        annotated = None
+        if annotate_image:
+            items = []
+            for det in detections:
+                box = det.box.scaled(scale).xyxy if det.box else (0, 0, image.size[0] - 1, image.size[1] - 1)
+                g = det.species[0] if det.species else None
+                items.append((box, annotate.caption(g.entry.names, g.confidence) if g else "?"))
+            annotated = annotate.draw(image, items, self.font_path)
+            clock.lap("annotate")
+        return DetectResult(width, height, detections, bool(detections), annotated, clock.done())
+
+    # -- /species/teach, /species/forget -----------------------------------------------------------------
+    def teach(self, raw_label: str, names: dict, images: list[bytes]) -> dict:
+        label = normalize_label(raw_label)
+        minimum = int(self.config["TAUGHT_MIN_IMAGES"])
+        if len(images) < minimum:
+            raise APIError(400, "too_few_images", f"teaching needs at least {minimum} images (got {len(images)})")
+        crops = []
+        for data in images:  # decode everything first: one bad photo refuses the request, nothing changes
+            image, _ = decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
+                                    max_side=int(self.config["MAX_IMAGE_SIDE"]))
+            boxes = self.detector(image)
+            crop = crop_with_margin(image, boxes[0].xyxy, float(self.config["CROP_MARGIN"])) if boxes else image
+            crops.append(to_model_input(crop))
+        batch = np.stack(crops)
+        batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])  # mirrors, as in the artifact
+        feats = self.classifier.features(batch).proto
+        with self.write_lock:
+            records = self.store.records()
+            if label in records:
+                record = records[label]
+                feats = np.concatenate([self.store.features(label), feats])
+            else:
+                species = self.catalog.by_label(label) or self.catalog.resolve(raw_label)
+                if species is not None:  # improve a species the recognizer already knows
+                    record = {"key": species.id, "new": False, "names": species.names()}
+                else:
+                    record = {"key": f"taught:{label}", "new": True, "names": _taught_names(label, names)}
+            record["images"] = len(feats) // 2
+            self.store.put(label, record, feats)
+            self._load_taught()
+        return {"label": label, "images_used": len(images), "species_count": self.classifier.vocabulary_size(),
+                "species": record["names"], "new_species": record["new"]}
+
+    def forget(self, raw_label: str) -> dict:
+        label = normalize_label(raw_label)
+        with self.write_lock:
+            if not self.store.remove(label):
+                raise APIError(404, "unknown_species", f"'{label}' is not a species taught on this server")
+            self._load_taught()
+        return {"label": label, "forgotten": True, "species_count": self.classifier.vocabulary_size()}
+
+    def taught(self) -> list[dict]:
+        return [{"label": label, **record} for label, record in self.store.records().items()]
+
+    def _load_taught(self) -> None:
+        taught, new_entries = {}, []
+        for label, (record, feats) in self.store.load_all().items():
+            key = record["key"]
+            taught[key] = np.concatenate([taught[key], feats]) if key in taught else feats
+            if record.get("new"):
+                new_entries.append(Entry(key, record["names"], (), taught=True))
+        self.classifier.set_taught(taught, new_entries)
 
     def describe(self) -> dict:
         import ultralytics
 
-        return {"detector": self.weights_name, "ultralytics": ultralytics.__version__}
+        return {
+            "detector": Path(str(self.config["YOLO_WEIGHTS"])).name,
+            "detector_backend": self.detector.backend,
+            "detector_imgsz": self.detector.imgsz,
+            "ultralytics": ultralytics.__version__,
+            "species_vocabulary": self.classifier.vocabulary_size(),
+            "taught_species": len(self.store.records()),
+            "catalog": type(self.catalog).__name__,
+            "annotation_font": self.font_path,
+        }
+
+    @property
+    def healthy(self) -> bool:
+        return self.font_path is not None
+
+
+def _take(feats: CropFeatures, rows: list[int]) -> CropFeatures:
+    idx = np.asarray(rows)
+    return CropFeatures(feats.inat_logits[idx], feats.proto[idx], feats.imagenet_bird[idx], feats.inat_background[idx])
+
+
+def _taught_names(label: str, names: dict) -> dict:
+    chinese = names.get("chinese_name") or None
+    return {
+        "label": label,
+        "scientific_name": names.get("scientific_name") or None,
+        "english_name": names.get("english_name") or label.title(),
+        "chinese_name": chinese,
+        "chinese_name_source": "user" if chinese else None,
+    }

@@ -85,3 +85,13 @@ def files_field(name: str, *, required: bool = True, max_count: int = 50) -> lis
     if len(files) > max_count:
         raise APIError(400, "bad_field", f"at most {max_count} files in '{name}'")
     return files
+
+
+def read_upload(storage) -> bytes:
+    """The bytes of one uploaded file (size already bounded by MAX_CONTENT_LENGTH)."""
+    return storage.read()
+
+
+def upload_bytes(name: str) -> bytes:
+    """The bytes of the single required upload ``name`` (400 ``no_image`` when absent)."""
+    return read_upload(files_field(name, max_count=1)[0])

@@ -1,0 +1,64 @@
+"""Retrieval recall@1/@5 on the species evaluation set, per retrieval combination (vector, bm25, rrf,
+weighted), Chinese and English questions separately. A hit counts when the question's species card is
+among the top k documents.
+
+    nice -n 10 .venv/bin/python bench/bench_kb_recall.py [--n 200]
+
+The KB is built once under bench/out/recall/ and reused by later runs (delete it to rebuild)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import kb_corpus  # noqa: E402
+from birdsdao.kb import KnowledgeBaseService  # noqa: E402
+from birdsdao.kb.embeddings import EmbedderRegistry  # noqa: E402
+from birdsdao.kb.search import MODES  # noqa: E402
+from birdsdao.kb.species_kb import ensure_species_kb  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out" / "recall"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200, help="questions (half Chinese, half English)")
+    args = parser.parse_args()
+    rows = kb_corpus.species_rows()
+    cards = [kb_corpus.card(r) for r in rows]
+    service = KnowledgeBaseService(OUT, EmbedderRegistry())
+    start = time.perf_counter()
+    result = ensure_species_kb(service, cards)
+    chunks = len(service.get("species").current().chunks)
+    print(f"species KB: {result['action']} {len(cards)} cards, {chunks} chunks in {time.perf_counter() - start:.1f} s")
+    questions = kb_corpus.questions(rows, args.n)
+    print(f"{len(questions)} questions; recall by mode (top-k documents, card = target)")
+    print(f"{'mode':10s} {'lang':4s} {'R@1':>6s} {'R@5':>6s} {'p50 ms':>7s}")
+    best = None
+    for mode in MODES:
+        per_lang: dict[str, list] = {}
+        times = []
+        for q in questions:
+            t = time.perf_counter()
+            hits = service.search("species", q["question"], 20, mode)
+            times.append((time.perf_counter() - t) * 1000)
+            docs = list(dict.fromkeys(h.doc_name for h in hits))
+            per_lang.setdefault(q["lang"], []).append((docs[:1].count(q["doc_name"]), q["doc_name"] in docs[:5]))
+        allr = [x for v in per_lang.values() for x in v]
+        times.sort()
+        for lang, res in sorted(per_lang.items()) + [("all", allr)]:
+            r1 = sum(a for a, _ in res) / len(res)
+            r5 = sum(b for _, b in res) / len(res)
+            print(f"{mode:10s} {lang:4s} {r1:6.1%} {r5:6.1%} {times[len(times) // 2]:7.1f}")
+        score = (sum(b for _, b in allr), sum(a for a, _ in allr))
+        if best is None or score > best[0]:
+            best = (score, mode)
+    print(f"winner (recall@5, then @1): {best[1]}")
+
+
+if __name__ == "__main__":
+    main()

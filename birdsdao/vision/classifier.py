@@ -1,0 +1,141 @@
+"""Species ranking over the union vocabulary: the iNat model's own logits fused with few-shot prototypes
+(BIRDS-525 from ``weights/``, plus whatever users taught), with honest softmax confidences.
+
+Fusion: a confidence-weighted mixture p = w * p_inat + (1 - w) * p_proto, where p_inat is the softmax of the
+iNat logits over its 964 species, p_proto the softmax of ``scale`` x cosine similarity to the prototypes, and
+w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k) per crop: the head that is surer of its
+answer speaks louder. (A fixed mixture had to choose between BIRDS-525-style crops, which want the
+prototypes, and field photos of iNat-only species, which want the iNat head; see bench/bench_accuracy.py.)
+A mixture of two distributions is itself one, so confidences are probabilities."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import ImageNetModel, INatBackbone, l2n, prototype_features, softmax
+from .vocabulary import Entry, Vocabulary
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """Class means of ``prototype_features``; keys are BIRDS-525 labels (artifact) or vocabulary keys."""
+
+    keys: tuple[str, ...]
+    vectors: np.ndarray  # (k, D) float32, unit rows
+    counts: np.ndarray  # (k,) images behind each mean (to merge in taught photos with the right weight)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Prototypes":
+        with np.load(path, allow_pickle=False) as data:  # never unpickle: plain arrays only
+            return cls(tuple(str(k) for k in data["labels"]), data["vectors"].astype(np.float32), data["counts"])
+
+    def save(self, path: str | Path, **meta: str) -> None:
+        extra = {k: np.array(v) for k, v in meta.items()}
+        np.savez_compressed(path, labels=np.array(self.keys), vectors=self.vectors.astype(np.float16),
+                            counts=self.counts.astype(np.int32), **extra)
+
+
+@dataclass
+class CropFeatures:
+    inat_logits: np.ndarray  # (n, 965)
+    proto: np.ndarray  # (n, D)
+    imagenet_bird: np.ndarray  # (n,) probability mass of ImageNet's bird classes
+    inat_background: np.ndarray  # (n,) the iNat model's own "background" probability
+
+
+@dataclass(frozen=True)
+class Guess:
+    entry: Entry
+    confidence: float
+
+    def to_dict(self) -> dict:
+        return {**self.entry.names, "confidence": round(self.confidence, 4)}
+
+
+class _State:
+    """An immutable snapshot: ranking reads one while teach/forget builds the next (swap under a lock)."""
+
+    def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray):
+        self.vocab, self.inat_rows, self.proto_rows, self.proto_vectors = vocab, inat_rows, proto_rows, proto_vectors
+
+
+class SpeciesClassifier:
+    def __init__(self, inat: INatBackbone, imagenet: ImageNetModel, vocab: Vocabulary, base: Prototypes,
+                 label_to_key: dict[str, str], *, alpha: float, scale: float, power: float = 2.0):
+        self.inat, self.imagenet = inat, imagenet
+        self.alpha, self.scale, self.power = alpha, scale, power
+        self.base_vocab = vocab
+        # Base prototypes re-keyed from BIRDS-525 labels to vocabulary keys.
+        self.base = {label_to_key[k]: (v, int(c)) for k, v, c in zip(base.keys, base.vectors, base.counts) if k in label_to_key}
+        self.lock = threading.Lock()
+        self.state = self._build_state({}, [])
+
+    # -- features ---------------------------------------------------------------------------------------
+    def features(self, crops: np.ndarray) -> CropFeatures:
+        """One batched iNat call for all crops, then the ImageNet model per crop."""
+        inat_emb = self.inat.embed(crops)
+        logits = self.inat.logits(inat_emb)
+        imnet_emb, imnet_bird = self.imagenet.run(crops)
+        background = softmax(logits)[:, -1]
+        return CropFeatures(logits, prototype_features(inat_emb, imnet_emb), imnet_bird, background)
+
+    # -- ranking ------------------------------------------------------------------------------------------
+    def probabilities(self, feats: CropFeatures) -> tuple[np.ndarray, _State]:
+        state = self.state  # one snapshot for the whole call
+        n, v = len(feats.proto), len(state.vocab)
+        probs = np.zeros((n, v), dtype=np.float64)
+        p_inat = softmax(feats.inat_logits[:, :-1].astype(np.float64))  # background excluded
+        rows = state.inat_rows[:-1]
+        valid = rows >= 0
+        if not len(state.proto_rows):
+            np.add.at(probs.T, rows[valid], p_inat[:, valid].T)
+            return probs, state
+        p_proto = softmax(self.scale * (feats.proto @ state.proto_vectors.T).astype(np.float64))
+        w_inat = self.alpha * p_inat.max(1, keepdims=True) ** self.power
+        w_proto = (1 - self.alpha) * p_proto.max(1, keepdims=True) ** self.power
+        w = w_inat / (w_inat + w_proto)
+        np.add.at(probs.T, rows[valid], (w * p_inat[:, valid]).T)
+        np.add.at(probs.T, state.proto_rows, ((1 - w) * p_proto).T)
+        return probs, state
+
+    def rank(self, feats: CropFeatures, top_k: int) -> list[list[Guess]]:
+        probs, state = self.probabilities(feats)
+        out = []
+        for row in probs:
+            best = np.argsort(-row)[:top_k]
+            out.append([Guess(state.vocab.entries[i], float(row[i])) for i in best])
+        return out
+
+    # -- taught species -------------------------------------------------------------------------------------
+    def set_taught(self, taught: dict[str, np.ndarray], new_entries: list[Entry]) -> None:
+        """taught: vocabulary key → (m, D) features of the user's photos; new_entries: species not in the
+        base vocabulary. Rebuilds the snapshot and swaps it in."""
+        state = self._build_state(taught, new_entries)
+        with self.lock:
+            self.state = state
+
+    def _build_state(self, taught: dict[str, np.ndarray], new_entries: list[Entry]) -> _State:
+        vocab = Vocabulary(list(self.base_vocab.entries), dict(self.base_vocab.index))
+        for entry in new_entries:
+            vocab.add(entry)
+        keys = list(self.base) + [k for k in taught if k not in self.base]
+        vectors, rows = [], []
+        for key in keys:
+            if key not in vocab.index:
+                continue
+            vec, count = self.base.get(key, (None, 0))
+            total = vec * count if vec is not None else 0
+            if key in taught:
+                total = total + taught[key].sum(0)
+                count += len(taught[key])
+            vectors.append(l2n(np.asarray(total, np.float32)))
+            rows.append(vocab.index[key])
+        inat_rows = vocab.inat_matrix(self.inat.num_outputs)
+        proto = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 1), np.float32)
+        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto)
+
+    def vocabulary_size(self) -> int:
+        return len(self.state.vocab)

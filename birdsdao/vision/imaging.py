@@ -1,0 +1,93 @@
+"""Every uploaded picture goes through ``decode_image``: bytes → one upright 8-bit RGB ``PIL.Image``, or an
+``APIError`` with the contract's 4xx code. Also the crop/resize helpers the models share."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import APIError
+
+# What /detect accepts (API.md); anything else Pillow could open (TIFF, PSD, ...) is refused with 415.
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}  # MPO: multi-picture JPEG from phone cameras
+DEFAULT_MAX_SIDE = 1600  # downscale once on arrival: the detector works at <= 640 px and crops at 224 px
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[Image.Image, float]:
+    """Decode an upload. Returns (RGB image, scale) where scale = decoded size / original size (<= 1),
+    so boxes found on the image map back to the uploaded image's pixels by dividing by it."""
+    if not data:
+        raise APIError(400, "no_image", "the uploaded image is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and above 2x the limit raises) on decompression bombs; we check ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            fmt = image.format
+            if fmt not in ACCEPTED_FORMATS:
+                raise APIError(415, "unsupported_type", f"images must be JPEG, PNG, WebP or BMP (got {fmt})")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise APIError(400, "bad_image", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            image.seek(0)  # animated GIF/WebP/PNG: the first frame
+            if fmt == "JPEG" and max(width, height) > 2 * max_side:
+                # JPEG can decode at 1/2, 1/4, 1/8 scale directly: far less memory and time for phone photos.
+                image.draft("RGB", (max_side, max_side))
+            image.load()
+    except APIError:
+        raise
+    except Image.DecompressionBombError:
+        raise APIError(400, "bad_image", "image dimensions are too large (decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise APIError(400, "bad_image", "the upload is not a readable image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated / corrupt data
+        raise APIError(400, "bad_image", f"the image could not be decoded: {exc}") from None
+    orig_w, orig_h = _oriented_size(image, width, height)
+    image = ImageOps.exif_transpose(image)
+    image = to_rgb(image)
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return image, image.size[0] / orig_w
+
+
+def _oriented_size(image: Image.Image, width: int, height: int) -> tuple[int, int]:
+    """The uploaded image's size as the user sees it (after EXIF rotation), before any draft downscale."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block must not make an otherwise fine photo unreadable
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (1, L, LA, P with transparency, RGBA, CMYK, I;16, I, F) → 8-bit RGB, alpha over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit greyscale: stretch to the image's own range instead of clipping at 255.
+        arr = np.asarray(image, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def crop_with_margin(image: Image.Image, box, margin: float) -> Image.Image:
+    """The box grown by ``margin`` of its size on each side (birds' tails and bills stay in), clipped."""
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    w, h = image.size
+    return image.crop((max(0, int(x1 - dx)), max(0, int(y1 - dy)), min(w, int(x2 + dx + 0.5)), min(h, int(y2 + dy + 0.5))))
+
+
+def to_model_input(image: Image.Image, size: int = 224) -> np.ndarray:
+    """Square-resize for the MobileNets (trained on squashed, not letterboxed, crops)."""
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -1,0 +1,255 @@
+// The knowledge-base page: list / create / delete knowledge bases, upload several files with a progress bar
+// and a result per file, list and delete documents, and try a search.
+import { getJSON, postForm, uploadWithProgress, describeError } from "./api.js";
+import { h, initChrome, showError, showNotice, hideNotice } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const CURRENT_KEY = "birdsdao.kb.current";
+
+const STATUS_TEXT = {
+  added: "已添加 added",
+  replaced: "已替换 replaced",
+  skipped: "已跳过（已存在）skipped",
+  rejected: "被拒绝 rejected",
+};
+
+function current() {
+  return $("kb-select").value;
+}
+
+function formatBytes(n) {
+  if (typeof n !== "number") return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function formatTime(t) {
+  if (t === undefined || t === null || t === "") return "";
+  const date = typeof t === "number" ? new Date(t * (t < 1e12 ? 1000 : 1)) : new Date(t);
+  return Number.isNaN(date.getTime()) ? String(t) : date.toLocaleString();
+}
+
+function actionButton(text, label, onClick) {
+  const button = h("button", "small danger", text);
+  button.type = "button";
+  button.setAttribute("aria-label", label);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+async function refreshKbs(select) {
+  let kbs = [];
+  try {
+    kbs = (await getJSON("/kb/list")).kbs || [];
+  } catch (err) {
+    showError(err);
+  }
+  const rows = $("kb-rows");
+  rows.replaceChildren();
+  if (!kbs.length) {
+    const tr = h("tr");
+    const td = h("td", "muted", "还没有知识库。No knowledge base yet.");
+    td.colSpan = 5;
+    tr.append(td);
+    rows.append(tr);
+  }
+  for (const kb of kbs) {
+    const tr = h("tr");
+    tr.dataset.kb = kb.kb_name;
+    tr.append(h("th", null, kb.kb_name), h("td", null, kb.description || ""), h("td", "num", kb.docs ?? ""), h("td", "num", kb.chunks ?? ""));
+    const cell = h("td");
+    cell.append(actionButton("删除", `删除知识库 ${kb.kb_name} Delete knowledge base`, () => deleteKb(kb.kb_name)));
+    tr.querySelector("th").scope = "row";
+    tr.append(cell);
+    rows.append(tr);
+  }
+  const sel = $("kb-select");
+  const wanted = select || sel.value || localStorage.getItem(CURRENT_KEY);
+  sel.replaceChildren(...kbs.map((kb) => Object.assign(h("option", null, kb.kb_name), { value: kb.kb_name })));
+  if (wanted && kbs.some((kb) => kb.kb_name === wanted)) sel.value = wanted;
+  await refreshDocs();
+}
+
+async function refreshDocs() {
+  const rows = $("doc-rows");
+  const kb = current();
+  rows.replaceChildren();
+  if (!kb) return;
+  try { localStorage.setItem(CURRENT_KEY, kb); } catch { /* ignore */ }
+  let docs = [];
+  try {
+    docs = (await getJSON(`/kb/docs?kb_name=${encodeURIComponent(kb)}`)).docs || [];
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  if (!docs.length) {
+    const tr = h("tr");
+    const td = h("td", "muted", "这个知识库还没有文档。No documents yet.");
+    td.colSpan = 5;
+    tr.append(td);
+    rows.append(tr);
+  }
+  for (const doc of docs) {
+    const tr = h("tr");
+    tr.dataset.doc = doc.doc_name;
+    const name = h("th", null, doc.doc_name);
+    name.scope = "row";
+    tr.append(name, h("td", "num", doc.chunks ?? ""), h("td", "num", formatBytes(doc.bytes)), h("td", null, formatTime(doc.added_at)));
+    const cell = h("td");
+    cell.append(actionButton("删除", `删除文档 ${doc.doc_name} Delete document`, () => deleteDoc(kb, doc.doc_name)));
+    tr.append(cell);
+    rows.append(tr);
+  }
+}
+
+async function deleteKb(name) {
+  if (!window.confirm(`确定删除知识库“${name}”及其全部文档？\nDelete knowledge base "${name}" and all its documents?`)) return;
+  try {
+    await postForm("/kb/delete", { kb_name: name });
+    showNotice(`已删除知识库 ${name}。Deleted.`, "info");
+    await refreshKbs();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function deleteDoc(kb, doc) {
+  if (!window.confirm(`确定删除文档“${doc}”？\nDelete document "${doc}"?`)) return;
+  try {
+    await postForm("/kb/delete_doc", { kb_name: kb, doc_name: doc });
+    showNotice(`已删除文档 ${doc}。Deleted.`, "info");
+    await refreshKbs(kb);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function uploadRow(file) {
+  const li = h("li", "upload");
+  li.dataset.file = file.name;
+  const name = h("span", "upload-name", file.name);
+  const progress = h("progress");
+  progress.max = 1;
+  progress.value = 0;
+  progress.setAttribute("aria-label", `上传进度 ${file.name} Upload progress`);
+  const result = h("span", "upload-result", "等待 waiting");
+  li.append(name, progress, result);
+  return { li, progress, result };
+}
+
+/** One request per file so each has its own progress bar and its own result line. */
+async function uploadFiles(files, replace) {
+  const kb = current();
+  if (!kb) {
+    showNotice("请先创建或选择一个知识库。Create or pick a knowledge base first.");
+    return;
+  }
+  const list = $("upload-list");
+  list.replaceChildren();
+  const rows = files.map((file) => {
+    const row = uploadRow(file);
+    list.append(row.li);
+    return row;
+  });
+  // Two uploads at a time: files are parsed and embedded server-side, more in parallel only queue there.
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length) {
+      const i = next++;
+      const { li, progress, result } = rows[i];
+      result.textContent = "上传中 uploading";
+      const fields = { kb_name: kb, files: files[i] };
+      if (replace) fields.replace = "1";
+      const { promise } = uploadWithProgress("/kb/upload", fields, (f) => {
+        progress.value = f;
+        if (f >= 1) result.textContent = "处理中 processing";
+      });
+      try {
+        const body = await promise;
+        const r = (body.files || [])[0] || {};
+        li.dataset.status = r.status || "unknown";
+        let text = STATUS_TEXT[r.status] || r.status || "?";
+        if (typeof r.chunks === "number" && r.status !== "rejected") text += ` · ${r.chunks} 片段 chunks`;
+        if (r.error) text += ` — ${r.error}`;
+        result.textContent = text;
+      } catch (err) {
+        li.dataset.status = "error";
+        result.textContent = `失败 failed — ${describeError(err)}`;
+      }
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  await refreshKbs(kb);
+}
+
+async function search(query) {
+  const kb = current();
+  const status = $("search-status");
+  const hits = $("search-hits");
+  hits.replaceChildren();
+  if (!kb) {
+    status.textContent = "请先选择知识库。Pick a knowledge base first.";
+    return;
+  }
+  status.textContent = "搜索中… Searching…";
+  try {
+    const body = await postForm("/kb/search", { kb_name: kb, query, top_k: 5 });
+    const list = body.hits || [];
+    status.textContent = list.length ? `${list.length} 条结果 results` : "没有找到。No results.";
+    for (const hit of list) {
+      const li = h("li", "hit");
+      const head = h("p", "hit-head");
+      head.append(h("strong", null, hit.doc_name || "?"));
+      if (typeof hit.score === "number") head.append(h("span", "muted", ` · 相关度 score ${hit.score.toFixed(3)}`));
+      li.append(head, h("blockquote", "source-text", hit.text || ""));
+      hits.append(li);
+    }
+  } catch (err) {
+    status.textContent = `搜索失败：${describeError(err)}`;
+  }
+}
+
+function init() {
+  initChrome();
+  $("create-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    hideNotice();
+    const name = $("new-kb-name").value.trim();
+    try {
+      await postForm("/kb/create", { kb_name: name, description: $("new-kb-desc").value.trim() });
+      showNotice(`已创建知识库 ${name}。Created.`, "info");
+      e.target.reset();
+      await refreshKbs(name);
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("kb-select").addEventListener("change", refreshDocs);
+  $("upload-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    hideNotice();
+    const input = $("upload-files");
+    const files = [...input.files];
+    if (!files.length) {
+      showNotice("请选择要上传的文件。Choose files to upload.");
+      return;
+    }
+    const button = e.target.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      await uploadFiles(files, $("upload-replace").checked);
+      input.value = "";
+    } finally {
+      button.disabled = false;
+    }
+  });
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    search($("search-query").value.trim());
+  });
+  refreshKbs();
+}
+
+init();

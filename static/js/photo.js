@@ -1,0 +1,169 @@
+// The photo panel of the chat page: pick / drop / camera, preview, POST /detect, boxes and names drawn on a
+// canvas laid over the preview, top-k species with confidences, and "tell me about this bird".
+import { postForm, describeError } from "./api.js";
+import { h } from "./ui.js";
+
+const ACCEPTED = ["image/jpeg", "image/png", "image/webp", "image/bmp"];
+const COLORS = ["#d9480f", "#1971c2", "#2b8a3e", "#9c36b5", "#e67700"];
+
+export function speciesName(sp) {
+  const parts = [sp.chinese_name, sp.english_name].filter(Boolean);
+  return parts.length ? parts.join(" ") : sp.label;
+}
+
+function percent(x) {
+  return typeof x === "number" ? `${(x * 100).toFixed(x >= 0.995 || x < 0.1 ? 1 : 0)}%` : "";
+}
+
+export function initPhoto({ onAsk, onResult }) {
+  const zone = document.getElementById("drop-zone");
+  const inputs = [document.getElementById("photo-input"), document.getElementById("camera-input")];
+  const status = document.getElementById("photo-status");
+  const figure = document.getElementById("photo-figure");
+  const img = document.getElementById("photo-preview");
+  const canvas = document.getElementById("photo-canvas");
+  const caption = document.getElementById("photo-caption");
+  const list = document.getElementById("detections");
+  let result = null;
+  let controller = null;
+  let objectUrl = null;
+
+  function draw() {
+    const ctx = canvas.getContext("2d");
+    const width = img.clientWidth;
+    const height = img.clientHeight;
+    const ratio = window.devicePixelRatio || 1;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    canvas.style.width = `${width}px`;
+    canvas.style.height = `${height}px`;
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    if (!result || !result.is_bird || !result.image || !width) return;
+    // Boxes are in the uploaded image's pixels; the preview is scaled to fit the panel.
+    const sx = width / result.image.width;
+    const sy = height / result.image.height;
+    ctx.font = "600 13px system-ui, sans-serif";
+    ctx.textBaseline = "top";
+    result.detections.forEach((det, i) => {
+      const [x1, y1, x2, y2] = det.box;
+      const color = COLORS[i % COLORS.length];
+      const x = x1 * sx, y = y1 * sy, w = (x2 - x1) * sx, hgt = (y2 - y1) * sy;
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x, y, w, hgt);
+      const top = det.species && det.species[0];
+      const label = `${i + 1} ${top ? speciesName(top) : "?"} ${top ? percent(top.confidence) : ""}`.trim();
+      const textWidth = ctx.measureText(label).width + 8;
+      const ly = y >= 20 ? y - 20 : y;
+      const lx = Math.min(Math.max(0, x), Math.max(0, width - textWidth));
+      ctx.fillStyle = color;
+      ctx.fillRect(lx, ly, textWidth, 20);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(label, lx + 4, ly + 3);
+    });
+  }
+
+  function renderList() {
+    list.replaceChildren();
+    if (!result) return;
+    if (!result.is_bird) {
+      list.append(h("p", "not-bird", "这张照片里没有找到鸟。No bird found in this photo."));
+      return;
+    }
+    result.detections.forEach((det, i) => {
+      const card = h("section", "detection");
+      card.style.borderColor = COLORS[i % COLORS.length];
+      const title = h("h3", null, `鸟 ${i + 1} Bird ${i + 1}`);
+      if (det.box_confidence === null || det.box_confidence === undefined) {
+        title.append(h("span", "muted", " · 整张照片 whole photo"));
+      } else {
+        title.append(h("span", "muted", ` · 检测置信度 ${percent(det.box_confidence)}`));
+      }
+      card.append(title);
+      const ol = h("ol", "species-list");
+      for (const sp of det.species || []) {
+        const li = h("li", "species");
+        const name = h("span", "species-name", speciesName(sp));
+        if (sp.scientific_name) name.append(" ", h("i", "sci", sp.scientific_name));
+        const bar = h("span", "bar");
+        const fill = h("span", "bar-fill");
+        fill.style.width = `${Math.max(0, Math.min(1, sp.confidence || 0)) * 100}%`;
+        bar.append(fill);
+        li.append(name, h("span", "conf", percent(sp.confidence)), bar);
+        ol.append(li);
+      }
+      card.append(ol);
+      const top = det.species && det.species[0];
+      if (top) {
+        const ask = h("button", "ask-bird", `介绍这只鸟 Tell me about this bird`);
+        ask.type = "button";
+        ask.setAttribute("aria-label", `介绍这只鸟：${speciesName(top)} Tell me about ${top.english_name || top.label}`);
+        ask.addEventListener("click", () => onAsk(top));
+        card.append(ask);
+      }
+      list.append(card);
+    });
+  }
+
+  async function detect(file) {
+    if (!file) return;
+    if (file.type && !ACCEPTED.includes(file.type)) {
+      status.textContent = `不支持的文件类型 Unsupported type: ${file.type}（JPEG/PNG/WebP/BMP）`;
+      status.dataset.kind = "error";
+      return;
+    }
+    if (controller) controller.abort();
+    controller = new AbortController();
+    result = null;
+    renderList();
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+    objectUrl = URL.createObjectURL(file);
+    img.src = objectUrl;
+    figure.hidden = false;
+    caption.textContent = file.name || "";
+    status.dataset.kind = "busy";
+    status.textContent = "正在识别… Identifying…";
+    draw();
+    try {
+      const body = await postForm("/detect", { image: file, top_k: 5, annotate: 0 }, { signal: controller.signal });
+      result = body;
+      const n = body.is_bird ? body.detections.length : 0;
+      status.dataset.kind = "done";
+      status.textContent = body.is_bird ? `找到 ${n} 只鸟。Found ${n} bird${n === 1 ? "" : "s"}.` : "没有找到鸟。No bird found.";
+      renderList();
+      if (img.complete) draw();
+      if (onResult) onResult(body);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      status.dataset.kind = "error";
+      status.textContent = `识别失败：${describeError(err)}`;
+    }
+  }
+
+  img.addEventListener("load", draw);
+  new ResizeObserver(draw).observe(img);
+  for (const input of inputs) {
+    input.addEventListener("change", () => {
+      detect(input.files[0]);
+      input.value = "";
+    });
+  }
+  zone.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("dragging");
+    const file = [...(e.dataTransfer.files || [])].find((f) => f.type.startsWith("image/"));
+    if (file) detect(file);
+    else status.textContent = "请拖入一张图片。Please drop an image file.";
+  });
+  // Paste a photo from the clipboard anywhere on the page.
+  document.addEventListener("paste", (e) => {
+    const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (file) detect(file);
+  });
+}
