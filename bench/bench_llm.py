@@ -53,10 +53,12 @@ def load_questions(catalog, n: int) -> list[dict]:
             sp = catalog.get(key) or catalog.by_label(key) or catalog.resolve(key)
             if sp is not None:
                 q = r.get("question") or r.get("user_input")
-                rows.append({"question": q, "species": sp, "species_label": r.get("species_label"), "taxonomy": True,
+                rows.append({"question": q, "species": sp, "species_label": r.get("species_label"),
+                             "taxonomy": r.get("kind") == "about", "kind": r.get("kind"),
                              "lang": r.get("lang") or ("zh" if re.search(r"[\u4e00-\u9fff]", q) else "en")})
-        print(f"questions: {len(rows)} from {EVAL_FILE.relative_to(ROOT)}")
-        return rows[:n] if n else rows
+        step = max(1, len(rows) // n) if n else 1
+        print(f"questions: every {step}th of {len(rows)} in {EVAL_FILE.relative_to(ROOT)}")
+        return rows[::step][:n] if n else rows
     species = [s for s in catalog.all() if s.chinese_name and s.family_zh and s.english_name]
     step = max(1, len(species) // max(1, n))
     rows = []
@@ -71,6 +73,7 @@ def load_questions(catalog, n: int) -> list[dict]:
 def bench_extractive(app, questions, label: str) -> None:
     client = app.test_client()
     latencies, cite_ok, name_ok, strict_ok, strict_n, failures = [], 0, 0, 0, 0, []
+    topic_n, topic_ok = 0, 0
     client.post("/get_response", data={"user_input": "白头海雕"})  # warm-up (jieba, caches)
     for q in questions:
         sp = q["species"]
@@ -84,13 +87,18 @@ def bench_extractive(app, questions, label: str) -> None:
         if any(s.get("species_id") == sp.id and s["n"] in cited for s in body.get("sources", [])):
             cite_ok += 1
         text = body.get("response", "")
-        want = (sp.chinese_name, sp.family_zh) if q["lang"] == "zh" else (sp.english_name, sp.family)
+        want = ((sp.chinese_name or sp.english_name, sp.family_zh or sp.family) if q["lang"] == "zh"
+                else (sp.english_name, sp.family))
         if all(w and w in text for w in want):
             name_ok += 1
         else:
             failures.append((q["question"], text[:120]))
         # Stricter: the quoted sentences themselves (without the "关于X（目·科）：" subject line) name both.
         quoted = re.sub(r"^(关于[^：]*：|About the [^:]*: )", "", text)
+        if q.get("kind") in ("diet", "habitat"):
+            topic_n += 1
+            topic_ok += not text.split("：")[-1].startswith(("资料中没有", "The documents do not")) and \
+                "资料中没有提到" not in text and "do not mention" not in text
         if q["taxonomy"]:
             strict_n += 1
             strict_ok += all(w and w in quoted for w in want)
@@ -98,6 +106,9 @@ def bench_extractive(app, questions, label: str) -> None:
     print(f"[extractive{label}] n={n} latency p50={statistics.median(latencies):.1f} ms "
           f"p95={pct(latencies, 95):.1f} ms  citations include the right card: {cite_ok / n:.1%}  "
           f"right name+family in answer: {name_ok / n:.1%} (in the quoted sentences alone, on the {strict_n} taxonomy/description questions: {strict_ok / max(strict_n, 1):.1%})")
+    if topic_n:
+        print(f"    diet/habitat questions answered from the card (not 'not mentioned'): {topic_ok / topic_n:.1%} "
+              f"of {topic_n}")
     for question, text in failures[:5]:
         print(f"    miss: {question} -> {text}")
 
@@ -160,7 +171,7 @@ def bench_llama(runs: int, max_tokens: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--questions", type=int, default=800)
     parser.add_argument("--llama-runs", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--skip-llama", action="store_true")
