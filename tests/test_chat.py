@@ -183,3 +183,16 @@ def test_llama_ke1_returns_a_validated_triples_list(kb_app):
     assert isinstance(body["triples"], list)
     assert all(isinstance(t, list) and len(t) == 3 for t in body["triples"])
     assert body["triples"] or body.get("warnings")   # parsed, or said why not
+
+
+def test_healthz_reports_the_answer_backends(make_app, tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"nope")
+    client = make_app(services=["species", "llm"], LLAMA_MODEL=str(bad)).test_client()
+    llm = client.get("/healthz").get_json()["models"]["llm"]
+    assert llm["default"] == "extractive" and llm["backends"]["extractive"] == "loaded"
+    assert llm["backends"]["llama"].startswith("ValueError")
+    # The default answers, so the server is healthy even with a broken optional backend.
+    assert client.get("/healthz").status_code == 200
+    broken_default = make_app(services=["species", "llm"], LLAMA_MODEL=str(bad), DEFAULT_MODEL="llama")
+    assert broken_default.test_client().get("/healthz").status_code == 503

@@ -102,6 +102,12 @@ class AnswerService:
         return {"default": self.registry.default,
                 "backends": {e.name: (e.error or "loaded") for e in self.registry.entries.values()}}
 
+    @property
+    def healthy(self) -> bool:
+        """Healthy when the default backend answers (others may be down; /models says which)."""
+        entry = self.registry.entries.get(self.registry.default)
+        return entry is not None and entry.backend is not None
+
     def models(self) -> dict:
         return self.registry.to_dict()
 
