@@ -2,6 +2,7 @@
 token and tokens/s through the server vs the same model called directly, in the same run.
 
     .venv/bin/python bench/bench_llm.py [--questions N] [--llama-runs N] [--skip-llama] [--embedder]
+                                        [--kb-instance bench/out/kb]
 
 Quality: for each species question, (a) do the answer's citations [n] include that species' card, and
 (b) does the answer contain the species' Chinese name and Chinese family name (English name and family for
@@ -70,14 +71,14 @@ def load_questions(catalog, n: int) -> list[dict]:
     return rows[:n]
 
 
-def bench_extractive(app, questions, label: str) -> None:
+def bench_extractive(app, questions, label: str, extra: dict | None = None) -> None:
     client = app.test_client()
     latencies, cite_ok, name_ok, strict_ok, strict_n, failures = [], 0, 0, 0, 0, []
     topic_n, topic_ok = 0, 0
     client.post("/get_response", data={"user_input": "白头海雕"})  # warm-up (jieba, caches)
     for q in questions:
         sp = q["species"]
-        form = {"user_input": q["question"]}
+        form = {"user_input": q["question"], **(extra or {})}
         if q["species_label"]:
             form["species_label"] = q["species_label"]
         t0 = time.perf_counter()
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--llama-runs", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument("--kb-instance", help="instance folder for the species KB (mode=kb run), e.g. bench/out/kb")
     parser.add_argument("--embedder", action="store_true", help="also measure the e5 sentence re-ranking")
     args = parser.parse_args()
     base = {"TESTING": True, "INSTANCE_PATH": tempfile.mkdtemp(), "KB_SPECIES_BUILD": "off"}
@@ -184,6 +186,13 @@ def main() -> None:
     if args.embedder:
         app_e = create_app({**base, "SERVICES": ["species", "embedder", "llm"], "EXTRACTIVE_EMBEDDER": True})
         bench_extractive(app_e, questions, " +e5 rerank")
+    if args.kb_instance:
+        # mode=kb on the real bundled species KB (built once into that folder: minutes the first time).
+        t0 = time.perf_counter()
+        app_kb = create_app({"TESTING": True, "INSTANCE_PATH": args.kb_instance, "KB_SPECIES_BUILD": "startup",
+                             "SERVICES": ["species", "embedder", "kb", "llm"]})
+        print(f"species KB ready in {time.perf_counter() - t0:.1f} s: {app_kb.extensions['birdsdao'].get('kb').status}")
+        bench_extractive(app_kb, questions, " mode=kb", {"mode": "kb"})
     if not args.skip_llama:
         bench_llama(args.llama_runs, args.max_tokens)
 

@@ -196,3 +196,12 @@ def test_healthz_reports_the_answer_backends(make_app, tmp_path):
     assert client.get("/healthz").status_code == 200
     broken_default = make_app(services=["species", "llm"], LLAMA_MODEL=str(bad), DEFAULT_MODEL="llama")
     assert broken_default.test_client().get("/healthz").status_code == 503
+
+
+def test_a_follow_up_in_a_conversation_is_about_the_bird_named_before(client):
+    history = json.dumps([["灰鹤属于哪个科？", "灰鹤属于鹤科。"]])
+    body = ask(client, user_input="它属于哪个目？", history=history)
+    assert "鹤形目" in body["response"] and body["species"]["scientific_name"] == "Grus grus"
+    # The photo's species (species_label) wins over the conversation's.
+    photo = ask(client, user_input="它属于哪个目？", history=history, species_label="BALD EAGLE")
+    assert "鹰形目" in photo["response"]

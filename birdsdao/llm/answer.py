@@ -141,7 +141,7 @@ class AnswerService:
         lang = "zh" if has_cjk(question) else "en"
         warnings: list[str] = []
 
-        focus, label_species = self._focus_species(req, question, warnings)
+        focus, label_species = self._focus_species(req, question, history, warnings)
         search_query = question
         if focus and label_species is not None and focus[0] is label_species:
             # A follow-up about the photo ("它吃什么？"): search with the bird's names too.
@@ -191,8 +191,9 @@ class AnswerService:
             pairs = pairs[1:]
         return pairs
 
-    def _focus_species(self, req, question, warnings):
-        """The species the question is about: those it names, else the photo's (species_label)."""
+    def _focus_species(self, req, question, history, warnings):
+        """The species the question is about: those it names, else the photo's (species_label), else the
+        one the conversation last named."""
         if self.catalog is None:
             if req.prompt_type == "species" or req.species_label:
                 warnings.append("the species catalogue is unavailable")
@@ -210,6 +211,13 @@ class AnswerService:
             resolved = self.catalog.resolve(question)
             if resolved is not None:
                 named.append(resolved)
+        if label_species is None and not named:
+            # "它吃什么？" after a turn about a named bird: the newest species the conversation named.
+            for user, _assistant in reversed(history):
+                mentions = self.catalog.find_mentions(user)
+                if mentions:
+                    label_species = mentions[0][0]
+                    break
         focus = named[:2] or ([label_species] if label_species is not None else [])
         return focus, label_species
 
