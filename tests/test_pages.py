@@ -78,6 +78,13 @@ def test_page_has_no_inline_code_and_loads_only_own_assets(client, path):
                 assert r.mimetype == "text/javascript", "module scripts need a JavaScript MIME type under nosniff"
 
 
+def test_every_script_module_is_served_as_javascript(client):
+    """Modules imported by other modules are not in the HTML; under nosniff each needs the right type."""
+    for script in sorted(STATIC.rglob("*.js")):
+        with client.get("/static/" + script.relative_to(STATIC).as_posix()) as r:
+            assert r.status_code == 200 and r.mimetype == "text/javascript", script.name
+
+
 def test_every_form_control_has_a_label(client):
     for path in PAGES:
         page = _parse(client.get(path).get_data(as_text=True))
@@ -104,7 +111,8 @@ def test_scripts_use_only_contract_routes():
     assert not re.search(r"https?://", text)
     used = set(re.findall(r"""["'`](/(?:detect|get_response|models|kb/[a-z_]+|species/[a-z]+))\b""", text))
     assert used >= {"/detect", "/get_response", "/models", "/kb/list", "/kb/create", "/kb/delete",
-                    "/kb/upload", "/kb/docs", "/kb/delete_doc", "/kb/search"}
+                    "/kb/upload", "/kb/docs", "/kb/delete_doc", "/kb/search", "/species/teach",
+                    "/species/forget", "/species/taught"}
 
 
 def test_cross_site_form_post_is_refused_unless_it_carries_the_token(make_app):

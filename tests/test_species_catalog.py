@@ -142,3 +142,53 @@ def test_service_builder_loads_the_bundled_catalogue(make_app):
     assert isinstance(catalog, SpeciesCatalog) and len(catalog) > 1000
     assert catalog.describe()["species"] == len(catalog)
     assert build({}, None).get(BALD_EAGLE) is not None
+
+
+def test_published_inline_alternatives_and_project_aliases_resolve(catalog):
+    sparrow = catalog.resolve("麻雀")
+    assert sparrow is not None and sparrow.id == "Passer montanus"
+    assert catalog.resolve("树麻雀") is sparrow
+    assert catalog.resolve("麻雀 (树麻雀)") is sparrow
+    assert catalog.resolve("走鹃").id == "Geococcyx californianus"
+    assert catalog.resolve("大走鹃").id == "Geococcyx californianus"
+
+
+def test_find_mentions_latin_and_label_spellings(catalog):
+    text = "Photo of Haliaeetus leucocephalus (BALD_EAGLE) next to a cardinal."
+    found = [(s.id, text[a:b]) for s, a, b in catalog.find_mentions(text)]
+    assert found[:2] == [(BALD_EAGLE, "Haliaeetus leucocephalus"), (BALD_EAGLE, "BALD_EAGLE")]
+
+
+def test_resolve_long_garbage_is_fast_and_none(catalog):
+    import time
+
+    text = "x" * 20000 + " bald eagel"
+    start = time.perf_counter()
+    assert catalog.resolve(text) is None
+    assert time.perf_counter() - start < 0.5
+
+
+def test_every_natural_dev_folder_name_resolves():
+    """The field photos are named by English name with underscores (apostrophes dropped)."""
+    natural = SHARED_DATA.parent / "datasets" / "natural-dev"
+    if not natural.exists():
+        pytest.skip("../shared/datasets/natural-dev not present")
+    catalog = SpeciesCatalog.load()
+    folders = sorted(p.name for p in natural.iterdir() if p.is_dir())
+    assert folders
+    unresolved = [f for f in folders if catalog.resolve(f.replace("_", " ")) is None]
+    assert not unresolved
+
+
+def test_one_character_names_match_only_when_they_are_a_main_name(catalog):
+    osprey = catalog.find_mentions("鹗吃什么？")
+    assert [(s.id, a, b) for s, a, b in osprey] == [("Pandion haliaetus", 0, 1)]
+    assert catalog.find_mentions("早餐吃鸡蛋和鹅肝") == []       # 鸡 / 鹅 are aliases only
+    assert catalog.resolve("鸡").id == "Gallus gallus domesticus"
+
+
+def test_names_with_brackets_and_hybrid_sign_are_found_in_text(catalog):
+    text = "Where does the Northern Harrier (American) live?"
+    assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Circus cyaneus hudsonius"]
+    text = "What does the Pacific Black Duck × Mallard hybrid eat?"
+    assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Anas superciliosa × platyrhynchos"]

@@ -26,6 +26,9 @@ DEFAULT_SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 BIRDS525_TABLE = "birds525_species_reference.csv"
 INAT_TABLE = "inat_bird_species_reference.csv"
 
+# Species texts shorter than this (characters) also carry their family's overview on the card.
+SHORT_TEXT = 90
+
 IUCN_ZH = {
     "LC": "无危", "NT": "近危", "VU": "易危", "EN": "濒危", "CR": "极危",
     "EW": "野外灭绝", "EX": "灭绝", "DD": "数据缺乏", "NE": "未评估",
@@ -254,6 +257,11 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
         "en": desc.get("en") if desc else None,
         "kind": (desc.get("kind") or "species") if desc else None,   # "species" | "family"
     }
+    # A short species text leaves diet/habitat questions unanswered: add what is true of the whole
+    # family, rendered under its own labelled heading.
+    family_text = project["family_descriptions"].get(family)
+    if desc and record["description"]["kind"] == "species" and family_text and len(desc["zh"]) < SHORT_TEXT:
+        record["description"]["family_zh"] = family_text
     sources["description"] = "project" if desc else None
     record["sources"] = sources
     return record

@@ -84,6 +84,11 @@ def _render_zh(r: dict) -> str:
             lines += ["", f"## 简介（{_SOURCE_ZH['project']}）", "", desc["zh"]]
         if desc.get("en"):
             lines += ["", desc["en"]]
+        if desc.get("family_zh"):
+            family = r.get("family_zh") or r.get("family")
+            lines += ["", f"## 科级概述（{_SOURCE_ZH['project']}）", "",
+                      f"{name}属于{family}，以下是该科鸟类的共同特征，不一定都适用于{name}：", "",
+                      desc["family_zh"]]
     lines += ["", "来源：" + "；".join(_source_notes_zh(src))]
     return "\n".join(lines).strip() + "\n"
 

@@ -11,17 +11,21 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .cards import make_card, render_card
+
 DATA_FILE = Path(__file__).resolve().parent / "data" / "species.jsonl"
 
 # Characters that users type interchangeably in names: apostrophes are dropped ("Cassin's" == "Cassins"),
 # hyphens/underscores/dots/middle dots become spaces ("Sea-Eagle" == "Sea Eagle", "BALD_EAGLE").
 _DROP = set("'’‘`´ʼ")
-_SPACE = set("-‐‑‒–—_./·・,，、")
+_SPACE = set("-‐‑‒–—_./·・,，、()（）[]×")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 # Typos: at most this many edits for English/Latin, and fewer for short names (a 4-letter "Kiwi" must not
 # swallow "Kiwi"-like words).
 _MAX_TYPO = 2
 _MIN_TYPO_LEN = 5
+# Longer than any name: no point fuzzy-matching it (and difflib is quadratic in the query length).
+_MAX_TYPO_LEN = 80
 
 
 def _norm_char(ch: str) -> str:
@@ -155,6 +159,14 @@ class SpeciesCatalog:
                     if main_only:
                         main_keys.add(key)
         self._ascii_keys = [k for k, v in self._names.items() if v is not None and not has_cjk(k)]
+        # Typo candidates are looked up by length (an edit changes it by at most _MAX_TYPO).
+        self._ascii_by_len: dict[int, list[str]] = {}
+        for k in self._ascii_keys:
+            self._ascii_by_len.setdefault(len(k), []).append(k)
+        # One-character Chinese names (鹗) are matched in text only when they are a species' main name:
+        # one-character aliases (鸡, 鹅) would fire inside ordinary words.
+        self._cjk_single = {normalize(s.chinese_name) for s in self._species
+                            if s.chinese_name and len(normalize(s.chinese_name)) == 1}
         self._cjk_keys = sorted((k for k, v in self._names.items() if v is not None and has_cjk(k)),
                                 key=len, reverse=True)
         self._max_cjk = max((len(k) for k in self._cjk_keys), default=0)
@@ -211,10 +223,11 @@ class SpeciesCatalog:
         return next(iter(found.values())) if len(found) == 1 else None
 
     def _resolve_typo(self, key: str) -> Species | None:
-        if len(key) < _MIN_TYPO_LEN:
+        if not _MIN_TYPO_LEN <= len(key) <= _MAX_TYPO_LEN:
             return None
         limit = 1 if len(key) < 8 else _MAX_TYPO
-        candidates = difflib.get_close_matches(key, self._ascii_keys, n=8, cutoff=0.75)
+        pool = [k for n in range(len(key) - limit, len(key) + limit + 1) for k in self._ascii_by_len.get(n, ())]
+        candidates = difflib.get_close_matches(key, pool, n=8, cutoff=0.75)
         scored = [(_edit_distance(key, c, limit), c) for c in candidates]
         scored = [(d, c) for d, c in scored if d <= limit]
         if not scored:
@@ -248,7 +261,7 @@ class SpeciesCatalog:
                 s = self._names.get(norm[i:i + length])
                 if s is not None:
                     return i + length
-            return 0
+            return i + 1 if ch in self._cjk_single and self._names.get(ch) is not None else 0
         if not ch.isalnum() or (i > 0 and norm[i - 1].isalnum() and not _CJK.match(norm[i - 1])):
             return 0
         # Word ends after i, up to the longest name's word count; try the longest first.
@@ -274,12 +287,10 @@ class SpeciesCatalog:
         return self._records.get(species_id)
 
     def card(self, species_id: str) -> dict | None:
-        from .cards import make_card
         record = self._records.get(species_id)
         return make_card(record) if record else None
 
     def card_text(self, species_id: str, lang: str = "zh") -> str:
-        from .cards import render_card
         record = self._records.get(species_id)
         if record is None:
             raise KeyError(species_id)
@@ -291,6 +302,10 @@ class SpeciesCatalog:
             "chinese_names": {
                 "published": sum(s.chinese_name_source == "published" for s in self._species),
                 "project": sum(s.chinese_name_source == "project" for s in self._species),
+            },
+            "descriptions": {
+                "species": sum((r.get("description") or {}).get("kind") == "species" for r in self._records.values()),
+                "family": sum((r.get("description") or {}).get("kind") == "family" for r in self._records.values()),
             },
             "inat_outputs": len(self._by_inat),
             "data_file": Path(self._source).name if self._source else None,

@@ -3,6 +3,7 @@
 import { getJSON, postStream, describeError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { initPhoto, speciesName } from "./photo.js";
+import { initTeach } from "./teach.js";
 import { h, initChrome, showError, hideNotice } from "./ui.js";
 
 const STORE_KEY = "birdsdao.chat";
@@ -121,7 +122,15 @@ function fillBubble(bubble, msg) {
   }
   const sources = Array.isArray(msg.sources) ? msg.sources : [];
   const content = renderMarkdown(msg.text, { citations: sources.length });
-  bubble.replaceChildren(content);
+  const extras = msg.status === "streaming" ? null : renderExtras(msg);
+  if (extras) {
+    // KE1-3: the table is the answer; the same facts as plain text stay one click away.
+    const raw = h("details", "raw-text");
+    raw.append(h("summary", null, "文本 Text"), content);
+    bubble.replaceChildren(extras, raw);
+  } else {
+    bubble.replaceChildren(content);
+  }
   if (msg.status === "streaming") {
     if (!msg.text) bubble.append(h("span", "typing", "思考中… Thinking…"));
     bubble.append(h("span", "cursor"));
@@ -130,8 +139,6 @@ function fillBubble(bubble, msg) {
   if (msg.status === "error") bubble.append(h("p", "error-text", `出错了：${msg.error}`));
   if (msg.stopped === "timeout") bubble.append(h("p", "muted", "（回答超时，已截断 Timed out）"));
   for (const warning of Array.isArray(msg.warnings) ? msg.warnings : []) bubble.append(h("p", "muted warning", warning));
-  const extras = renderExtras(msg);
-  if (extras) bubble.append(extras);
 }
 
 function sourceList(msg, index) {
@@ -258,11 +265,11 @@ async function ask(userIndex) {
         if (Array.isArray(event.sources)) msg.sources = event.sources;
         for (const key of ["triples", "entities", "attributes", "model_type", "warnings", "stopped"]) if (event[key] !== undefined) msg[key] = event[key];
         if (typeof event.response === "string" && event.response && !msg.text) msg.text = event.response;
-        msg.status = "done";
       }
       if (!frame) frame = requestAnimationFrame(paint);
     }, { signal: controller.signal });
-    if (msg.status === "streaming") msg.status = "done";
+    // Only now, after the last paint below, does the bubble say "done" (tests and screen readers rely on it).
+    msg.status = "done";
   } catch (err) {
     if (err.name === "AbortError") {
       msg.status = "stopped";
@@ -354,12 +361,14 @@ async function loadModels(prefs) {
     const { items, default: def } = normalizeModels(await getJSON("/models"));
     select.replaceChildren();
     for (const it of items) {
-      const opt = h("option", null, modelLabel(it.name) + (it.name === def ? "（默认 default）" : ""));
+      const known = MODEL_LABELS[it.name];
+      const opt = h("option", null, (known ? known[0] : it.name) + (it.name === def ? "（默认）" : ""));
       opt.value = it.name;
       const unavailable = it.available === false || it.loaded === false || Boolean(it.error);
       opt.disabled = unavailable;
-      const known = MODEL_LABELS[it.name];
-      opt.dataset.help = unavailable ? `不可用 Unavailable: ${it.error || "未加载 not loaded"}` : (known ? known[2] : (it.description || ""));
+      const kind = it.generative === false ? "非生成式 not generative" : (it.generative ? "生成式 generative" : "");
+      opt.dataset.help = unavailable ? `不可用 Unavailable: ${it.error || "未加载 not loaded"}`
+        : (known ? `${known[1]}. ${known[2]}` : [it.name, kind, it.description].filter(Boolean).join(" · "));
       select.append(opt);
     }
     const wanted = [prefs.model_type, def].find((n) => n && items.some((it) => it.name === n && !select.querySelector(`option[value="${CSS.escape(n)}"]`).disabled));
@@ -410,7 +419,9 @@ function initControls() {
 function init() {
   initChrome();
   // On a phone the options start folded so the photo and the conversation come first.
-  if (window.matchMedia("(max-width: 800px)").matches) $("options-panel").open = false;
+  const phone = window.matchMedia("(max-width: 800px)");
+  $("options-panel").open = !phone.matches;
+  phone.addEventListener("change", () => { $("options-panel").open = !phone.matches; });
   initControls();
   load();
   renderAll();
@@ -454,6 +465,7 @@ function init() {
     else if (button.dataset.action === "retry") retry();
   });
 
+  initTeach();
   initPhoto({
     onResult(result) {
       // Follow-up questions ("它吃什么？") are about the bird in the latest photo.

@@ -136,6 +136,7 @@ export function initPhoto({ onAsk, onResult }) {
       if (onResult) onResult(body);
     } catch (err) {
       if (err.name === "AbortError") return;
+      figure.hidden = true; // a file the server cannot read would only show as a broken image
       status.dataset.kind = "error";
       status.textContent = `识别失败：${describeError(err)}`;
     }
