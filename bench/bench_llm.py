@@ -57,9 +57,12 @@ def load_questions(catalog, n: int) -> list[dict]:
                 rows.append({"question": q, "species": sp, "species_label": r.get("species_label"),
                              "taxonomy": r.get("kind") == "about", "kind": r.get("kind"),
                              "lang": r.get("lang") or ("zh" if re.search(r"[\u4e00-\u9fff]", q) else "en")})
-        step = max(1, len(rows) // n) if n else 1
-        print(f"questions: every {step}th of {len(rows)} in {EVAL_FILE.relative_to(ROOT)}")
-        return rows[::step][:n] if n else rows
+        if n and n < len(rows):  # a fixed random sample: a stride could pick one question kind only
+            import random
+
+            rows = random.Random(0).sample(rows, n)
+        print(f"questions: {len(rows)} sampled (seed 0) from {EVAL_FILE.relative_to(ROOT)}")
+        return rows
     species = [s for s in catalog.all() if s.chinese_name and s.family_zh and s.english_name]
     step = max(1, len(species) // max(1, n))
     rows = []

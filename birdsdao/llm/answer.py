@@ -261,6 +261,11 @@ class AnswerService:
             passages.append(Passage(number=0, text=h["text"], kb_name=h.get("kb_name", kb_name),
                                     doc_name=h["doc_name"], chunk_id=str(h["chunk_id"]), score=float(h["score"]),
                                     heading=h.get("heading"), species_id=sp.id if sp else None))
+        if is_species_kb and focus:
+            # A question about a named bird: other birds' cards are off-subject (their sentences would answer
+            # for the wrong species).
+            ids = {sp.id for sp in focus}
+            passages = [p for p in passages if p.species_id in ids]
         if is_species_kb and focus and all(p.species_id != focus[0].id for p in passages):
             # The photo's / named species must be in the sources even when the words missed its card.
             passages.insert(0, self._card_passage(focus[0], self.catalog.card_text(focus[0].id, lang), 0, lang))
