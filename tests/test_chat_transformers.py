@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from birdsdao.llm.transformers_chat import load_prefix_state, pre_seq_len_of
+from birdsdao.llm.transformers_chat import chatglm_turns, load_prefix_state, pre_seq_len_of
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -122,3 +122,10 @@ def test_chatglm2_without_weights_is_listed_with_its_load_error(make_app, tmp_pa
     assert r.status_code == 503 and r.get_json()["code"] == "model_unavailable"
     models = {m["name"]: m for m in client.get("/models").get_json()["models"]}
     assert models["chatglm2"]["loaded"] is False and "no-such-model" in models["chatglm2"]["error"]
+
+
+def test_chat_messages_become_chatglm2_query_and_history():
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"},
+                {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"}]
+    assert chatglm_turns(messages) == ("u2", [("S\n\nu1", "a1")])
+    assert chatglm_turns(messages[:1] + messages[-1:]) == ("S\n\nu2", [])

@@ -67,9 +67,17 @@ def test_extractive_stream_stops_when_cancelled(extractive):
     assert first and list(stream) == []
 
 
-def test_sentences_are_split_without_markdown_markup():
-    assert split_sentences("# 白头海雕\n- **科**：鹰科\nIt eats fish. It nests high.") == [
-        "白头海雕", "科：鹰科", "It eats fish.", "It nests high."]
+def test_sentences_are_split_without_markdown_markup_headings_or_provenance():
+    assert split_sentences("# 白头海雕\n- **科**：鹰科\nIt eats fish. It nests high.\n来源：学名取自公开名录") == [
+        "科：鹰科", "It eats fish.", "It nests high."]
+
+
+def test_extractive_says_the_topic_is_not_covered_instead_of_passing_facts_off_as_an_answer(extractive):
+    prompt = Prompt(question="白头海雕的叫声是什么样的？", lang="zh", passages=[passage(1, EAGLE_ZH)],
+                    subject_terms=["白头海雕", "bald eagle"])
+    text = extractive.generate(prompt, Limits())
+    assert text.startswith("资料中没有提到这一点。")
+    assert text.count("[1]") <= 2 and "白头海雕" in text   # at most two labelled facts about the subject
 
 
 def test_prompt_fences_documents_as_data_and_a_document_cannot_close_its_fence():

@@ -87,7 +87,13 @@ class AnswerService:
         self.max_new_tokens = int(config.get("LLM_MAX_NEW_TOKENS", 512))
         self.timeout_s = float(config.get("LLM_TIMEOUT_S", 120))
         self.top_k = int(config.get("LLM_TOP_K", 4))
-        self.default_kb = config.get("DEFAULT_KB") or "species"
+        self.default_kb = config.get("KB_DEFAULT") or "species"
+        # Species KB document name (BALD_EAGLE.md) -> species, so KB hits on cards know their species.
+        self.card_docs = {}
+        if self.catalog is not None:
+            from ..species.cards import doc_name
+
+            self.card_docs = {doc_name(self.catalog.record(sp.id)): sp for sp in self.catalog.all()}
         self.stats = {"answers": 0, "cancelled": 0, "timeouts": 0}
         self._stats_lock = threading.Lock()
 
@@ -95,6 +101,12 @@ class AnswerService:
     def describe(self) -> dict:
         return {"default": self.registry.default,
                 "backends": {e.name: (e.error or "loaded") for e in self.registry.entries.values()}}
+
+    @property
+    def healthy(self) -> bool:
+        """Healthy when the default backend answers (others may be down; /models says which)."""
+        entry = self.registry.entries.get(self.registry.default)
+        return entry is not None and entry.backend is not None
 
     def models(self) -> dict:
         return self.registry.to_dict()
@@ -129,13 +141,14 @@ class AnswerService:
         lang = "zh" if has_cjk(question) else "en"
         warnings: list[str] = []
 
-        focus, label_species = self._focus_species(req, question, warnings)
+        focus, label_species = self._focus_species(req, question, history, warnings)
         search_query = question
         if focus and label_species is not None and focus[0] is label_species:
             # A follow-up about the photo ("它吃什么？"): search with the bird's names too.
             search_query = f"{question} {' '.join(self._names(label_species))}"
         prompt = Prompt(question=question, prompt_type=req.prompt_type, lang=lang, history=history,
-                        search_query=search_query)
+                        search_query=search_query,
+                        subject_terms=[n.lower() for sp in focus for n in self._names(sp)])
         if req.prompt_type == "species" and not backend.generative:
             prompt.search_query = SPECIES_TOPICS[lang]
 
@@ -178,8 +191,9 @@ class AnswerService:
             pairs = pairs[1:]
         return pairs
 
-    def _focus_species(self, req, question, warnings):
-        """The species the question is about: those it names, else the photo's (species_label)."""
+    def _focus_species(self, req, question, history, warnings):
+        """The species the question is about: those it names, else the photo's (species_label), else the
+        one the conversation last named."""
         if self.catalog is None:
             if req.prompt_type == "species" or req.species_label:
                 warnings.append("the species catalogue is unavailable")
@@ -197,6 +211,13 @@ class AnswerService:
             resolved = self.catalog.resolve(question)
             if resolved is not None:
                 named.append(resolved)
+        if label_species is None and not named:
+            # "它吃什么？" after a turn about a named bird: the newest species the conversation named.
+            for user, _assistant in reversed(history):
+                mentions = self.catalog.find_mentions(user)
+                if mentions:
+                    label_species = mentions[0][0]
+                    break
         focus = named[:2] or ([label_species] if label_species is not None else [])
         return focus, label_species
 
@@ -209,26 +230,48 @@ class AnswerService:
         for sp in focus:
             text = self.catalog.card_text(sp.id, lang)
             if text:
-                passages.append(Passage(number=len(passages) + 1, text=text, kb_name="species", doc_name=sp.id,
-                                        chunk_id=f"{sp.id}#card", score=1.0,
-                                        heading=ent.display_name(sp, lang), species_id=sp.id))
+                passages.append(self._card_passage(sp, text, len(passages) + 1, lang))
         return passages
 
+    def _card_passage(self, sp, text, number, lang) -> Passage:
+        from ..species.cards import doc_name
+
+        name = doc_name(self.catalog.record(sp.id))
+        return Passage(number=number, text=text, kb_name=self.default_kb, doc_name=name, chunk_id=f"{name}#card",
+                       score=1.0, heading=ent.display_name(sp, lang), species_id=sp.id)
+
     def _kb_passages(self, kb_name, query, focus, lang) -> list[Passage]:
-        if self.kb is None:
-            if kb_name == self.default_kb and self.catalog is not None:
-                return self._card_passages(focus, lang)  # the bundled species KB, straight from the cards
+        is_species_kb = kb_name == self.default_kb and self.catalog is not None
+        if self.kb is None or (is_species_kb and kb_name in getattr(self.kb, "building", ())):
+            if is_species_kb:
+                return self._card_passages(focus, lang)  # the bundled species KB, straight from its cards
             self._services.get("kb")  # raises 503 model_unavailable with the reason
         try:
             hits = self.kb.search(kb_name, query, self.top_k)
         except KeyError:
             raise APIError(404, "unknown_kb", f"unknown knowledge base '{kb_name}'") from None
+        except APIError as exc:
+            if is_species_kb and exc.status in (404, 503):
+                return self._card_passages(focus, lang)  # not built (yet): the cards are its whole content
+            raise
         passages = []
         for hit in hits:
             h = hit.to_dict() if hasattr(hit, "to_dict") else dict(hit)
-            passages.append(Passage(number=len(passages) + 1, text=h["text"], kb_name=h.get("kb_name", kb_name),
+            sp = self.card_docs.get(h["doc_name"]) if is_species_kb else None
+            passages.append(Passage(number=0, text=h["text"], kb_name=h.get("kb_name", kb_name),
                                     doc_name=h["doc_name"], chunk_id=str(h["chunk_id"]), score=float(h["score"]),
-                                    heading=h.get("heading"), species_id=h.get("species_id")))
+                                    heading=h.get("heading"), species_id=sp.id if sp else None))
+        if is_species_kb and focus:
+            # A question about a named bird: other birds' cards are off-subject (their sentences would answer
+            # for the wrong species).
+            ids = {sp.id for sp in focus}
+            passages = [p for p in passages if p.species_id in ids]
+        if is_species_kb and focus and all(p.species_id != focus[0].id for p in passages):
+            # The photo's / named species must be in the sources even when the words missed its card.
+            passages.insert(0, self._card_passage(focus[0], self.catalog.card_text(focus[0].id, lang), 0, lang))
+        passages = passages[: max(self.top_k, 1)]
+        for i, p in enumerate(passages, start=1):
+            p.number = i
         return passages
 
     def count(self, key: str) -> None:
@@ -399,6 +442,9 @@ class EventStream:
             yield {"done": True, **answer.to_dict(with_response=False)}
         except APIError as exc:
             yield {"done": True, "error": exc.message, "code": exc.code, "sources": []}
+        except Exception:  # headers are sent: the error can only travel as the last event
+            log.exception("answer stream failed")
+            yield {"done": True, "error": "internal error while generating", "code": "internal_error", "sources": []}
         finally:
             job.close()
 

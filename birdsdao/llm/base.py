@@ -50,6 +50,8 @@ class Prompt:
     history: list[tuple[str, str]] = field(default_factory=list)
     # The question with the photo's species names added (for retrieval/sentence scoring, never shown).
     search_query: str = ""
+    # Names of the species the question is about: matching them alone does not make a sentence an answer.
+    subject_terms: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -137,6 +137,20 @@ def pre_seq_len_of(ptuning_dir: str | os.PathLike, prefix_state: dict) -> int:
     return int(prefix_state["embedding.weight"].shape[0])
 
 
+def chatglm_turns(messages: list[dict]) -> tuple[str, list[tuple[str, str]]]:
+    """Chat messages -> ChatGLM2's (query, history). It has no system role: the system text leads the
+    first user turn."""
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    query = turns[-1]["content"]
+    history = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
+    if system and history:
+        history[0] = (f"{system}\n\n{history[0][0]}", history[0][1])
+    elif system:
+        query = f"{system}\n\n{query}"
+    return query, history
+
+
 class ChatGLM2Backend(TransformersChatBackend):
     """THUDM/chatglm2-6b (or chatglm3) with its remote code; ``stream_chat`` yields the whole reply so far
     after each token, so closing our generator stops decoding at the next token."""
@@ -172,15 +186,7 @@ class ChatGLM2Backend(TransformersChatBackend):
         self.temperature = temperature
 
     def stream(self, prompt: Prompt, limits: Limits) -> Iterator[str]:
-        # ChatGLM2 has no system role: the system text leads the first user turn.
-        system = "\n".join(m["content"] for m in prompt.messages if m["role"] == "system")
-        turns = [m for m in prompt.messages if m["role"] != "system"]
-        query = turns[-1]["content"]
-        history = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
-        if history:
-            history[0] = (f"{system}\n\n{history[0][0]}", history[0][1])
-        else:
-            query = f"{system}\n\n{query}"
+        query, history = chatglm_turns(prompt.messages)
         replies = self.model.stream_chat(self.tokenizer, query, history=history, max_length=self.context_window,
                                          temperature=max(self.temperature, 0.01), top_p=0.8)
         sent = 0
