@@ -17,7 +17,7 @@ from birdsdao.train.evaluate import aggregate_by_label, expected_calibration_err
 from birdsdao.train.models import load_classifier, logits_of, seed_classifier
 from birdsdao.train.prune import prune_by_bn_scale
 
-from conftest import BIRDS525, YOLO_WEIGHTS
+from .conftest import BIRDS525, YOLO_WEIGHTS
 
 SPECIES = ["AMERICAN GOLDFINCH", "AMERICAN ROBIN", "BARN OWL"]
 TINY = ["--imgsz", "32", "--batch", "8", "--device", "cpu"]
