@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kb_corpus  # noqa: E402
+from birdsdao.config import DEFAULTS  # noqa: E402
 from birdsdao.kb import KnowledgeBaseService  # noqa: E402
 from birdsdao.kb.embeddings import EmbedderRegistry  # noqa: E402
 from birdsdao.kb.search import MODES  # noqa: E402
@@ -51,7 +52,8 @@ def main():
     if len(questions) > args.n:
         questions = random.Random(5).sample(questions, args.n)
     print(f"corpus: {len(cards)} {source}")
-    service = KnowledgeBaseService(OUT / f"{len(cards)}", EmbedderRegistry())
+    # the shipped card vectors make a full build take seconds (python -m birdsdao.kb.build_seed_vectors)
+    service = KnowledgeBaseService(OUT / f"{len(cards)}", EmbedderRegistry(seed_path=DEFAULTS["KB_SEED_VECTORS"]))
     start = time.perf_counter()
     result = ensure_species_kb(service, cards)
     chunks = len(service.get("species").current().chunks)
