@@ -137,3 +137,8 @@ def test_gate_refuses_beyond_queue_with_retry_after_and_frees_on_release():
     assert gate.running == 1 and gate.waiting == 0
     third.release()
     assert gate.running == 0
+
+
+def test_extractive_quotes_keep_lone_underscores_and_drop_only_paired_markdown():
+    sentences = split_sentences("- **白头海雕**是猛禽。脚本 window.__pwned 原样保留。代码 `a_b` 照录。")
+    assert sentences == ["白头海雕是猛禽。", "脚本 window.__pwned 原样保留。", "代码 a_b 照录。"]

@@ -15,7 +15,9 @@ from .base import Backend, Limits, Passage, Prompt, has_cjk
 log = logging.getLogger(__name__)
 
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=\.)\s+(?=[A-Z0-9\"'(])|\n+")
-_MARKDOWN = re.compile(r"^\s*(?:#{1,6}\s*|[-*+]\s+|\d+[.)]\s+|>\s*)|\*\*|__|`")
+_MARKDOWN_PREFIX = re.compile(r"^\s*(?:#{1,6}\s*|[-*+]\s+|\d+[.)]\s+|>\s*)")
+# Only paired emphasis/code markers are Markdown; a lone "__" (window.__x, snake__case) is the document's text.
+_MARKDOWN_PAIR = re.compile(r"(\*\*|__|`)(\S(?:.*?\S)?)\1")
 _LATIN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Text that speaks to the assistant instead of about birds: kept out of answers (prompt injection).
 _INJECTION = re.compile(
@@ -105,7 +107,7 @@ def split_sections(text: str) -> list[tuple[str, bool]]:
         for raw in _SENTENCE_END.split(block):
             if not raw:
                 continue
-            sentence = _MARKDOWN.sub("", raw).strip()
+            sentence = _MARKDOWN_PAIR.sub(r"\2", _MARKDOWN_PREFIX.sub("", raw)).strip()
             if len(sentence) >= 4 and re.search(r"\w", sentence):
                 out.append((sentence, family))
     return out
