@@ -47,13 +47,7 @@ async function refreshKbs(select) {
   }
   const rows = $("kb-rows");
   rows.replaceChildren();
-  if (!kbs.length) {
-    const tr = h("tr");
-    const td = h("td", "muted", "还没有知识库。No knowledge base yet.");
-    td.colSpan = 5;
-    tr.append(td);
-    rows.append(tr);
-  }
+  if (!kbs.length) emptyRow(rows, "还没有知识库。No knowledge base yet.");
   for (const kb of kbs) {
     const tr = h("tr");
     tr.dataset.kb = kb.kb_name;
@@ -71,6 +65,15 @@ async function refreshKbs(select) {
   await refreshDocs();
 }
 
+/** One muted row spanning the table, saying it is empty. */
+function emptyRow(rows, text) {
+  const td = h("td", "muted", text);
+  td.colSpan = 5;
+  const tr = h("tr");
+  tr.append(td);
+  rows.append(tr);
+}
+
 async function refreshDocs() {
   const rows = $("doc-rows");
   const kb = current();
@@ -84,13 +87,7 @@ async function refreshDocs() {
     showError(err);
     return;
   }
-  if (!docs.length) {
-    const tr = h("tr");
-    const td = h("td", "muted", "这个知识库还没有文档。No documents yet.");
-    td.colSpan = 5;
-    tr.append(td);
-    rows.append(tr);
-  }
+  if (!docs.length) emptyRow(rows, "这个知识库还没有文档。No documents yet.");
   for (const doc of docs) {
     const tr = h("tr");
     tr.dataset.doc = doc.doc_name;
