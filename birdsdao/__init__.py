@@ -27,6 +27,7 @@ def create_app(config: dict | None = None) -> Flask:
         instance_relative_config=True,
     )
     load_config(app, config)
+    app.json.ensure_ascii = False  # Chinese names readable in every JSON answer (UTF-8), not \uXXXX
     app.instance_path = app.config["INSTANCE_PATH"]
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
     if app.config.get("PROXY_HOPS"):

@@ -108,3 +108,13 @@ def test_cross_site_browser_post_is_refused_but_integrations_pass(make_app):
     # a cross-site integration that presents the token is let through
     r = client.post("/healthz", headers={"Origin": "https://other.example", "Authorization": "Bearer s3cret"})
     assert r.status_code == 405
+
+
+def test_json_answers_carry_chinese_as_utf8_not_escapes(make_app):
+    client = make_app(services=[]).test_client()
+    r = client.get("/no/such/route", headers={"Accept": "application/json"})
+    app = client.application
+    with app.app_context():
+        body = app.json.dumps({"chinese_name": "白头海雕"})
+    assert "白头海雕" in body and "\\u" not in body
+    assert r.is_json
