@@ -72,15 +72,20 @@ export async function getJSON(url, { signal } = {}) {
   return response.json();
 }
 
-export async function postForm(url, fields, { signal } = {}) {
+/** POST form fields with the API token; a non-2xx answer throws ApiError with the server's message. */
+async function post(url, fields, accept, signal) {
   const response = await fetch(url, {
     method: "POST",
     body: toFormData(fields),
-    headers: { Accept: "application/json", ...authHeaders() },
+    headers: { Accept: accept, ...authHeaders() },
     signal,
   });
   if (!response.ok) throw await errorFrom(response);
-  return response.json();
+  return response;
+}
+
+export async function postForm(url, fields, { signal } = {}) {
+  return (await post(url, fields, "application/json", signal)).json();
 }
 
 /**
@@ -89,13 +94,7 @@ export async function postForm(url, fields, { signal } = {}) {
  * errors throw ApiError, a JSON reply is passed on as {delta: response} then {done: true, ...}.
  */
 export async function postStream(url, fields, onEvent, { signal } = {}) {
-  const response = await fetch(url, {
-    method: "POST",
-    body: toFormData(fields),
-    headers: { Accept: "text/event-stream", ...authHeaders() },
-    signal,
-  });
-  if (!response.ok) throw await errorFrom(response);
+  const response = await post(url, fields, "text/event-stream", signal);
   const type = response.headers.get("Content-Type") || "";
   if (!type.includes("text/event-stream")) {
     const body = await response.json();
