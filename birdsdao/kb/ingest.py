@@ -37,10 +37,6 @@ class Chunk:
     index_text: str = ""            # what is embedded and BM25-indexed (for Q&A: the question only)
     extra: dict = field(default_factory=dict)
 
-    @property
-    def chunk_id(self) -> str:
-        return f"{self.doc_name}#{self.position}"
-
 
 # --- decoding --------------------------------------------------------------------------------------------
 

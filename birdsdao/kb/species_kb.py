@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 
-from .names import sanitize_filename
 
 log = logging.getLogger(__name__)
 
@@ -22,24 +21,10 @@ _BATCH = 200  # documents per committed version while building (progress survive
 
 
 def card_documents(catalog) -> list[tuple[str, str]]:
-    """(doc_name, markdown) per species card, from ``birdsdao.species.cards.iter_card_documents``.
-    Accepts LangChain ``Document``s, dicts or (name, text) pairs so the two branches stay decoupled."""
+    """(doc_name, markdown) per species card; doc names come safe from ``species.cards.doc_name``."""
     from ..species.cards import iter_card_documents
 
-    docs = []
-    for item in iter_card_documents(catalog):
-        if isinstance(item, (tuple, list)):
-            name, text = item[0], item[1]
-        elif isinstance(item, dict):
-            name = item.get("doc_name") or item.get("name") or item.get("id") or item.get("title")
-            text = item.get("text") or item.get("page_content") or item.get("content") or ""
-        else:  # a LangChain Document
-            meta = getattr(item, "metadata", {}) or {}
-            name = meta.get("doc_name") or meta.get("source") or meta.get("species_id") or meta.get("title")
-            text = item.page_content
-        if text and name:
-            docs.append((sanitize_filename(str(name) if str(name).endswith(".md") else f"{name}.md", "md"), str(text)))
-    return docs
+    return [(name, text) for name, text, _meta in iter_card_documents(catalog) if text]
 
 
 def source_hash(documents: list[tuple[str, str]], service) -> str:

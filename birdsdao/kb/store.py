@@ -42,6 +42,11 @@ _VERSION_RE = re.compile(r"v(\d{6,})")
 FILES = ("index.faiss", "chunks.jsonl", "bm25.npz", "vocab.json")
 
 
+
+def _chunk_id(row: dict) -> str:
+    """The public id of a stored chunk: its document and position."""
+    return f"{row['doc']}#{row['pos']}"
+
 class StoreError(RuntimeError):
     """A knowledge base folder with no loadable version."""
 
@@ -380,7 +385,7 @@ class KnowledgeBase:
         hits = []
         for row, score in fuse(mode, vector_hits, bm25_hits, top_k):
             c = snap.chunks[row]
-            hits.append(Hit(self.name, c["doc"], f"{c['doc']}#{c['pos']}", score, c["text"], c.get("heading", "")))
+            hits.append(Hit(self.name, c["doc"], _chunk_id(c), score, c["text"], c.get("heading", "")))
         return hits
 
     def as_langchain(self):
@@ -398,7 +403,7 @@ class KnowledgeBase:
 
         snap = self.current()
         docstore = InMemoryDocstore({str(i): Document(page_content=c["text"], metadata={
-            "kb_name": self.name, "doc_name": c["doc"], "chunk_id": f"{c['doc']}#{c['pos']}", "heading": c.get("heading", "")})
+            "kb_name": self.name, "doc_name": c["doc"], "chunk_id": _chunk_id(c), "heading": c.get("heading", "")})
             for c, i in zip(snap.chunks, snap.ids)})
         return FAISS(self.embedder, snap.index, docstore, {int(i): str(i) for i in snap.ids},
                      distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)

@@ -242,21 +242,20 @@ class AnswerService:
 
     def _kb_passages(self, kb_name, query, focus, lang) -> list[Passage]:
         is_species_kb = kb_name == self.default_kb and self.catalog is not None
-        if self.kb is None or (is_species_kb and kb_name in getattr(self.kb, "building", ())):
+        if self.kb is None:
             if is_species_kb:
                 return self._card_passages(focus, lang)  # the bundled species KB, straight from its cards
             self._services.get("kb")  # raises 503 model_unavailable with the reason
         try:
             hits = self.kb.search(kb_name, query, self.top_k)
-        except KeyError:
-            raise APIError(404, "unknown_kb", f"unknown knowledge base '{kb_name}'") from None
         except APIError as exc:
             if is_species_kb and exc.status in (404, 503):
-                return self._card_passages(focus, lang)  # not built (yet): the cards are its whole content
+                # not built, or still building (503 kb_building): the cards are its whole content
+                return self._card_passages(focus, lang)
             raise
         passages = []
         for hit in hits:
-            h = hit.to_dict() if hasattr(hit, "to_dict") else dict(hit)
+            h = hit.to_dict()
             sp = self.card_docs.get(h["doc_name"]) if is_species_kb else None
             passages.append(Passage(number=0, text=h["text"], kb_name=h.get("kb_name", kb_name),
                                     doc_name=h["doc_name"], chunk_id=str(h["chunk_id"]), score=float(h["score"]),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..errors import APIError
+from ..species.catalog import _CJK as CJK, has_cjk  # noqa: F401 - has_cjk is re-exported for the backends
 
 
 @dataclass
@@ -99,21 +100,17 @@ class Backend:
         return {}
 
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9\u3400-\u9fff\uf900-\ufaff]")
 
 
 def estimate_tokens(text: str) -> int:
     """A conservative token estimate for models whose tokenizer we cannot call (remote APIs): one per CJK
     character, ~1.3 per Latin word, one per punctuation mark."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(CJK.findall(text))
     words = _WORD.findall(text)
     latin = sum(1 for w in words if w[0].isalnum())
     return cjk + int(latin * 1.3 + 0.999) + (len(words) - latin)
 
-
-def has_cjk(text: str) -> bool:
-    return bool(_CJK.search(text))
 
 
 class Gate:

@@ -43,7 +43,6 @@ class CropFeatures:
     inat_logits: np.ndarray  # (n, 965)
     proto: np.ndarray  # (n, D)
     imagenet_bird: np.ndarray  # (n,) probability mass of ImageNet's bird classes
-    inat_background: np.ndarray  # (n,) the iNat model's own "background" probability
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,9 @@ class SpeciesClassifier:
     # -- features ---------------------------------------------------------------------------------------
     def features(self, crops: np.ndarray) -> CropFeatures:
         """One batched iNat call for all crops, then the ImageNet model per crop."""
-        inat_emb = self.inat.embed(crops)
-        logits = self.inat.logits(inat_emb)
+        inat = self.inat.features(crops)
         imnet_emb, imnet_bird = self.imagenet.run(crops)
-        background = softmax(logits)[:, -1]
-        return CropFeatures(logits, prototype_features(inat_emb, imnet_emb), imnet_bird, background)
+        return CropFeatures(inat.logits, prototype_features(inat.embeddings, imnet_emb), imnet_bird)
 
     # -- ranking ------------------------------------------------------------------------------------------
     def probabilities(self, feats: CropFeatures) -> tuple[np.ndarray, _State]:

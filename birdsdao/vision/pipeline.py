@@ -228,7 +228,7 @@ class VisionPipeline:
 
 def _take(feats: CropFeatures, rows: list[int]) -> CropFeatures:
     idx = np.asarray(rows)
-    return CropFeatures(feats.inat_logits[idx], feats.proto[idx], feats.imagenet_bird[idx], feats.inat_background[idx])
+    return CropFeatures(feats.inat_logits[idx], feats.proto[idx], feats.imagenet_bird[idx])
 
 
 def _taught_names(label: str, names: dict) -> dict:

@@ -78,10 +78,10 @@ def json_field(name: str, default=None, max_len: int = 200_000):
         raise APIError(400, "bad_field", f"'{name}' must be valid JSON") from None
 
 
-def files_field(name: str, *, required: bool = True, max_count: int = 50) -> list:
+def files_field(name: str, *, required: bool = True, max_count: int = 50, missing_code: str = "missing_field") -> list:
     files = [f for f in request.files.getlist(name) if f and f.filename is not None]
     if required and not files:
-        raise APIError(400, "no_image" if name in ("image", "images") else "missing_field", f"'{name}' file is required")
+        raise APIError(400, missing_code, f"'{name}' file is required")
     if len(files) > max_count:
         raise APIError(400, "bad_field", f"at most {max_count} files in '{name}'")
     return files
@@ -98,4 +98,4 @@ def read_upload(storage) -> bytes:
 
 def upload_bytes(name: str) -> bytes:
     """The bytes of the single required upload ``name`` (400 ``no_image`` when absent)."""
-    return read_upload(files_field(name, max_count=1)[0])
+    return read_upload(files_field(name, max_count=1, missing_code="no_image")[0])

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 from ..kb.names import validate_doc_name, validate_kb_name
 from ..security import require_token
 from ..services import get_service
-from .forms import bool_field, files_field, int_field, text_field
+from .forms import bool_field, files_field, int_field, read_upload, text_field
 
 bp = Blueprint("kb", __name__, url_prefix="/kb")
 
@@ -46,7 +46,7 @@ def upload():
     service = get_service("kb")
     replace = bool_field("replace", False)
     files = files_field("files", max_count=service.limits.max_files)
-    return {"kb_name": name, "files": service.upload(name, [(f.filename, f.read()) for f in files], replace)}
+    return {"kb_name": name, "files": service.upload(name, [(f.filename, read_upload(f)) for f in files], replace)}
 
 
 @bp.get("/docs")

@@ -14,7 +14,7 @@ bp = Blueprint("species", __name__, url_prefix="/species")
 def teach():
     label = text_field("label", required=True, max_len=200)
     names = {k: text_field(k, max_len=200) for k in ("english_name", "chinese_name", "scientific_name")}
-    images = [read_upload(f) for f in files_field("images", max_count=50)]
+    images = [read_upload(f) for f in files_field("images", max_count=50, missing_code="no_image")]
     return get_service("vision").teach(label, names, images)
 
 
