@@ -182,7 +182,8 @@ def test_llama_ke1_returns_a_validated_triples_list(kb_app):
                max_new_tokens=48)
     assert isinstance(body["triples"], list)
     assert all(isinstance(t, list) and len(t) == 3 for t in body["triples"])
-    assert body["triples"] or body.get("warnings")   # parsed, or said why not
+    if not body["triples"]:  # SmolLM2 rarely writes valid JSON: then the answer must say that, not be silent
+        assert any("JSON" in w for w in body["warnings"]), body["warnings"]
 
 
 def test_healthz_reports_the_answer_backends(make_app, tmp_path):

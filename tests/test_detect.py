@@ -76,7 +76,10 @@ def test_field_photo_is_boxed_and_named_in_three_languages(client):
     assert confs == sorted(confs, reverse=True) and 0.5 < confs[0] <= 1 and sum(confs) <= 1.0001
     assert body["annotated_image"].startswith("data:image/jpeg;base64,")
     with Image.open(io.BytesIO(base64.b64decode(body["annotated_image"].split(",", 1)[1]))) as drawn:
-        assert drawn.size[0] > 0
+        # a preview of the upload: same aspect, longest side capped at 1024 px
+        w, h = body["image"]["width"], body["image"]["height"]
+        assert max(drawn.size) == min(1024, max(w, h))
+        assert abs(drawn.size[0] / drawn.size[1] - w / h) < 0.02
     assert {"decode", "detect", "classify", "annotate", "total"} <= set(body["timings_ms"])
 
 

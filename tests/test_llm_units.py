@@ -91,6 +91,15 @@ def test_prompt_fences_documents_as_data_and_a_document_cannot_close_its_fence()
     assert user.index(block) < user.index("问题：它吃什么？")
 
 
+def test_fit_keeps_the_newest_history_turns_that_fit():
+    history = [(f"问题{i}" * 50, f"回答{i}" * 50) for i in range(6)]
+    prompt = Prompt(question="它吃什么？", lang="zh", passages=[passage(1, EAGLE_ZH, "d1.md")], history=list(history))
+    fitted = fit(prompt, estimate_tokens, context_window=1500, max_new_tokens=200)
+    assert 1 <= len(fitted.history) < len(history)
+    assert fitted.history == history[-len(fitted.history):]  # newest kept, oldest dropped
+    assert sum(estimate_tokens(m["content"]) + 6 for m in fitted.messages) <= 1500 - 200
+
+
 def test_fit_drops_oldest_history_then_documents_to_fit_the_window():
     history = [(f"问题{i}" * 50, f"回答{i}" * 50) for i in range(6)]
     docs = [passage(i, EAGLE_ZH * 3, f"d{i}.md") for i in range(1, 5)]
@@ -98,7 +107,7 @@ def test_fit_drops_oldest_history_then_documents_to_fit_the_window():
     fitted = fit(prompt, estimate_tokens, context_window=900, max_new_tokens=200)
     total = sum(estimate_tokens(m["content"]) + 6 for m in fitted.messages)
     assert total <= 900 - 200
-    assert fitted.history == [] or fitted.history[-1] == history[-1]   # newest kept, oldest dropped
+    assert fitted.history == []  # every turn goes before the second-best document does
     assert 1 <= len(fitted.passages) < 4 and fitted.passages[0].doc_name == "d1.md"
     assert fitted.messages[-1]["content"].endswith("它吃什么？")
 

@@ -57,7 +57,7 @@ def test_transparent_pixels_become_white_not_black():
     assert np.asarray(decoded).min() == 255
 
 
-def test_animated_gif_gives_its_first_frame():
+def test_animated_gif_is_refused_and_animated_webp_gives_its_first_frame():
     frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0))]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
