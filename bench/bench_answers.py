@@ -64,10 +64,13 @@ _CITATION = re.compile(r"\[\d+\]")
 _SENTENCE = re.compile(r"(?<=[。！？])|(?<=[.!?])\s+")
 
 
+def _description(catalog, sp, lang: str) -> str:
+    desc = catalog.record(sp.id).get("description") or {}
+    return (desc.get(lang) or desc.get("zh") or "").strip()
+
+
 def card_reference(catalog, sp, q: dict) -> str:
-    record = catalog.record(sp.id)
-    desc = record.get("description") or {}
-    text = (desc.get(q["lang"]) or desc.get("zh") or "").strip()
+    text = _description(catalog, sp, q["lang"])
     if q["kind"] == "about":
         head = catalog.card_text(sp.id, "zh").split("\n## ")[0]  # the fact lines, before the description
         facts = [ln for ln in head.splitlines()
@@ -223,6 +226,16 @@ def main() -> None:
         t = time.perf_counter()
         rows = [ask(client, q, model_type, mode, args.max_new_tokens) for q in qs]
         print(f"{name}: {len(rows)} answers in {time.perf_counter() - t:.1f} s")
+        write_jsonl(hyp_files[name], rows)
+        hyps[name] = {r["id"]: r for r in rows}
+
+    # Naive answers, no server: the question parroted back (what echoing earns) and the species' whole
+    # description (what quoting the card without choosing sentences earns). Rows to read the others against.
+    for name, make in (("naive/question", lambda q: q["question"]),
+                       ("naive/description", lambda q: _description(catalog, q["species"], q["lang"]))):
+        rows = [{"id": q["id"], "text": make(q), "response": make(q), "error": None, "latency_ms": 0.0}
+                for q in questions]
+        hyp_files[name] = args.out / f"hyps_{name.replace('/', '_')}.jsonl"
         write_jsonl(hyp_files[name], rows)
         hyps[name] = {r["id"]: r for r in rows}
 
