@@ -113,6 +113,8 @@ def test_prune_then_export_then_evaluate(trained, tmp_path):
     assert report["control"]["params"] == report["parent"]["params"]  # the control is not pruned
     lo, hi = report["ratios"]["top1_delta_ci95"]
     assert lo <= report["ratios"]["top1_delta_points"] <= hi
+    lo, hi = report["ratios"]["top1_delta_vs_control_ci95"]
+    assert lo <= report["ratios"]["top1_delta_vs_control_points"] <= hi
     assert report["finetuned"]["gflops"] < report["parent"]["gflops"]
     pruned = tmp_path / "prune" / "model.pt"
     torch.load(pruned, weights_only=True)
