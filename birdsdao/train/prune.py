@@ -9,9 +9,11 @@ same weights-only checkpoint format as ``train`` writes, so ``evaluate`` and ``e
 Additions to the original recipe, each a flag: ``--distill T`` (fine-tune against the parent's softened
 logits), ``--finetune-lr``, ``--control`` (an unpruned copy through the same epochs, so that the extra
 epochs' gain is not credited to pruning) and a paired bootstrap interval on every top-1 change. Measured
-on all 525 BIRDS-525 species (images 1-3 train, 4.jpg held out = 525 images, 64 px, 2 seeds), --ratio 0.4
-removed 54% of the parameters; top-1 vs the control was -1.3/-1.0 points with hard labels and -0.2/0.0
-with --distill 4."""
+on all 525 BIRDS-525 species (images 1-3 train, 4.jpg held out = 525 images, 64 px, a 20-epoch parent at
+7.8% top-1), --ratio 0.4 removed 54% of the parameters; every run beat the parent as trained (+0.2 to +3.0
+points), but the control gains from the extra epochs too. Against it (seeds 0-2): 6 fine-tune epochs lost
+1.3 points (hard labels) / 0.8 (--distill 4) on average; --distill 4 --finetune-epochs 12 lost 0.4
+(+0.4, -1.7, +0.2; each paired 95% CI about ±2 points)."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", type=float, default=0.0, metavar="T",
                    help="fine-tune with knowledge distillation from the unpruned parent at temperature T "
                         "(KL on logits softened by T, Hinton et al. 2015); 0 = hard labels only, the original recipe; "
-                        "4 kept top-1 within 0.2 points of the unpruned --control here")
+                        "4 is the measured setting (see the description above)")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="with --distill: loss = (1-w)·cross-entropy + w·T²·KL(parent ‖ pruned)")
     p.add_argument("--control", action="store_true",
