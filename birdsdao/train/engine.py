@@ -1,6 +1,6 @@
 """The one training loop behind ``train`` (classifier), ``prune`` (sparsity phase and fine-tuning): AdamW with
-cosine decay, an optional L1 penalty on BatchNorm scales, a resumable checkpoint every epoch, and
-top-1 / top-5 on the held-out split after each epoch. Small and explicit so it runs the same on a
+cosine decay, an optional L1 penalty on BatchNorm scales, optional knowledge distillation from a frozen
+teacher, a resumable checkpoint every epoch, and top-1 / top-5 on the held-out split after each epoch. Small and explicit so it runs the same on a
 2-core CPU and on a GPU (``--device``)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -21,6 +22,14 @@ def bn_l1_subgradient(model: nn.Module, lam: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d) and m.weight.grad is not None:
             m.weight.grad.add_(lam * torch.sign(m.weight.detach()))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: KL(teacher ‖ student) on logits softened by ``temperature``, times T² so its
+    gradient keeps the scale of the hard-label loss whatever T is."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                    reduction="batchmean") * t * t
 
 
 @torch.inference_mode()
@@ -44,10 +53,20 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
 
 def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, device, ckpt_path: Path,
         weight_decay: float = 5e-4, sparsity: float = 0.0, label_smoothing: float = 0.1,
-        resume: bool = False, desc: str = "train", bn_lr_scale: float = 1.0, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        resume: bool = False, desc: str = "train", bn_lr_scale: float = 1.0,
+        teacher: nn.Module | None = None, distill_temperature: float = 4.0, distill_weight: float = 0.5,
+        on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` in place; returns the per-epoch history. The last epoch's weights are kept: picking
-    the best epoch by the held-out split would tune on the test images (there is no third split here)."""
+    the best epoch by the held-out split would tune on the test images (there is no third split here).
+
+    With a ``teacher`` the loss is ``(1 - distill_weight) · CE + distill_weight · KD`` where KD is
+    :func:`distillation_loss` against the teacher's logits on the same augmented batch (teacher frozen, in
+    eval mode)."""
     model.to(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     # BatchNorm scales and biases get no weight decay (the sparsity penalty, when on, is the only pull on γ).
     # Adam moves each weight by about lr per step whatever the gradient's size, so the L1 pull can only
     # drive γ to zero within a short sparsity phase if γ gets a larger step (bn_lr_scale).
@@ -74,11 +93,18 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, d
         print(f"resumed {desc} at epoch {state['epoch']}/{epochs}", flush=True)
     for epoch in range(state["epoch"], epochs):
         model.train()
-        total, n = 0.0, 0
+        total, kd_total, n = 0.0, 0.0, 0
         bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False)
         for x, y in bar:
             x, y = x.to(device), torch.as_tensor(y).to(device)
-            loss = loss_fn(logits_of(model, x), y)
+            logits = logits_of(model, x)
+            loss = loss_fn(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = logits_of(teacher, x)
+                kd = distillation_loss(logits, target, distill_temperature)
+                loss = (1 - distill_weight) * loss + distill_weight * kd
+                kd_total += kd.item() * len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if sparsity:
@@ -91,6 +117,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, d
             bar.set_postfix(loss=f"{total / n:.3f}")
         logits, ys = predict_logits(model, val_loader, device)
         row = {"epoch": epoch + 1, "train_loss": total / max(n, 1),
+               **({"train_kd": kd_total / max(n, 1)} if teacher is not None else {}),
                "val_loss": loss_fn(logits, ys).item() if len(ys) else float("nan"),
                "top1": topk_accuracy(logits, ys, 1), "top5": topk_accuracy(logits, ys, 5)}
         state["history"].append(row)
