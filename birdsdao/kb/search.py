@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 
 import numpy as np
 from scipy import sparse
+
+from ..segment import search_words
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ DEFAULT_MODE = "rrf"
 RRF_K = 60
 CANDIDATES = 50  # hits taken from each side before fusion
 
-_jieba_lock = threading.Lock()
-_jieba = None
 _WORD = re.compile(r"\w", re.UNICODE)
 # English function words and Chinese particles that match everywhere and rank nothing.
 STOPWORDS = frozenset(
@@ -37,16 +36,7 @@ STOPWORDS = frozenset(
 
 def tokenize(text: str) -> list[str]:
     """jieba search-mode tokens, lower-cased, punctuation and stop words dropped."""
-    global _jieba
-    if _jieba is None:
-        with _jieba_lock:
-            if _jieba is None:
-                import jieba
-
-                jieba.setLogLevel(logging.WARNING)
-                jieba.initialize()
-                _jieba = jieba
-    return [t for t in (w.strip().lower() for w in _jieba.lcut_for_search(text))
+    return [t for t in (w.strip().lower() for w in search_words(text))
             if t and _WORD.search(t) and t not in STOPWORDS]
 
 

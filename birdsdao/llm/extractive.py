@@ -10,6 +10,8 @@ import re
 import threading
 from typing import Iterator
 
+from .. import segment
+from ..segment import search_words
 from .base import Backend, Limits, Passage, Prompt, has_cjk
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,8 @@ NOTHING = {
 
 def terms(text: str) -> list[str]:
     """Query terms: jieba words for Chinese, lower-cased words for Latin script, minus stop words."""
-    import jieba
-
     out: list[str] = []
-    for token in jieba.lcut_for_search(text):
+    for token in search_words(text):
         token = token.strip().lower()
         if not token or token in STOPWORDS:
             continue
@@ -129,10 +129,7 @@ class ExtractiveBackend(Backend):
         self.max_chars = max_chars
         self._cache: dict[str, list[float]] = {}
         self._cache_lock = threading.Lock()
-        import jieba
-
-        jieba.setLogLevel(logging.WARNING)
-        jieba.initialize()  # load the dictionary now, not on the first question
+        segment.jieba()  # load the dictionary now, not on the first question
 
     def describe(self) -> dict:
         return {"embedder": self.embedder is not None}

@@ -37,10 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def tokenize(text: str, mode: str = "char") -> list[str]:
     if mode == "jieba":
-        import jieba
+        from ..segment import words
 
-        jieba.setLogLevel(60)
-        return [t for piece in jieba.lcut(text) for t in (_TOKEN.findall(piece) if piece.isascii() else [piece.strip()])
+        return [t for piece in words(text) for t in (_TOKEN.findall(piece) if piece.isascii() else [piece.strip()])
                 if t and not t.isspace()]
     return _TOKEN.findall(text.lower())
 
