@@ -133,7 +133,7 @@ def test_a_damaged_current_version_falls_back_to_the_previous_one(service, tmp_p
 
 
 def test_loaders_read_every_format_and_both_encodings():
-    limits = Limits()
+    limits = Limits.from_config()
     text = "夜鹭在黄昏出来觅食。"
     assert decode_text(text.encode("gb18030")) == text
     assert decode_text(b"\xef\xbb\xbf" + text.encode()) == text

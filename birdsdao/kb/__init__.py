@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import DEFAULTS
 from ..errors import APIError
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
@@ -40,18 +41,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Limits:
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_files: int = 20
-    max_chunks_per_doc: int = 20_000
-    max_unzipped_bytes: int = 100 * 1024 * 1024
-    max_zip_ratio: int = 100
-    max_zip_entries: int = 2000
-    max_pdf_pages: int = 2000
-    max_kbs: int = 200
+    """Upload limits; the numbers live in ``config.DEFAULTS`` (``KB_MAX_*``), one place, overridable."""
+
+    max_file_bytes: int
+    max_files: int
+    max_chunks_per_doc: int
+    max_unzipped_bytes: int
+    max_zip_ratio: int
+    max_zip_entries: int
+    max_pdf_pages: int
+    max_kbs: int
 
     @classmethod
-    def from_config(cls, config) -> "Limits":
-        return cls(**{f: int(config[f"KB_{f.upper()}"]) for f in cls.__dataclass_fields__ if f"KB_{f.upper()}" in config})
+    def from_config(cls, config=DEFAULTS) -> "Limits":
+        return cls(**{f: int(config.get(f"KB_{f.upper()}", DEFAULTS[f"KB_{f.upper()}"])) for f in cls.__dataclass_fields__})
 
 
 class KnowledgeBaseService:
@@ -60,7 +63,7 @@ class KnowledgeBaseService:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.embedders = embedders
-        self.limits = limits or Limits()
+        self.limits = limits or Limits.from_config()
         self.splitter = ChineseSentenceSplitter(chunk_size, chunk_overlap)
         if search_mode not in MODES:
             raise ValueError(f"KB_SEARCH_MODE must be one of {MODES}")
