@@ -165,12 +165,11 @@ class KnowledgeBase:
 
     def _load(self) -> Snapshot:
         """The version CURRENT names; when it is missing or damaged, the newest intact one."""
-        pointer = self.folder / POINTER
+        key = self._pointer_key()  # before reading it: a switch in between reloads again next time
         try:
-            stat = pointer.stat()
-            named = pointer.read_text("ascii").strip()
+            named = (self.folder / POINTER).read_text("ascii").strip()
         except (OSError, UnicodeDecodeError):
-            stat, named = None, ""
+            named = ""
         candidates = sorted((p.name for p in self.folder.iterdir() if _VERSION_RE.fullmatch(p.name)), reverse=True)
         if _VERSION_RE.fullmatch(named) and named in candidates:
             candidates.remove(named)
@@ -182,22 +181,24 @@ class KnowledgeBase:
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 errors.append(f"{candidate}: {exc}")
                 continue
-            self._pointer_stat = (stat.st_ino, stat.st_mtime_ns) if stat else None
+            self._pointer_stat = key
             return snap
         raise StoreError(f"knowledge base {self.name!r} has no loadable version ({'; '.join(errors) or 'empty'})")
 
     def current(self) -> Snapshot:
         """The latest committed snapshot, reloading when another process switched CURRENT."""
+        if self._pointer_key() not in (None, self._pointer_stat):
+            with self._lock:
+                self._refresh_locked()
+        return self.snapshot
+
+    def _pointer_key(self):
+        """(inode, mtime) of CURRENT: it changes exactly when some process switched the pointer."""
         try:
             stat = (self.folder / POINTER).stat()
-            key = (stat.st_ino, stat.st_mtime_ns)
         except OSError:
-            return self.snapshot
-        if key != self._pointer_stat:
-            with self._lock:
-                if key != self._pointer_stat:
-                    self.snapshot = self._load()
-        return self.snapshot
+            return None
+        return (stat.st_ino, stat.st_mtime_ns)
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -213,11 +214,7 @@ class KnowledgeBase:
                     fcntl.flock(lockfile, fcntl.LOCK_UN)
 
     def _refresh_locked(self):
-        try:
-            stat = (self.folder / POINTER).stat()
-        except OSError:
-            return
-        if (stat.st_ino, stat.st_mtime_ns) != self._pointer_stat:
+        if self._pointer_key() not in (None, self._pointer_stat):
             self.snapshot = self._load()
 
     def embed_documents(self, docs: list[tuple[str, list[Chunk]]]) -> list[np.ndarray]:
@@ -355,8 +352,7 @@ class KnowledgeBase:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _switch_pointer(self.folder, snap.version)
-        stat = (self.folder / POINTER).stat()
-        self._pointer_stat = (stat.st_ino, stat.st_mtime_ns)
+        self._pointer_stat = self._pointer_key()
         self._collect_garbage(keep={final.name, f"v{snap.version - 1:06d}"})
 
     def _collect_garbage(self, keep: set[str]) -> None:
