@@ -54,7 +54,8 @@ class Limits:
 
     @classmethod
     def from_config(cls, config=DEFAULTS) -> "Limits":
-        return cls(**{f: int(config.get(f"KB_{f.upper()}", DEFAULTS[f"KB_{f.upper()}"])) for f in cls.__dataclass_fields__})
+        keys = {f: f"KB_{f.upper()}" for f in cls.__dataclass_fields__}
+        return cls(**{f: int(config.get(key, DEFAULTS[key])) for f, key in keys.items()})
 
 
 class KnowledgeBaseService:

@@ -118,8 +118,7 @@ class VisionPipeline:
     # -- /detect -----------------------------------------------------------------------------------------
     def detect(self, data: bytes, *, top_k: int = 5, annotate_image: bool = True) -> DetectResult:
         clock = _Clock()
-        image, scale = decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
-                                    max_side=int(self.config["MAX_IMAGE_SIDE"]))
+        image, scale = self._decode(data)
         width, height = round(image.size[0] / scale), round(image.size[1] / scale)
         clock.lap("decode")
         boxes = self.detector(image)[: int(self.config["MAX_DETECTIONS"])]
@@ -128,7 +127,7 @@ class VisionPipeline:
         imagenet_min = float(self.config["IMAGENET_BIRD_MIN"])
         # The whole image rides in the same batch when no box is confident (it may be the answer).
         need_whole = not any(b.confidence >= box_min for b in boxes)
-        crops = [crop_with_margin(image, b.xyxy, float(self.config["CROP_MARGIN"])) for b in boxes]
+        crops = [self._crop(image, b) for b in boxes]
         if need_whole:
             crops.append(image)
         feats = self.classifier.features(np.stack([to_model_input(c) for c in crops]))
@@ -154,6 +153,13 @@ class VisionPipeline:
             clock.lap("annotate")
         return DetectResult(width, height, detections, bool(detections), annotated, clock.done())
 
+    def _decode(self, data: bytes):
+        return decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
+                            max_side=int(self.config["MAX_IMAGE_SIDE"]))
+
+    def _crop(self, image, box):
+        return crop_with_margin(image, box.xyxy, float(self.config["CROP_MARGIN"]))
+
     # -- /species/teach, /species/forget -----------------------------------------------------------------
     def teach(self, raw_label: str, names: dict, images: list[bytes]) -> dict:
         label = normalize_label(raw_label)
@@ -162,10 +168,9 @@ class VisionPipeline:
             raise APIError(400, "too_few_images", f"teaching needs at least {minimum} images (got {len(images)})")
         crops = []
         for data in images:  # decode everything first: one bad photo refuses the request, nothing changes
-            image, _ = decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
-                                    max_side=int(self.config["MAX_IMAGE_SIDE"]))
+            image, _ = self._decode(data)
             boxes = self.detector(image)
-            crop = crop_with_margin(image, boxes[0].xyxy, float(self.config["CROP_MARGIN"])) if boxes else image
+            crop = self._crop(image, boxes[0]) if boxes else image
             crops.append(to_model_input(crop))
         batch = np.stack(crops)
         batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])  # mirrors, as in the artifact
