@@ -1,7 +1,7 @@
 """The one training loop behind ``train`` (classifier), ``prune`` (sparsity phase and fine-tuning): AdamW with
 cosine decay, an optional L1 penalty on BatchNorm scales, optional knowledge distillation from a frozen
-teacher, a resumable checkpoint every epoch, and top-1 / top-5 on the held-out split after each epoch. Small and explicit so it runs the same on a
-2-core CPU and on a GPU (``--device``)."""
+teacher, a resumable checkpoint every epoch, and top-1 / top-5 on the held-out split after each epoch.
+Small and explicit so it runs the same on a 2-core CPU and on a GPU (``--device``)."""
 from __future__ import annotations
 
 import math

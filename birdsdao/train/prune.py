@@ -125,8 +125,8 @@ def run(args) -> dict:
     tr, va = loaders(train, val, names, imgsz, args.batch, args.seed)
     device = pick_device(args.device)
     t0 = time.perf_counter()
-    report = {"parent": None}
-    report["parent"], parent_hits = profile(parent, va, device, imgsz)
+    parent_profile, parent_hits = profile(parent, va, device, imgsz)
+    report = {"parent": parent_profile}
     print(f"parent: {report['parent']}", flush=True)
     finetune_kw = dict(epochs=args.finetune_epochs, lr=args.finetune_lr or args.lr, device=device, resume=args.resume)
     if args.distill:
