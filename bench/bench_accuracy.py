@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from birdsdao import create_app  # noqa: E402
-from birdsdao.vision.build_prototypes import class_means, folder_features  # noqa: E402
+from birdsdao.vision.build_prototypes import class_means  # noqa: E402
 from birdsdao.vision.classifier import CropFeatures  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -70,7 +70,6 @@ def birds525_folds(vision, alphas, powers):
     clf = vision.classifier
     root = SHARED / "datasets" / "birds525-dev"
     start = time.perf_counter()
-    inat, imagenet = clf.inat, clf.imagenet
     # Raw embeddings once; fold prototypes are means over subsets.
     from PIL import Image
 

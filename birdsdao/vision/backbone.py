@@ -129,6 +129,12 @@ class ImageNetModel:
         return (np.stack(embs) if embs else np.zeros((0, 1280), np.float32)), np.asarray(birds, np.float32)
 
 
+def load_backbones(config: dict) -> tuple[INatBackbone, ImageNetModel]:
+    """Both MobileNets as the config names them: the one place the server and build_prototypes open them."""
+    threads = config.get("LITERT_THREADS")
+    return INatBackbone(config["INAT_MODEL"], threads), ImageNetModel(config["IMAGENET_MODEL"], threads)
+
+
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import DEFAULTS, PROJECT_ROOT
-from .backbone import ImageNetModel, INatBackbone, prototype_features
+from .backbone import ImageNetModel, INatBackbone, load_backbones, prototype_features
 from .classifier import Prototypes
 from .detector import sha256_of
 from .imaging import to_model_input, to_rgb
@@ -20,25 +20,19 @@ from .imaging import to_model_input, to_rgb
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def load_models(config: dict = DEFAULTS) -> tuple[INatBackbone, ImageNetModel]:
-    return INatBackbone(config["INAT_MODEL"], config.get("LITERT_THREADS")), ImageNetModel(config["IMAGENET_MODEL"], config.get("LITERT_THREADS"))
-
-
 def folder_features(root: Path, inat: INatBackbone, imagenet: ImageNetModel, *, flip: bool = True):
-    """→ (features (n, D), label per row, image file name per row, is_flipped per row)."""
-    feats, labels, names, flipped = [], [], [], []
+    """→ (features (n, D), label per row); with ``flip`` each photo gives two rows, itself and its mirror."""
+    feats, labels = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             continue
         crops = np.stack([to_model_input(to_rgb(Image.open(p))) for p in files])
-        views = [(crops, False)] + ([(np.ascontiguousarray(crops[:, :, ::-1]), True)] if flip else [])
-        for batch, is_flip in views:
+        views = [crops] + ([np.ascontiguousarray(crops[:, :, ::-1])] if flip else [])
+        for batch in views:
             feats.append(prototype_features(inat.embed(batch), imagenet.run(batch)[0]))
             labels += [folder.name] * len(files)
-            names += [p.name for p in files]
-            flipped += [is_flip] * len(files)
-    return np.concatenate(feats), np.array(labels), np.array(names), np.array(flipped)
+    return np.concatenate(feats), np.array(labels)
 
 
 def class_means(feats: np.ndarray, labels: np.ndarray) -> Prototypes:
@@ -54,8 +48,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default=str(PROJECT_ROOT.parent / "shared" / "datasets" / "birds525-dev"))
     parser.add_argument("--out", default=DEFAULTS["PROTOTYPES"])
     args = parser.parse_args(argv)
-    inat, imagenet = load_models()
-    feats, labels, _, _ = folder_features(Path(args.data), inat, imagenet)
+    inat, imagenet = load_backbones(DEFAULTS)
+    feats, labels = folder_features(Path(args.data), inat, imagenet)
     protos = class_means(feats, labels)
     out = Path(args.out)
     tmp = out.with_name(out.stem + ".tmp.npz")

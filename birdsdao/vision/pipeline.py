@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import APIError
 from . import annotate
-from .backbone import ImageNetModel, INatBackbone
+from .backbone import load_backbones
 from .classifier import CropFeatures, Guess, Prototypes, SpeciesClassifier
 from .detector import Box, build_detector
 from .imaging import crop_with_margin, decode_image, to_model_input
@@ -90,9 +90,7 @@ class VisionPipeline:
             cache_dir=Path(config.get("DETECTOR_CACHE") or instance / "cache"),
             threads=config.get("DETECTOR_THREADS"),
         )
-        threads = config.get("LITERT_THREADS")
-        inat = INatBackbone(config["INAT_MODEL"], threads)
-        imagenet = ImageNetModel(config["IMAGENET_MODEL"], threads)
+        inat, imagenet = load_backbones(config)
         vocab = Vocabulary.from_catalog(catalog, inat.num_outputs)
         base = Prototypes.load(config["PROTOTYPES"])
         label_to_key = {}
