@@ -94,7 +94,7 @@ def birds525_folds(vision, alphas, powers):
                              np.concatenate([labels[train], labels[train]]))
         clf.base = {vision.catalog.by_label(k).id: (v, int(c)) for k, v, c in zip(protos.keys, protos.vectors, protos.counts)}
         clf.set_taught({}, [])
-        test_feats = CropFeatures(feats.inat_logits[test], feats.proto[test], feats.imagenet_bird[test])
+        test_feats = feats.take(test)
         test_truths = [t for t, m in zip(truths, test) if m]
         for alpha, power in settings(alphas, powers):
             clf.alpha, clf.power = alpha, power

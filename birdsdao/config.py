@@ -27,6 +27,10 @@ DEFAULTS: dict = {
     "MAX_IMAGE_SIDE": 1600,  # uploads are downscaled once to this longest side (boxes still map back)
     # Few-shot class means over the two MobileNets' embeddings (python -m birdsdao.vision.build_prototypes).
     "PROTOTYPES": str(WEIGHTS_DIR / "birds525_prototypes.npz"),
+    # Your own species model instead of the default (iNat + prototypes): a .pt from `python -m birdsdao.train
+    # train|prune` or an .onnx from `export`; its labels.txt is read from beside it unless SPECIES_LABELS says.
+    "SPECIES_MODEL": "",
+    "SPECIES_LABELS": "",
     # Detector: "onnx" exports the weights once (cached in <instance>/cache) and runs ONNX Runtime; "torch"
     # runs Ultralytics' predictor. 320 px keeps every bird box of natural-dev (bench/bench_detect.py).
     "DETECTOR_BACKEND": "onnx",

@@ -206,3 +206,25 @@ def test_paired_delta_ci_brackets_the_difference():
     lo, hi = paired_delta_ci(a, b)
     assert lo < -5 < hi and hi <= 0.0 and lo >= -11
     assert paired_delta_ci(a, a) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+def test_server_names_species_with_a_configured_trained_model(trained, make_app, tmp_path, kind):
+    """SPECIES_MODEL: what `train`/`prune` (.pt) or `export` (.onnx) wrote is what /detect ranks with."""
+    run, _ = trained
+    path = run / "model.pt"
+    if kind == "onnx":
+        main(["export", "--model", str(path), "--out", str(tmp_path)])
+        path = tmp_path / "export" / "model.onnx"
+    app = make_app(services=["species", "vision"], SPECIES_MODEL=str(path))
+    client = app.test_client()
+    health = client.get("/healthz").get_json()
+    assert health["models"]["vision"]["species_model"] == str(path)
+    photo = BIRDS525 / "AMERICAN ROBIN" / "4.jpg"
+    r = client.post("/detect", data={"image": (photo.open("rb"), "robin.jpg"), "annotate": "0", "top_k": "5"})
+    assert r.status_code == 200, r.get_json()
+    species = r.get_json()["detections"][0]["species"]
+    # Only the model's three species can carry probability, and its softmax is all of it.
+    assert {s["label"] for s in species[:3]} == set(SPECIES)
+    assert sum(s["confidence"] for s in species[:3]) == pytest.approx(1.0, abs=2e-3)
+    assert all(s["confidence"] == 0 for s in species[3:])

@@ -70,5 +70,5 @@ def run(args) -> dict:
     summary("export", {"onnx": onnx_path, "labels": out / "labels.txt", "input": f"images float32 N×3×{imgsz}×{imgsz} (0..1 RGB)",
                        "output": f"probs N×{len(names)}", "max |torch − onnxruntime|": f"{diff:.2e}",
                        "size": f"{info['bytes'] / 1e6:.2f} MB",
-                       "server config": f"SPECIES_MODEL={onnx_path} SPECIES_LABELS={out / 'labels.txt'}"})
+                       "use it in the server": f"BIRDSDAO_SPECIES_MODEL={onnx_path} (labels.txt is read from beside it)"})
     return info

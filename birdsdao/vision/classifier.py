@@ -43,6 +43,12 @@ class CropFeatures:
     inat_logits: np.ndarray  # (n, 965)
     proto: np.ndarray  # (n, D)
     imagenet_bird: np.ndarray  # (n,) probability mass of ImageNet's bird classes
+    trained: np.ndarray | None = None  # (n, k) probabilities of a configured SPECIES_MODEL, else None
+
+    def take(self, rows) -> "CropFeatures":
+        idx = np.asarray(rows)
+        return CropFeatures(self.inat_logits[idx], self.proto[idx], self.imagenet_bird[idx],
+                            None if self.trained is None else self.trained[idx])
 
 
 @dataclass(frozen=True)
@@ -57,14 +63,21 @@ class Guess:
 class _State:
     """An immutable snapshot: ranking reads one while teach/forget builds the next (swap under a lock)."""
 
-    def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray):
+    def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray,
+                 trained_rows: np.ndarray):
         self.vocab, self.inat_rows, self.proto_rows, self.proto_vectors = vocab, inat_rows, proto_rows, proto_vectors
+        self.trained_rows = trained_rows  # vocabulary row of each output of the configured species model
 
 
 class SpeciesClassifier:
     def __init__(self, inat: INatBackbone, imagenet: ImageNetModel, vocab: Vocabulary, base: Prototypes,
-                 label_to_key: dict[str, str], *, alpha: float, scale: float, power: float = 2.0):
+                 label_to_key: dict[str, str], *, alpha: float, scale: float, power: float = 2.0,
+                 trained=None, trained_entries: list[Entry] = ()):
+        """``trained``: a species model from ``python -m birdsdao.train`` (``predict(images) -> probs``, see
+        birdsdao/train/classifiers.py); when given, it names the species and the fusion below is not used.
+        ``trained_entries``: one vocabulary entry per output of it (several outputs may share one)."""
         self.inat, self.imagenet = inat, imagenet
+        self.trained, self.trained_entries = trained, list(trained_entries)
         self.alpha, self.scale, self.power = alpha, scale, power
         self.base_vocab = vocab
         # Base prototypes re-keyed from BIRDS-525 labels to vocabulary keys; labels the catalogue merges into
@@ -84,13 +97,21 @@ class SpeciesClassifier:
         """One batched iNat call for all crops, then the ImageNet model per crop."""
         inat = self.inat.features(crops)
         imnet_emb, imnet_bird = self.imagenet.run(crops)
-        return CropFeatures(inat.logits, prototype_features(inat.embeddings, imnet_emb), imnet_bird)
+        trained = None
+        if self.trained is not None:
+            from PIL import Image
+
+            trained = self.trained.predict([Image.fromarray(c) for c in crops])
+        return CropFeatures(inat.logits, prototype_features(inat.embeddings, imnet_emb), imnet_bird, trained)
 
     # -- ranking ------------------------------------------------------------------------------------------
     def probabilities(self, feats: CropFeatures) -> tuple[np.ndarray, _State]:
         state = self.state  # one snapshot for the whole call
         n, v = len(feats.proto), len(state.vocab)
         probs = np.zeros((n, v), dtype=np.float64)
+        if feats.trained is not None:  # a configured species model replaces the fusion
+            np.add.at(probs.T, state.trained_rows, feats.trained.T.astype(np.float64))
+            return probs, state
         p_inat = softmax(feats.inat_logits[:, :-1].astype(np.float64))  # background excluded
         rows = state.inat_rows[:-1]
         valid = rows >= 0
@@ -125,6 +146,7 @@ class SpeciesClassifier:
         vocab = Vocabulary(list(self.base_vocab.entries), dict(self.base_vocab.index))
         for entry in new_entries:
             vocab.add(entry)
+        trained_rows = np.asarray([vocab.add(entry) for entry in self.trained_entries], dtype=np.int64)
         keys = list(self.base) + [k for k in taught if k not in self.base]
         vectors, rows = [], []
         for key in keys:
@@ -139,7 +161,7 @@ class SpeciesClassifier:
             rows.append(vocab.index[key])
         inat_rows = vocab.inat_matrix(self.inat.num_outputs)
         proto = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 1), np.float32)
-        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto)
+        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, trained_rows)
 
     def vocabulary_size(self) -> int:
         return len(self.state.vocab)

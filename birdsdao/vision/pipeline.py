@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import APIError
 from . import annotate
 from .backbone import load_backbones
-from .classifier import CropFeatures, Guess, Prototypes, SpeciesClassifier
+from .classifier import Guess, Prototypes, SpeciesClassifier
 from .detector import Box, build_detector
 from .imaging import crop_with_margin, decode_image, to_model_input
 from .taught import TaughtStore, normalize_label
@@ -98,9 +98,11 @@ class VisionPipeline:
             species = catalog.by_label(label)
             if species is not None:
                 label_to_key[label] = species.id
+        trained, trained_entries = _trained_species_model(config, catalog)
         classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key,
                                        alpha=float(config["FUSION_ALPHA"]), scale=float(config["PROTOTYPE_SCALE"]),
-                                       power=float(config["FUSION_POWER"]))
+                                       power=float(config["FUSION_POWER"]), trained=trained,
+                                       trained_entries=trained_entries)
         pipeline = cls(config, detector, classifier, catalog, TaughtStore(instance / "taught"))
         pipeline.warm_up()
         return pipeline
@@ -137,7 +139,7 @@ class VisionPipeline:
             rows, out_boxes = [whole], [None]
         else:
             rows, out_boxes = [], []
-        guesses = self.classifier.rank(_take(feats, rows), top_k) if rows else []
+        guesses = self.classifier.rank(feats.take(rows), top_k) if rows else []
         detections = [Detection(b, g, (width, height)) for b, g in zip(out_boxes, guesses)]
         clock.lap("classify")
         annotated = None
@@ -219,6 +221,7 @@ class VisionPipeline:
             "detector_imgsz": self.detector.imgsz,
             "ultralytics": ultralytics.__version__,
             "species_vocabulary": self.classifier.vocabulary_size(),
+            "species_model": str(self.config.get("SPECIES_MODEL") or "") or "litert+prototypes",
             "taught_species": len(self.store.records()),
             "catalog": type(self.catalog).__name__,
             "annotation_font": self.font_path,
@@ -229,9 +232,22 @@ class VisionPipeline:
         return self.font_path is not None
 
 
-def _take(feats: CropFeatures, rows: list[int]) -> CropFeatures:
-    idx = np.asarray(rows)
-    return CropFeatures(feats.inat_logits[idx], feats.proto[idx], feats.imagenet_bird[idx])
+def _trained_species_model(config, catalog):
+    """SPECIES_MODEL (a .pt from ``train``/``prune`` or an .onnx from ``export``, labels.txt beside it or
+    SPECIES_LABELS) → (model, one vocabulary entry per output), or (None, []) when not configured. Labels the
+    catalogue knows (BIRDS-525 folder names) get its names; others are shown as the label itself."""
+    path = str(config.get("SPECIES_MODEL") or "")
+    if not path:
+        return None, []
+    from ..train.classifiers import open_species_model
+
+    model = open_species_model(Path(path), Path(config["SPECIES_LABELS"]) if config.get("SPECIES_LABELS") else None)
+    entries = []
+    for label in model.labels:
+        species = catalog.by_label(label)
+        entries.append(Entry(species.id, species.names(), tuple(species.inat_indices)) if species is not None
+                       else Entry(f"model:{label}", _taught_names(label, {})))
+    return model, entries
 
 
 def _taught_names(label: str, names: dict) -> dict:
