@@ -7,7 +7,7 @@ import pytest
 from birdsdao.errors import APIError
 from birdsdao.llm.base import Gate, Limits, Passage, Prompt, estimate_tokens
 from birdsdao.llm.extractive import ExtractiveBackend, split_sentences
-from birdsdao.llm.prompts import build_messages, fence, fit, parse_json
+from birdsdao.llm.prompts import build_messages, extraction_from_json, fence, fit, parse_json
 
 EAGLE_ZH = ("白头海雕是北美洲的大型猛禽，属于鹰形目鹰科。成鸟头部和尾部为白色，身体深褐色。"
             "它主要以鱼类为食，也捕食水鸟和小型哺乳动物。白头海雕常栖息在湖泊、河流和海岸附近的大树上。"
@@ -151,3 +151,15 @@ def test_gate_refuses_beyond_queue_with_retry_after_and_frees_on_release():
 def test_extractive_quotes_keep_lone_underscores_and_drop_only_paired_markdown():
     sentences = split_sentences("- **白头海雕**是猛禽。脚本 window.__pwned 原样保留。代码 `a_b` 照录。")
     assert sentences == ["白头海雕是猛禽。", "脚本 window.__pwned 原样保留。", "代码 a_b 照录。"]
+
+
+def test_extraction_keeps_well_formed_items_and_says_when_valid_json_held_none():
+    got, warnings = extraction_from_json("KE1", '{"triples": [["白头海雕", "属于", "鹰科"], ["bad"]]}', "q")
+    assert got == {"triples": [["白头海雕", "属于", "鹰科"]]} and warnings == []
+    # Valid JSON under another key: nothing usable, and the answer must say so rather than be silently empty.
+    got, warnings = extraction_from_json("KE1", '{"relations": [["a", "b", "c"]]}', "q")
+    assert got == {"triples": []} and warnings == ["the model's JSON held no usable triples"]
+    got, warnings = extraction_from_json("KE2", '[{"text": "白头海雕", "type": "species"}]', "白头海雕吃鱼吗")
+    assert got == {"entities": [{"text": "白头海雕", "type": "species", "start": 0, "end": 4}]}
+    got, warnings = extraction_from_json("KE3", "no json here", "q")
+    assert got == {"attributes": {}} and warnings == ["the model did not return valid JSON"]

@@ -15,7 +15,7 @@ from ..errors import APIError
 from . import entities as ent
 from .base import Limits, Passage, Prompt, has_cjk
 from .extractive import NOTHING
-from .prompts import PROMPT_TYPES, fit, parse_json
+from .prompts import PROMPT_TYPES, extraction_from_json, fit
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -371,31 +371,9 @@ class Job:
         return answer
 
     def _parse_model_json(self, text: str) -> dict:
-        kind = self.prompt.prompt_type
-        key = {"KE1": "triples", "KE2": "entities", "KE3": "attributes"}[kind]
-        value, warning = parse_json(text)
-        if isinstance(value, dict):
-            value = value.get(key, value if kind == "KE3" else None)
-        if warning:
-            self.warnings.append(warning)
-        question = self.prompt.question
-        if kind == "KE1":
-            ok = [list(map(str, t)) for t in (value if isinstance(value, list) else [])
-                  if isinstance(t, (list, tuple)) and len(t) == 3]
-        elif kind == "KE2":
-            ok = []
-            for e in value if isinstance(value, list) else []:
-                if isinstance(e, dict) and isinstance(e.get("text"), str) and e["text"]:
-                    start = question.find(e["text"])
-                    ok.append({"text": e["text"], "type": str(e.get("type", "other")),
-                               "start": start if start >= 0 else None,
-                               "end": start + len(e["text"]) if start >= 0 else None})
-        else:
-            ok = {str(k): str(v) for k, v in value.items()
-                  if isinstance(v, (str, int, float))} if isinstance(value, dict) else {}
-        if not ok and value is not None:
-            self.warnings.append(f"the model's JSON held no usable {key}")
-        return {key: ok}
+        extracted, warnings = extraction_from_json(self.prompt.prompt_type, text, self.prompt.question)
+        self.warnings.extend(warnings)
+        return extracted
 
     def close(self) -> None:
         """Stop generating (client gone, or done) and give the model to the next request. Idempotent."""

@@ -177,3 +177,32 @@ def parse_json(text: str):
                 continue
             return value, ("repaired the model's JSON" if i else None)
     return None, "the model did not return valid JSON"
+
+
+EXTRACTION_KEYS = {"KE1": "triples", "KE2": "entities", "KE3": "attributes"}
+
+
+def extraction_from_json(kind: str, text: str, question: str) -> tuple[dict, list[str]]:
+    """A KE1-3 model answer → ({key: validated items}, warnings). Items that do not have the asked shape are
+    dropped; when none is left from JSON that did parse, a warning says so (never an empty answer in silence)."""
+    key = EXTRACTION_KEYS[kind]
+    parsed, warning = parse_json(text)
+    warnings = [warning] if warning else []
+    value = parsed.get(key, parsed if kind == "KE3" else None) if isinstance(parsed, dict) else parsed
+    if kind == "KE1":
+        ok = [list(map(str, t)) for t in (value if isinstance(value, list) else [])
+              if isinstance(t, (list, tuple)) and len(t) == 3]
+    elif kind == "KE2":
+        ok = []
+        for e in value if isinstance(value, list) else []:
+            if isinstance(e, dict) and isinstance(e.get("text"), str) and e["text"]:
+                start = question.find(e["text"])
+                ok.append({"text": e["text"], "type": str(e.get("type", "other")),
+                           "start": start if start >= 0 else None,
+                           "end": start + len(e["text"]) if start >= 0 else None})
+    else:
+        ok = {str(k): str(v) for k, v in value.items()
+              if isinstance(v, (str, int, float))} if isinstance(value, dict) else {}
+    if not ok and parsed is not None:
+        warnings.append(f"the model's JSON held no usable {key}")
+    return {key: ok}, warnings
