@@ -1,7 +1,8 @@
 """CPU latency of a pruned classifier vs its parent, timed in alternation in the same process (eager torch
-with BN fused, and onnxruntime when both have an export beside them). Prints ms and the ratio.
+with BN fused, and onnxruntime when ``--onnx`` names both exports). Prints ms and the ratio.
 
     python bench/bench_prune_latency.py runs/m100/model.pt runs/m100-prune/model.pt [--runs 200] [--threads 1]
+        [--onnx runs/onnx-m100/model.onnx runs/onnx-m100-prune/model.onnx]
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    (a, ca), (b, cb) = load_classifier(args.parent), load_classifier(args.pruned)
+    (a, ca), (b, _) = load_classifier(args.parent), load_classifier(args.pruned)
     imgsz = ca["imgsz"]
     ta, tb = cpu_latency_ms([a, b], imgsz, runs=args.runs, warmup=10)
     print(f"imgsz {imgsz}, {args.runs} alternating runs, torch threads {torch.get_num_threads()}")

@@ -12,13 +12,12 @@ import random
 import time
 from pathlib import Path
 
+from ..species.build_data import IUCN_ZH
 from .common import SHARED, summary, write_json
 
 HELP = "build Alpaca bird Q&A from the species tables, then P-tuning v2 / LoRA a causal LM (peft)"
 
 REFERENCE = SHARED / "data" / "birds525_species_reference.csv"
-IUCN_ZH = {"LC": "无危", "NT": "近危", "VU": "易危", "EN": "濒危", "CR": "极危", "EW": "野外灭绝", "EX": "灭绝",
-           "DD": "数据缺乏", "NE": "未评估"}
 # The prompt the model sees; "chatglm2" is the format the original P-tuning v2 run used.
 TEMPLATES = {
     "chatglm2": "[Round 1]\n\n问：{instruction}{input}\n\n答：",

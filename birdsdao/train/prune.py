@@ -80,7 +80,7 @@ def prune_by_bn_scale(model, imgsz: int, ratio: float, max_layer_ratio: float = 
     return {"bn_channels_before": before, "bn_channels_after": after}
 
 
-def profile(model, loader, device, imgsz) -> tuple[dict, "torch.Tensor"]:
+def profile(model, loader, device, imgsz) -> tuple[dict, object]:
     """Size and held-out accuracy, plus the per-image top-1 hits (for the paired comparison)."""
     from .engine import predict_logits, topk_accuracy
     from .models import count_params, gflops
