@@ -18,7 +18,6 @@ species_kb (the bundled species KB built from the species cards).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from ..errors import APIError
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
 from .search import DEFAULT_MODE, MODES
-from .store import _VERSION_RE, Hit, KnowledgeBase, StoreError
+from .store import Hit, KnowledgeBase, StoreError
 
 __all__ = ["Hit", "KnowledgeBaseService", "build"]
 
@@ -105,15 +104,11 @@ class KnowledgeBaseService:
             return kb
 
     def _open_folder(self, folder: Path, kb_name: str) -> KnowledgeBase:
-        """Open a KB with the embedding model its manifest names (a model that no longer loads: 503)."""
-        model = None
-        try:
-            version = (folder / "CURRENT").read_text("ascii").strip()
-            if _VERSION_RE.fullmatch(version):
-                model = json.loads((folder / version / "manifest.json").read_text("utf-8")).get("embed_model")
-        except (OSError, ValueError):
-            model = None  # the store's loader falls back to an intact version
-        return KnowledgeBase(folder, self._embedder(model, status=503), kb_name)
+        """Open a KB with the embedding model the manifest of the version it loaded names (the store may have
+        fallen back to an older intact version); a model that no longer loads: 503. Loading embeds nothing."""
+        kb = KnowledgeBase(folder, None, kb_name)
+        kb.embedder = self._embedder(kb.snapshot.manifest.get("embed_model"), status=503)
+        return kb
 
     def _embedder(self, name: str | None, status: int = 400):
         try:
