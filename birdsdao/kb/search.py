@@ -3,15 +3,12 @@ Python loop over every chunk), and the fusion of BM25 and vector hits (reciproca
 scores). ``MODES`` are the combinations the benchmark compares; ``DEFAULT_MODE`` is the measured winner."""
 from __future__ import annotations
 
-import logging
 import re
 
 import numpy as np
 from scipy import sparse
 
 from ..segment import search_words
-
-log = logging.getLogger(__name__)
 
 MODES = ("vector", "bm25", "rrf", "weighted")
 # bench/bench_kb_recall.py, doc-level recall@1 / @5:

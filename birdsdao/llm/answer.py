@@ -75,7 +75,6 @@ class Answer:
 
 class AnswerService:
     def __init__(self, config, services):
-        self.config = config
         self.catalog = services.optional("species")
         self.kb = services.optional("kb")
         self._services = services
@@ -255,11 +254,10 @@ class AnswerService:
             raise
         passages = []
         for hit in hits:
-            h = hit.to_dict()
-            sp = self.card_docs.get(h["doc_name"]) if is_species_kb else None
-            passages.append(Passage(number=0, text=h["text"], kb_name=h.get("kb_name", kb_name),
-                                    doc_name=h["doc_name"], chunk_id=str(h["chunk_id"]), score=float(h["score"]),
-                                    heading=h.get("heading"), species_id=sp.id if sp else None))
+            sp = self.card_docs.get(hit.doc_name) if is_species_kb else None
+            passages.append(Passage(number=0, text=hit.text, kb_name=hit.kb_name, doc_name=hit.doc_name,
+                                    chunk_id=hit.chunk_id, score=hit.score, heading=hit.heading or None,
+                                    species_id=sp.id if sp else None))
         if is_species_kb and focus:
             # A question about a named bird: other birds' cards are off-subject (their sentences would answer
             # for the wrong species).
@@ -331,12 +329,12 @@ class Job:
     def _extract_without_llm(self) -> str:
         """KE1-3 with the project's own recogniser and the catalogue's facts."""
         lang, text = self.prompt.lang, self.prompt.question
-        species = [e for e in self.service.recognizer.entities(text) if e["type"] == "species"]
+        items = self.service.recognizer.entities(text)
+        species = [e for e in items if e["type"] == "species"]
         found = [self.service.catalog.get(e["species_id"]) for e in species] if species else list(self.focus)
         found = [sp for i, sp in enumerate(found) if sp is not None and all(sp.id != o.id for o in found[:i])]
         kind = self.prompt.prompt_type
         if kind == "KE2":
-            items = self.service.recognizer.entities(text)
             self.extracted = {"entities": items}
             return ("、".join(f"{e['text']}（{e['type']}）" for e in items) if lang == "zh" else
                     ", ".join(f"{e['text']} ({e['type']})" for e in items)) or _nothing_found(lang)

@@ -2,8 +2,8 @@
 Each configured backend is loaded once; a load failure is recorded and answered as 503 with its reason."""
 from __future__ import annotations
 
-import importlib
 import logging
+import pkgutil
 import time
 from dataclasses import dataclass
 
@@ -43,11 +43,6 @@ class Entry:
         return info
 
 
-def _resolve(target: str):
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 class Registry:
     def __init__(self, config, services):
         self.default = config.get("DEFAULT_MODEL") or "extractive"
@@ -59,7 +54,7 @@ class Registry:
             entry = Entry(name)
             start = time.perf_counter()
             try:
-                entry.backend = _resolve(target)(name, config, services)
+                entry.backend = pkgutil.resolve_name(target)(name, config, services)
                 concurrency = 1 if entry.backend.local else int(config.get("LLM_REMOTE_CONCURRENCY", 4))
                 entry.gate = Gate(name, concurrency=concurrency, queue_size=queue,
                                   retry_after_s=int(config.get("LLM_RETRY_AFTER_S", 5)))

@@ -7,15 +7,12 @@ Checkpoints are loaded from local paths only; P-tuning weights are read with saf
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from .base import Backend, Limits, Prompt
-
-log = logging.getLogger(__name__)
 
 PREFIX_KEY = "transformer.prefix_encoder."
 

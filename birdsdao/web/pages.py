@@ -24,10 +24,11 @@ def kb_page():
 @bp.get("/healthz")
 def healthz():
     registry = services()
+    healthy = registry.healthy
     body = {
-        "status": "ok" if registry.healthy else "degraded",
+        "status": "ok" if healthy else "degraded",
         "version": __version__,
         "python": platform.python_version(),
         "models": registry.to_dict(),
     }
-    return jsonify(body), 200 if registry.healthy else 503
+    return jsonify(body), 200 if healthy else 503
