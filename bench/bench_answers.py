@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from birdsdao import create_app  # noqa: E402
 from birdsdao.species.build_eval import build_questions  # noqa: E402
 from birdsdao.train import score  # noqa: E402
+from birdsdao.train.common import write_jsonl  # noqa: E402
 from birdsdao.train.finetune_llm import qa_for_species  # noqa: E402
 
 CAVEAT = ("The 'card' references are built from the same species cards the extractive backend quotes, so they "
@@ -102,10 +103,6 @@ def sample_questions(catalog, n: int, seed: int) -> list[dict]:
           + ", ".join(f"{k} {sum(1 for q in picked if (q['lang'], q['kind']) == k)}"
                       for k in sorted({(q["lang"], q["kind"]) for q in picked})))
     return picked
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def ask(client, q: dict, model_type: str, mode: str, max_new_tokens: int) -> dict:

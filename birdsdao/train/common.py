@@ -9,7 +9,8 @@ from pathlib import Path
 from birdsdao.config import PROJECT_ROOT
 
 SHARED = Path(os.environ.get("BIRDSDAO_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
-DEFAULT_DETECTOR = SHARED / "weights" / "yolov8n.pt"
+# The server's own setting first (BIRDSDAO_YOLO_WEIGHTS), so train and evaluate seed from the same detector.
+DEFAULT_DETECTOR = Path(os.environ.get("BIRDSDAO_YOLO_WEIGHTS") or SHARED / "weights" / "yolov8n.pt")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,6 +30,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_jsonl(path: Path, rows) -> None:
+    """One JSON object per line (what ``score`` reads), written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def atomic_torch_save(obj, path: Path) -> None:

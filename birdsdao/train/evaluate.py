@@ -4,7 +4,6 @@ calibration (ECE + reliability diagram) — or a detector on a YOLO data yaml (m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 
 from birdsdao.config import DEFAULTS
 
-from .common import DEFAULT_DETECTOR, summary, write_json
+from .common import DEFAULT_DETECTOR, summary, write_json, write_jsonl
 
 HELP = "top-1/top-5, per-species accuracy, confusions, calibration (or detector mAP50)"
 
@@ -165,8 +164,7 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     predictions = metrics.pop("predictions")
     write_json(out / "metrics.json", metrics)
-    (out / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
-                                           encoding="utf-8")
+    write_jsonl(out / "predictions.jsonl", predictions)
     pngs = plot(metrics, out)
     worst = ", ".join(f"{c['true']}→{c['predicted']}" for c in metrics["confusions"][:3]) or "none"
     summary(f"evaluate ({model.kind})", {

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import random
 import time
 from pathlib import Path
 
 from ..species.build_data import IUCN_ZH
-from .common import SHARED, summary, write_json
+from .common import SHARED, summary, write_json, write_jsonl
 
 HELP = "build Alpaca bird Q&A from the species tables, then P-tuning v2 / LoRA a causal LM (peft)"
 
@@ -195,9 +194,8 @@ def run(args) -> dict:
     write_json(out / "alpaca_train.json", train_items)
     write_json(out / "alpaca_eval.json", eval_items)
     # References in the JSONL shape `score` reads, so backends' answers can be scored against them.
-    (out / "eval_refs.jsonl").write_text("".join(json.dumps({"id": i, "question": it["instruction"], "text": it["output"]},
-                                                            ensure_ascii=False) + "\n" for i, it in enumerate(eval_items)),
-                                         encoding="utf-8")
+    write_jsonl(out / "eval_refs.jsonl", ({"id": i, "question": it["instruction"], "text": it["output"]}
+                                          for i, it in enumerate(eval_items)))
     result = {"train_items": len(train_items), "eval_items": len(eval_items), "data": str(out / "alpaca_train.json")}
     rows = {"Q&A pairs (train / held out)": f"{len(train_items)} / {len(eval_items)}", "data": out / "alpaca_train.json",
             "references for score": out / "eval_refs.jsonl"}

@@ -3,7 +3,6 @@ data set (held-out image per species), or a YOLOv8 detector on a YOLO data yaml 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="yolov8n-cls.yaml",
                    help="Ultralytics model yaml for a classifier (default yolov8n-cls.yaml), or detector weights "
                         "for --data *.yaml")
-    p.add_argument("--detector", type=Path, default=Path(os.environ.get("BIRDSDAO_YOLO_WEIGHTS", DEFAULT_DETECTOR)),
+    p.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR,
                    help="detector checkpoint whose backbone seeds the classifier (official yolov8n.pt)")
     p.add_argument("--imgsz", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3)
