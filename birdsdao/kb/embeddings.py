@@ -24,7 +24,20 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "e5-small"
 
 
-class E5Embeddings(Embeddings):
+class _ArrayEmbeddings(Embeddings):
+    """LangChain's Embeddings interface over ``embed_array`` (unit vectors as numpy), shared by both models."""
+
+    def embed_array(self, texts: list[str], *, is_query: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.embed_array(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_array([text], is_query=True)[0].tolist()
+
+
+class E5Embeddings(_ArrayEmbeddings):
     """multilingual-e5-small (4-bit, bundled) with E5's query/passage prefixes."""
 
     def __init__(self, batch_size: int = 32, seed_path: str | Path | None = None):
@@ -63,14 +76,8 @@ class E5Embeddings(Embeddings):
             self.recorded.update(zip(keys, out))
         return out
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embed_array(list(texts)).tolist()
 
-    def embed_query(self, text: str) -> list[float]:
-        return self.embed_array([text], is_query=True)[0].tolist()
-
-
-class SentenceTransformerEmbeddings(Embeddings):
+class SentenceTransformerEmbeddings(_ArrayEmbeddings):
     """Any sentence-transformers model (m3e-base, bge-*, ...) found locally by name or path."""
 
     def __init__(self, name: str, batch_size: int = 32):
@@ -93,15 +100,8 @@ class SentenceTransformerEmbeddings(Embeddings):
             return np.zeros((0, self.dim), dtype=np.float32)
         prefix = self._query_prefix if is_query else self._passage_prefix
         with self._lock:
-            out = self._model.encode([prefix + t for t in texts], batch_size=self.batch_size,
-                                     normalize_embeddings=True, convert_to_numpy=True)
+            out = self._model.encode([prefix + t for t in texts], batch_size=self.batch_size, convert_to_numpy=True)
         return _normalise(np.asarray(out, dtype=np.float32))
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embed_array(list(texts)).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.embed_array([text], is_query=True)[0].tolist()
 
 
 _gomp = None

@@ -92,7 +92,7 @@ def _sections_from_lines(text: str, *, markdown: bool) -> list[Section]:
         if question is not None:
             q, a = " ".join(question).strip(), "\n".join(answer).strip()
             if q and a:
-                sections.append(Section(f"问：{q}\n答：{a}" if _has_cjk(q) else f"Q: {q}\nA: {a}", heading, q))
+                sections.append(_qa_section(q, a, heading))
         question = None
         answer.clear()
 
@@ -122,6 +122,12 @@ def _sections_from_lines(text: str, *, markdown: bool) -> list[Section]:
             buf.append(line)
     flush_qa() if mode != "text" else flush_text()
     return sections
+
+
+def _qa_section(question: str, answer: str, heading: str) -> Section:
+    """A Q&A pair as one section, labelled in the question's language; the question is also indexed alone."""
+    text = f"问：{question}\n答：{answer}" if _has_cjk(question) else f"Q: {question}\nA: {answer}"
+    return Section(text, heading, question)
 
 
 def _has_cjk(text: str) -> bool:
@@ -223,7 +229,7 @@ def _record_section(record: dict) -> Section | None:
     a = next((str(lowered[k]) for k in _A_KEYS if k in lowered), None)
     heading = str(lowered.get("title") or lowered.get("heading") or lowered.get("标题") or "")
     if q and a:
-        return Section(f"问：{q}\n答：{a}" if _has_cjk(q) else f"Q: {q}\nA: {a}", heading, q)
+        return _qa_section(q, a, heading)
     t = next((str(lowered[k]) for k in _T_KEYS if k in lowered), None)
     if t is None:
         t = "; ".join(f"{k}: {v}" for k, v in record.items() if v not in (None, ""))

@@ -15,13 +15,12 @@ from ..errors import APIError
 from . import entities as ent
 from .base import Limits, Passage, Prompt, has_cjk
 from .extractive import NOTHING
-from .prompts import PROMPT_TYPES, extraction_from_json, fit
+from .prompts import KE_TYPES, PROMPT_TYPES, extraction_from_json, fit
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
 MODES = ("plain", "kb")
-KE_TYPES = ("KE1", "KE2", "KE3")
 # What a species description should cover; the extractive backend scores card sentences against it.
 SPECIES_TOPICS = {
     "zh": "中文名 学名 英文名 目 科 保护级别 特征 外形 分布 栖息 食",

@@ -53,6 +53,7 @@ class LlamaBackend(Backend):
         return {"model": os.path.basename(self.model_path), "architecture": self.llm.metadata.get("general.architecture")}
 
 
-def create(name: str, config, services) -> LlamaBackend:
-    return LlamaBackend(name, config["LLAMA_MODEL"], n_ctx=int(config.get("LLAMA_CONTEXT") or 4096),
+def create(name: str, config, services, path: str | None = None) -> LlamaBackend:
+    """The ``llama`` backend (LLAMA_MODEL), or any other GGUF ``path`` served the same way."""
+    return LlamaBackend(name, path or config["LLAMA_MODEL"], n_ctx=int(config.get("LLAMA_CONTEXT") or 4096),
                         n_threads=config.get("LLAMA_THREADS"), temperature=float(config.get("LLM_TEMPERATURE", 0.2)))

@@ -8,7 +8,8 @@ from typing import Callable
 
 from .base import Passage, Prompt
 
-PROMPT_TYPES = ("chat", "species", "KE1", "KE2", "KE3")
+KE_TYPES = ("KE1", "KE2", "KE3")  # knowledge extraction: triples, entities, attributes (JSON answers)
+PROMPT_TYPES = ("chat", "species", *KE_TYPES)
 
 SYSTEM = {
     "zh": "你是“鸟之道”（BirdsDao）的鸟类知识助手。回答要准确、简洁，用中文回答。",
@@ -62,7 +63,7 @@ def fence(passage: Passage) -> str:
 
 def user_message(prompt: Prompt, species_name: str | None, passages: list[Passage], question: str) -> str:
     lang = prompt.lang
-    if prompt.prompt_type in ("KE1", "KE2", "KE3"):
+    if prompt.prompt_type in KE_TYPES:
         task = TASK[prompt.prompt_type][lang].format(text=question)
     elif prompt.prompt_type == "species":
         task = TASK["species"][lang].format(name=species_name or question)
@@ -72,7 +73,7 @@ def user_message(prompt: Prompt, species_name: str | None, passages: list[Passag
         return task
     docs = "\n\n".join(fence(p) for p in passages)
     head = "问题：" if lang == "zh" else "Question: "
-    if prompt.prompt_type in ("KE1", "KE2", "KE3"):
+    if prompt.prompt_type in KE_TYPES:
         head = ""
     return f"{FENCE_RULE[lang]}\n\n{docs}\n\n{head}{task}"
 

@@ -213,9 +213,8 @@ def create_chatglm2(name: str, config, services) -> Backend:
     path = config["CHATGLM2_PATH"]
     if str(path).lower().endswith(".gguf"):
         # CPU-only deployments: a ChatGLM GGUF conversion served by llama.cpp under the same name.
-        from .llama import LlamaBackend
+        from . import llama
 
-        return LlamaBackend(name, path, n_ctx=int(config.get("LLAMA_CONTEXT") or 4096),
-                            n_threads=config.get("LLAMA_THREADS"), temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+        return llama.create(name, config, services, path=path)
     return ChatGLM2Backend(name, path, ptuning=config.get("CHATGLM2_PTUNING"), quantize=config.get("CHATGLM2_QUANTIZE"),
                            temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
