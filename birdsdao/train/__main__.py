@@ -34,4 +34,3 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    sys.exit(0)

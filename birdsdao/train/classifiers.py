@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,6 @@ import numpy as np
 from .common import SHARED, read_labels
 
 INAT_REFERENCE = SHARED / "data" / "inat_bird_species_reference.csv"
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _square(img, size: int) -> np.ndarray:
@@ -87,11 +80,9 @@ class InatLiteRT:
     LOGITS = "Logits/MatMul;Logits/BiasAdd"
 
     def __init__(self, path: Path, reference: Path = INAT_REFERENCE):
-        from ai_edge_litert.interpreter import Interpreter
+        from ..vision.backbone import make_interpreter
 
-        with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": we need the logits tensor
-            warnings.simplefilter("ignore")
-            self.interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+        self.interp = make_interpreter(str(path), None, preserve=True)  # the logits tensor stays readable
         self.interp.allocate_tensors()
         self.input = self.interp.get_input_details()[0]
         self.imgsz = int(self.input["shape"][1])
@@ -104,14 +95,14 @@ class InatLiteRT:
             raise SystemExit(f"{reference} has {len(self.labels)} rows, the model {self.logits['shape'][-1]} outputs")
 
     def predict(self, images) -> np.ndarray:
-        scale, zero = self.logits["quantization"]
+        from ..vision.backbone import _dequantize, softmax
+
         out = []
-        for im in images:  # the model takes batch 1
+        for im in images:  # this graph has batch 1
             self.interp.set_tensor(self.input["index"], _square(im, self.imgsz)[None])
             self.interp.invoke()
-            q = self.interp.get_tensor(self.logits["index"]).astype(np.float32)
-            out.append(scale * (q - zero))
-        return _softmax(np.concatenate(out))
+            out.append(_dequantize(self.interp.get_tensor(self.logits["index"]), self.logits))
+        return softmax(np.concatenate(out))
 
 
 def open_species_model(path: Path, labels: Path | None = None, device: str = "cpu"):

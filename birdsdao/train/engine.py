@@ -72,7 +72,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, d
     # drive γ to zero within a short sparsity phase if γ gets a larger step (bn_lr_scale).
     gammas = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     decay, no_decay, bn_gamma = [], [], []
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         p.requires_grad_(True)
         (bn_gamma if id(p) in gammas else no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
