@@ -173,10 +173,8 @@ class AnswerService:
             fit(prompt, backend.count_tokens, backend.context_window, max_new, species_name=name)
         ticket = entry.gate.enter()  # 503 + Retry-After right here when the queue is full
         limits = Limits(max_new_tokens=max_new, deadline=time.monotonic() + self.timeout_s)
-        job = Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings)
-        job.timings_ms["retrieve"] = retrieve_ms
-        job.t0 = t0
-        return job
+        return Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings, t0=t0,
+                   retrieve_ms=retrieve_ms)
 
     def _history(self, raw) -> list[tuple[str, str]]:
         if raw is None or raw == "":
@@ -279,7 +277,8 @@ class Job:
     """One answer in progress: owns its place in the backend's queue and its cancel flag."""
 
     def __init__(self, service: AnswerService, entry, prompt: Prompt, limits: Limits, ticket, req, kb_name, focus,
-                 warnings):
+                 warnings, *, t0: float, retrieve_ms: float):
+        """t0: when the request started (perf_counter); retrieve_ms: time spent finding its passages."""
         self.service = service
         self.entry = entry
         self.backend = entry.backend
@@ -290,8 +289,8 @@ class Job:
         self.kb_name = kb_name
         self.focus = focus
         self.warnings = warnings
-        self.timings_ms: dict = {}
-        self.t0 = time.perf_counter()
+        self.timings_ms: dict = {"retrieve": retrieve_ms}
+        self.t0 = t0
         self.finished = False
         self._stream = None
         self.extracted: dict | None = None
