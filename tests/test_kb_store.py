@@ -132,6 +132,62 @@ def test_a_damaged_current_version_falls_back_to_the_previous_one(service, tmp_p
     assert [d["doc_name"] for d in reopened.docs("dmg")] == ["one.txt"]
 
 
+def _summary_from_loaded_snapshot(service, kb_name) -> dict:
+    """What /kb/list showed before it read manifests: the fully loaded KB's counts (the oracle)."""
+    snap = service.get(kb_name).current()
+    m = snap.manifest
+    return {"kb_name": kb_name, "description": m["description"], "docs": len(snap.docs), "chunks": len(snap.chunks),
+            "embed_model": m["embed_model"], "updated_at": m["updated_at"]}
+
+
+@pytest.fixture
+def version_loads(monkeypatch):
+    """How many times any KB version (FAISS index, chunks, BM25) was loaded from disk."""
+    from birdsdao.kb import store
+
+    loads, real = [], store._read_version
+    monkeypatch.setattr(store, "_read_version", lambda folder: loads.append(folder) or real(folder))
+    return loads
+
+
+def test_listing_reads_manifests_and_loads_no_index_even_after_another_process_wrote(service, tmp_path, version_loads):
+    service.create("notes", "野外笔记")
+    service.upload("notes", [(f"n{i}.txt", f"第{i}条笔记。黑水鸡在池塘里游泳。第二句话说的是第{i}只。".encode())
+                             for i in range(3)] + [("long.txt", ("苍鹭站在浅水里等鱼。" * 80).encode())])
+    service.delete_doc("notes", "n1.txt")
+    service.create("empty")
+    (tmp_path / "kb" / "foreign").mkdir()  # no CURRENT: not a knowledge base, not listed
+    # A second service on the same folder stands for another gunicorn worker (nothing opened yet).
+    worker = KnowledgeBaseService(tmp_path / "kb", service.embedders)
+    version_loads.clear()
+    listed = worker.list()
+    assert version_loads == [] and worker._open == {}  # listing loaded no version of any KB
+    assert [k["kb_name"] for k in listed] == ["empty", "notes"]
+    assert listed[1]["docs"] == 3 and listed[1]["chunks"] > 3  # the long document has several chunks
+    assert listed == [_summary_from_loaded_snapshot(service, n) for n in ("empty", "notes")]
+
+    worker.search("notes", "黑水鸡", 1)  # the worker opens "notes"; then the first process commits twice
+    service.upload("notes", [("new.txt", "新笔记：小䴙䴘潜水捕鱼。".encode())])
+    service.delete_doc("notes", "n0.txt")
+    version_loads.clear()
+    listed = worker.list()
+    assert version_loads == []  # the stale open KB is not reloaded just to be listed...
+    assert listed == [_summary_from_loaded_snapshot(service, n) for n in ("empty", "notes")]  # ...yet is current
+    assert listed[1]["docs"] == 3
+    assert worker.info("notes") == listed[1]
+
+
+def test_listing_a_kb_whose_current_manifest_is_damaged_shows_the_version_it_falls_back_to(service, tmp_path):
+    service.create("dmg2")
+    service.upload("dmg2", [("one.txt", "第一篇。".encode())])
+    service.upload("dmg2", [("two.txt", "第二篇。".encode())])
+    folder = tmp_path / "kb" / "dmg2"
+    (folder / (folder / "CURRENT").read_text().strip() / "manifest.json").write_text("{half a manifest")
+    reopened = KnowledgeBaseService(tmp_path / "kb", service.embedders)
+    assert [(k["kb_name"], k["docs"]) for k in reopened.list()] == [("dmg2", 1)]
+    assert [d["doc_name"] for d in reopened.docs("dmg2")] == ["one.txt"]
+
+
 def test_loaders_read_every_format_and_both_encodings():
     limits = Limits.from_config()
     text = "夜鹭在黄昏出来觅食。"

@@ -112,6 +112,61 @@ def test_fit_drops_oldest_history_then_documents_to_fit_the_window():
     assert fitted.messages[-1]["content"].endswith("它吃什么？")
 
 
+def _fit_by_recounting(prompt, count_tokens, context_window, max_new_tokens):
+    """The reference: the same trimming order as ``fit``, re-tokenising every message on every pass (what
+    ``fit`` did before it kept counts per message)."""
+    budget = context_window - max_new_tokens - 16
+
+    def cost(p):
+        return sum(count_tokens(m["content"]) + 6 for m in build_messages(p))
+
+    while prompt.history and cost(prompt) > budget:
+        prompt.history = prompt.history[1:]
+    while len(prompt.passages) > 1 and cost(prompt) > budget:
+        prompt.passages = prompt.passages[:-1]
+    for _ in range(24):
+        if cost(prompt) <= budget:
+            break
+        if prompt.passages and len(prompt.passages[-1].text) > 40:
+            prompt.passages[-1].text = prompt.passages[-1].text[: len(prompt.passages[-1].text) // 2]
+        elif len(prompt.question) > 20:
+            prompt.question = prompt.question[: len(prompt.question) // 2]
+        elif prompt.passages:
+            prompt.passages = []
+        else:
+            break
+    prompt.messages = build_messages(prompt)
+    return prompt
+
+
+@pytest.mark.parametrize("window", [450, 700, 2500, 12000, 16000])
+def test_fit_tokenises_each_message_once_with_the_same_result_as_recounting(window):
+    """A 40-turn history and 8 long documents: from 'everything dropped, document and question halved' (450)
+    to 'most history kept' (16000). Same prompt as re-tokenising on every pass, with at most one tokenizer call
+    per message plus one per step that changes the question message (the old way made thousands)."""
+    def make():
+        history = [(f"第{i}个问题：白头海雕在哪里筑巢？" * 8, f"第{i}个回答：" + EAGLE_ZH * 2) for i in range(40)]
+        docs = [passage(i, EAGLE_ZH * 6 + EAGLE_EN, f"d{i}.md") for i in range(1, 9)]
+        return Prompt(question="它吃什么？" * 30, lang="zh", passages=docs, history=history)
+
+    calls = {"new": 0, "old": 0}
+
+    def counting(key):
+        def count(text):
+            calls[key] += 1
+            return estimate_tokens(text)
+        return count
+
+    fitted = fit(make(), counting("new"), context_window=window, max_new_tokens=200)
+    expected = _fit_by_recounting(make(), counting("old"), context_window=window, max_new_tokens=200)
+    assert fitted.messages == expected.messages and fitted.history == expected.history
+    assert [(p.doc_name, p.text) for p in fitted.passages] == [(p.doc_name, p.text) for p in expected.passages]
+    messages = 2 + 2 * 40  # system + history turns + the question message
+    steps = 8 + 24          # at most: every document dropped, every halving pass
+    assert calls["new"] <= messages + steps
+    assert calls["old"] > 3 * calls["new"]  # the case does exercise the trimming loops
+
+
 @pytest.mark.parametrize("raw, expected", [
     ('{"triples": [["白头海雕", "属于", "鹰科"]]}', {"triples": [["白头海雕", "属于", "鹰科"]]}),
     ('Sure! ```json\n{"a": 1,}\n``` done', {"a": 1}),

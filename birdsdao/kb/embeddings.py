@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,13 @@ def text_key(text: str) -> str:
 
 
 class EmbedderRegistry:
-    """Embedding models by name, each loaded once and shared; the "embedder" service."""
+    """Embedding models by name, each loaded once and shared; the "embedder" service.
+
+    A first load can take many seconds (a sentence-transformers model named by ``/kb/create``), so the lock
+    only guards the two dicts and is never held while a model loads: a model already loaded, ``describe()``
+    (/healthz) and loads of other names go on meanwhile; concurrent gets of the name being loaded wait for
+    that one load (its Future) instead of starting their own.
+    """
 
     def __init__(self, default: str = DEFAULT_MODEL, allowed: list[str] | None = None, batch_size: int = 32,
                  seed_path: str | Path | None = None):
@@ -157,24 +164,48 @@ class EmbedderRegistry:
         self.allowed = allowed  # None: any local sentence-transformers name/path may be named
         self.batch_size = batch_size
         self._models: dict[str, Embeddings] = {}
+        self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str | None = None):
         name = name or self.default
         with self._lock:
             model = self._models.get(name)
-            if model is None:
+            if model is not None:
+                return model
+            future = self._loading.get(name)
+            loader = future is None
+            if loader:
                 if self.allowed is not None and name != DEFAULT_MODEL and name not in self.allowed:
                     raise ValueError(f"embedding model {name!r} is not allowed here (KB_EMBED_MODELS)")
-                model = E5Embeddings(self.batch_size, self.seed_path) if name == DEFAULT_MODEL else SentenceTransformerEmbeddings(name, self.batch_size)
-                self._models[name] = model
-                log.info("embedding model %s loaded (dim %d)", name, model.dim)
-            return model
+                future = self._loading[name] = Future()
+        if not loader:
+            return future.result()  # the load already under way: its model, or its error
+        try:
+            model = self._load(name)
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[name]  # a failed load is not remembered: a later get tries again
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            self._models[name] = model
+            del self._loading[name]
+        future.set_result(model)
+        log.info("embedding model %s loaded (dim %d)", name, model.dim)
+        return model
+
+    def _load(self, name: str) -> Embeddings:
+        if name == DEFAULT_MODEL:
+            return E5Embeddings(self.batch_size, self.seed_path)
+        return SentenceTransformerEmbeddings(name, self.batch_size)
 
     def describe(self) -> dict:
-        model = self.get()
+        model = self.get()  # loaded by build(), so this never waits
+        with self._lock:
+            loaded, loading = sorted(self._models), sorted(self._loading)
         return {"name": model.name, "dim": model.dim, "version": model.version,
-                "loaded_models": sorted(self._models)}
+                "loaded_models": loaded, "loading_models": loading}
 
 
 def build(config, services) -> EmbedderRegistry:

@@ -185,6 +185,14 @@ class KnowledgeBase:
             return snap
         raise StoreError(f"knowledge base {self.name!r} has no loadable version ({'; '.join(errors) or 'empty'})")
 
+    def current_manifest(self) -> dict:
+        """The manifest of the latest committed version, without loading it: the snapshot's own while no
+        process has switched CURRENT since it loaded (so a KB that fell back to an older version reports that
+        one), else the small manifest file the pointer names."""
+        if self._pointer_key() == self._pointer_stat:
+            return self.snapshot.manifest
+        return read_current_manifest(self.folder)
+
     def current(self) -> Snapshot:
         """The latest committed snapshot, reloading when another process switched CURRENT."""
         if self._pointer_key() not in (None, self._pointer_stat):
@@ -431,6 +439,22 @@ def _switch_pointer(folder: Path, version: int) -> None:
     _write_file(tmp, f"v{version:06d}\n".encode("ascii"))
     os.replace(tmp, folder / POINTER)
     _fsync_dir(folder)
+
+
+def read_current_manifest(folder: Path) -> dict:
+    """The manifest of the version ``CURRENT`` names, read alone: no index, chunks or BM25 are loaded and the
+    file hashes are not checked (a damaged version is found, and skipped, when the KB is opened)."""
+    named = (folder / POINTER).read_text("ascii").strip()
+    if not _VERSION_RE.fullmatch(named):
+        raise ValueError(f"{POINTER} names no version: {named[:20]!r}")
+    manifest = json.loads((folder / named / "manifest.json").read_text("utf-8"))
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError("not a manifest of this format")
+    docs = manifest.get("docs")
+    if not isinstance(docs, dict) or not all(isinstance(d, dict) and isinstance(d.get("chunks"), int)
+                                             for d in docs.values()):
+        raise ValueError("manifest without per-document chunk counts")
+    return manifest
 
 
 def _read_version(folder: Path) -> Snapshot:

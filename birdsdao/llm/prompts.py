@@ -93,10 +93,19 @@ def fit(prompt: Prompt, count_tokens: Callable[[str], int], context_window: int,
     oldest history turns first, then the lowest-ranked documents, then shorten the last document and the
     question. ``prompt.passages`` is trimmed to what the model actually saw, so citations stay honest."""
     budget = context_window - max_new_tokens - 16  # room for the template's own role markers
+    # Each trimming step changes one message at most (history drops change none but the total), so a
+    # message's count is kept by its content: every distinct text goes through the tokenizer once, not
+    # once per pass (a long history used to be re-tokenised turn by turn: quadratic tokenizer calls).
+    counted: dict[str, int] = {}
+
+    def tokens(text: str) -> int:
+        n = counted.get(text)
+        if n is None:
+            n = counted[text] = count_tokens(text)
+        return n
 
     def cost(p: Prompt) -> int:
-        msgs = build_messages(p, species_name)
-        return sum(count_tokens(m["content"]) + 6 for m in msgs)
+        return sum(tokens(m["content"]) + 6 for m in build_messages(p, species_name))
 
     while prompt.history and cost(prompt) > budget:
         prompt.history = prompt.history[1:]
