@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from birdsdao.train.__main__ import COMMANDS, main
-from birdsdao.train.data import list_species, make_split_tree, split_species
+from birdsdao.train.data import list_species, loaders, make_split_tree, split_species
 from birdsdao.train.engine import bn_l1_subgradient, distillation_loss, fit, predict_logits
 from birdsdao.train.evaluate import aggregate_by_label, expected_calibration_error, score_predictions
 from birdsdao.train.models import load_classifier, logits_of, seed_classifier
 from birdsdao.train.prune import paired_delta_ci, prune_by_bn_scale
-from birdsdao.train.train import loaders
 
 from .conftest import BIRDS525, YOLO_WEIGHTS
 

@@ -1,5 +1,6 @@
 """Folder-per-species data sets (BIRDS-525 layout: ``<root>/<LABEL>/<n>.jpg``): species selection, the
-held-out split (as an Ultralytics-compatible ``train/ val/`` tree of symlinks) and in-memory torch datasets."""
+held-out split (as an Ultralytics-compatible ``train/ val/`` tree of symlinks), in-memory torch datasets and
+their loaders."""
 from __future__ import annotations
 
 import os
@@ -109,3 +110,16 @@ class SpeciesDataset:
     def __getitem__(self, i):
         im, y = self.items[i]
         return self.tf(im), y
+
+
+def loaders(train: dict, val: dict, names: list[str], imgsz: int, batch: int, seed: int = 0):
+    """Shuffled training and ordered held-out DataLoaders (what ``train`` and ``prune`` fit on)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    ds = SpeciesDataset(train, names, imgsz, train=True)
+    # A final batch of one image breaks BatchNorm on small inputs (1x1 maps): drop the ragged tail.
+    tr = DataLoader(ds, batch_size=batch, shuffle=True, generator=g, drop_last=len(ds) > batch)
+    va = DataLoader(SpeciesDataset(val, names, imgsz, train=False), batch_size=batch)
+    return tr, va
