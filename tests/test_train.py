@@ -3,6 +3,7 @@ train → resume → prune → export → evaluate, plus the pieces that carry t
 smallest-|γ| channel removal, weights-only checkpoints, the metrics) and the real LiteRT iNat model."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -11,14 +12,13 @@ import pytest
 import torch
 
 from birdsdao.train.__main__ import COMMANDS, main
-from birdsdao.train.data import list_species, make_split_tree, split_species
+from birdsdao.train.data import eval_batch, list_species, load_split_tree, loaders, make_split_tree, split_species
 from birdsdao.train.engine import bn_l1_subgradient, distillation_loss, fit, predict_logits
 from birdsdao.train.evaluate import aggregate_by_label, expected_calibration_error, score_predictions
 from birdsdao.train.models import load_classifier, logits_of, seed_classifier
 from birdsdao.train.prune import paired_delta_ci, prune_by_bn_scale
-from birdsdao.train.train import loaders
 
-from .conftest import BIRDS525, YOLO_WEIGHTS
+from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
 
 SPECIES = ["AMERICAN GOLDFINCH", "AMERICAN ROBIN", "BARN OWL"]
 TINY = ["--imgsz", "32", "--batch", "8", "--device", "cpu"]
@@ -231,3 +231,59 @@ def test_server_names_species_with_a_configured_trained_model(trained, make_app,
     assert {s["label"] for s in species[:3]} == set(SPECIES)
     assert sum(s["confidence"] for s in species[:3]) == pytest.approx(1.0, abs=2e-3)
     assert all(s["confidence"] == 0 for s in species[3:])
+
+
+# Odd shapes on purpose: a square BIRDS-525 crop, two off-square ones, and two large field photos (portrait
+# and 16:9) that training used to shrink to a thumbnail before the held-out resize.
+ODD_PHOTOS = [BIRDS525 / "AMERICAN ROBIN" / "4.jpg", BIRDS525 / "PLUSH CRESTED JAY" / "4.jpg",
+              BIRDS525 / "PLUSH CRESTED JAY" / "1.jpg", NATURAL / "Black-billed_Cuckoo" / "Black-billed_Cuckoo.jpg",
+              NATURAL / "American_Robin" / "American_Robin.jpg"]
+
+
+@pytest.fixture(scope="module")
+def odd_val_tree(tmp_path_factory):
+    """A train/val tree whose held-out images are ODD_PHOTOS, filed under the 3 test species (the labels only
+    need to be the model's; the check is that both paths score each photo the same)."""
+    root = tmp_path_factory.mktemp("odd")
+    table = {s: [] for s in SPECIES}
+    for i, photo in enumerate(ODD_PHOTOS):
+        table[SPECIES[i % len(SPECIES)]].append(photo)
+    make_split_tree(root, {s: [BIRDS525 / s / "1.jpg"] for s in SPECIES}, table)
+    return root
+
+
+def test_held_out_tensors_are_exactly_the_predictors_input(odd_val_tree):
+    from PIL import Image
+
+    _, val, _ = load_split_tree(odd_val_tree)
+    for imgsz in (32, 224):
+        _, va = loaders(val, val, SPECIES, imgsz, batch=len(ODD_PHOTOS))
+        x_val, _ = next(iter(va))
+        photos = [p for s in SPECIES for p in val[s]]
+        with contextlib.ExitStack() as stack:
+            images = [stack.enter_context(Image.open(p)) for p in photos]
+            x_pred = eval_batch(images, imgsz)
+        assert x_val.shape == x_pred.shape == (len(ODD_PHOTOS), 3, imgsz, imgsz)
+        assert np.array_equal(x_val.numpy(), x_pred)
+
+
+def test_evaluate_scores_held_out_images_exactly_as_train_validates_them(trained, odd_val_tree, tmp_path):
+    """`evaluate` on the run's own split gives the top-1 `train` recorded; and on large, off-square photos
+    its per-image confidences and rankings are those of the validation pass of train/prune."""
+    run, metrics = trained
+    m = main(["evaluate", "--model", str(run / "model.pt"), "--data", str(run / "split"), "--out", str(tmp_path),
+              "--name", "own"])
+    assert m["images"] == metrics["val_images"] and m["top1"] == pytest.approx(metrics["top1"], abs=1e-6)
+
+    main(["evaluate", "--model", str(run / "model.pt"), "--data", str(odd_val_tree), "--out", str(tmp_path),
+          "--name", "odd"])
+    rows = [json.loads(line) for line in (tmp_path / "odd" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    model, _ = load_classifier(run / "model.pt")
+    _, val, _ = load_split_tree(odd_val_tree)
+    _, va = loaders(val, val, SPECIES, 32, batch=32)
+    logits, ys = predict_logits(model, va, "cpu")
+    probs = torch.softmax(logits, 1)
+    assert [r["true"] for r in rows] == [SPECIES[y] for y in ys]
+    for row, p in zip(rows, probs):
+        assert row["top5"] == [SPECIES[j] for j in p.argsort(descending=True)]
+        assert row["confidence"] == pytest.approx(p.max().item(), abs=1e-6)

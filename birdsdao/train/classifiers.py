@@ -7,6 +7,9 @@
   the same species where the reference table has one, else by the iNat label, so it can be scored on a
   BIRDS-525 folder set without the species catalogue. Confidences come from a softmax over its logits
   (the quantized softmax output is mostly ties).
+
+Each sees a photo through ``data.eval_view``, the view of the held-out split in ``train``/``prune``, so
+``evaluate`` and the server score an image exactly as training validated on it.
 """
 from __future__ import annotations
 
@@ -16,21 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .common import SHARED, read_labels
+from .data import eval_batch, eval_view
 
 INAT_REFERENCE = SHARED / "data" / "inat_bird_species_reference.csv"
-
-
-def _square(img, size: int) -> np.ndarray:
-    """Resize the short side to ``size`` and centre-crop: the same view the classifiers were trained on."""
-    from PIL import Image
-
-    img = img.convert("RGB")
-    w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 class TorchSpecies:
@@ -51,8 +42,7 @@ class TorchSpecies:
 
         from .models import logits_of
 
-        x = np.stack([_square(im, self.imgsz) for im in images]).astype(np.float32) / 255.0
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).to(self.device)
+        x = torch.from_numpy(eval_batch(images, self.imgsz)).to(self.device)
         with torch.inference_mode():
             return torch.softmax(logits_of(self.model, x).float(), 1).cpu().numpy()
 
@@ -71,8 +61,7 @@ class OnnxSpecies:
         self.labels = read_labels(labels or Path(path).with_name("labels.txt"))
 
     def predict(self, images) -> np.ndarray:
-        x = np.stack([_square(im, self.imgsz) for im in images]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.session.run(None, {self.input_name: eval_batch(images, self.imgsz)})[0]
 
 
 class InatLiteRT:
@@ -99,7 +88,7 @@ class InatLiteRT:
 
         out = []
         for im in images:  # this graph has batch 1
-            self.interp.set_tensor(self.input["index"], _square(im, self.imgsz)[None])
+            self.interp.set_tensor(self.input["index"], eval_view(im, self.imgsz)[None])
             self.interp.invoke()
             out.append(_dequantize(self.interp.get_tensor(self.logits["index"]), self.logits))
         return softmax(np.concatenate(out))

@@ -1,8 +1,10 @@
-"""Helpers every command shares: atomic file writes, label lists, device choice and the end-of-run summary."""
+"""Helpers every command shares: atomic file writes, label lists, device choice, seeding and the end-of-run
+summary."""
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -67,6 +69,15 @@ def pick_device(name: str | None):
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def summary(title: str, rows: dict) -> str:

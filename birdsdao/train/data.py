@@ -1,10 +1,13 @@
 """Folder-per-species data sets (BIRDS-525 layout: ``<root>/<LABEL>/<n>.jpg``): species selection, the
-held-out split (as an Ultralytics-compatible ``train/ val/`` tree of symlinks) and in-memory torch datasets."""
+held-out split (as an Ultralytics-compatible ``train/ val/`` tree of symlinks), in-memory torch datasets and
+their loaders, and ``eval_view``: the one view of a photo that validation and prediction share."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -70,23 +73,49 @@ def load_split_tree(root: Path) -> tuple[dict, dict, list[str]]:
     return train, val, names
 
 
-def transforms(imgsz: int, train: bool):
-    """Ultralytics' classify convention: RGB scaled to 0..1 (no mean/std), resize + centre crop at test."""
+def eval_view(img, size: int) -> np.ndarray:
+    """The one held-out view of a photo, ``size``×``size`` RGB uint8: the short side resized to ``size``
+    (bilinear, long side rounded), then the centre crop. Both the validation set of ``train``/``prune`` and
+    every predictor in ``classifiers`` (``evaluate``, the server's SPECIES_MODEL) go through it, so a model
+    scores an image identically wherever it is scored."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def model_input(views: np.ndarray) -> np.ndarray:
+    """uint8 ``…×H×W×3`` views (one or a batch) → float32 ``…×3×H×W`` in 0..1, what the classifiers take
+    (Ultralytics' classify convention: no mean/std)."""
+    return np.ascontiguousarray(np.moveaxis(views, -1, -3), dtype=np.float32) / np.float32(255)
+
+
+def eval_batch(images, size: int) -> np.ndarray:
+    """PIL images → the float32 N×3×S×S batch a classifier scores: their ``eval_view`` as ``model_input``."""
+    return model_input(np.stack([eval_view(im, size) for im in images]))
+
+
+def train_transforms(imgsz: int):
+    """The augmentations of a training image (a PIL image → float tensor 3×S×S in 0..1)."""
     from torchvision import transforms as T
 
-    if train:
-        return T.Compose([
-            T.RandomResizedCrop(imgsz, scale=(0.5, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(0.3, 0.3, 0.3, 0.02),
-            T.ToTensor(),
-        ])
-    return T.Compose([T.Resize(imgsz), T.CenterCrop(imgsz), T.ToTensor()])
+    return T.Compose([
+        T.RandomResizedCrop(imgsz, scale=(0.5, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.3, 0.3, 0.3, 0.02),
+        T.ToTensor(),
+    ])
 
 
 class SpeciesDataset:
-    """(image tensor, class index) pairs; images are decoded once and kept small in memory, since the
-    few-shot sets here are tiny and decoding dominated each epoch on 2 CPU cores."""
+    """(image tensor, class index) pairs, decoded once and kept small in memory, since the few-shot sets here
+    are tiny and decoding dominated each epoch on 2 CPU cores. A training image is kept as a thumbnail with
+    room for the random crops; a held-out image as its ``eval_view``, the exact array a predictor sees."""
 
     def __init__(self, table: dict[str, list[Path]], names: list[str], imgsz: int, train: bool):
         from PIL import Image
@@ -98,10 +127,13 @@ class SpeciesDataset:
             for p in imgs:
                 with Image.open(p) as im:
                     im = im.convert("RGB")
+                    if not train:
+                        self.items.append((eval_view(im, imgsz), index[label]))
+                        continue
                     if max(im.size) > 2 * keep:
                         im.thumbnail((2 * keep, 2 * keep))
                     self.items.append((im.copy(), index[label]))
-        self.tf = transforms(imgsz, train)
+        self.tf = train_transforms(imgsz) if train else _view_tensor
 
     def __len__(self):
         return len(self.items)
@@ -109,3 +141,22 @@ class SpeciesDataset:
     def __getitem__(self, i):
         im, y = self.items[i]
         return self.tf(im), y
+
+
+def _view_tensor(view: np.ndarray):
+    import torch
+
+    return torch.from_numpy(model_input(view))
+
+
+def loaders(train: dict, val: dict, names: list[str], imgsz: int, batch: int, seed: int = 0):
+    """Shuffled training and ordered held-out DataLoaders (what ``train`` and ``prune`` fit on)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    ds = SpeciesDataset(train, names, imgsz, train=True)
+    # A final batch of one image breaks BatchNorm on small inputs (1x1 maps): drop the ragged tail.
+    tr = DataLoader(ds, batch_size=batch, shuffle=True, generator=g, drop_last=len(ds) > batch)
+    va = DataLoader(SpeciesDataset(val, names, imgsz, train=False), batch_size=batch)
+    return tr, va

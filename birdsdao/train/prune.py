@@ -21,7 +21,7 @@ import copy
 import time
 from pathlib import Path
 
-from .common import pick_device, summary, write_json, write_labels
+from .common import pick_device, seed_everything, summary, write_json, write_labels
 
 HELP = "sparsity-train (L1 on BN scales), remove low-|γ| channels, fine-tune; report size/speed/accuracy"
 
@@ -108,10 +108,9 @@ def paired_delta_ci(hits_a, hits_b, n_boot: int = 2000, seed: int = 0) -> list[f
 def run(args) -> dict:
     import torch
 
-    from .data import load_split_tree
+    from .data import load_split_tree, loaders
     from .engine import fit
     from .models import cpu_latency_ms, load_classifier, save_classifier
-    from .train import loaders, seed_everything
 
     seed_everything(args.seed)
     out = Path(args.out) / args.name

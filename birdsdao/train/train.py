@@ -3,11 +3,10 @@ data set (held-out image per species), or a YOLOv8 detector on a YOLO data yaml 
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 
-from .common import DEFAULT_DETECTOR, pick_device, summary, write_json, write_labels
+from .common import DEFAULT_DETECTOR, pick_device, seed_everything, summary, write_json, write_labels
 
 HELP = "fine-tune a YOLOv8 classifier (folder per species) or detector (YOLO data yaml)"
 
@@ -55,30 +54,8 @@ def prepare_split(args, out: Path):
     return train, val, sorted(found)
 
 
-def loaders(train, val, names, imgsz, batch, seed=0):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .data import SpeciesDataset
-
-    g = torch.Generator().manual_seed(seed)
-    ds = SpeciesDataset(train, names, imgsz, train=True)
-    # A final batch of one image breaks BatchNorm on small inputs (1x1 maps): drop the ragged tail.
-    tr = DataLoader(ds, batch_size=batch, shuffle=True, generator=g, drop_last=len(ds) > batch)
-    va = DataLoader(SpeciesDataset(val, names, imgsz, train=False), batch_size=batch)
-    return tr, va
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train_classifier(args) -> dict:
+    from .data import loaders
     from .engine import fit
     from .models import count_params, save_classifier, seed_classifier
 
