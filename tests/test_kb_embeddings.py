@@ -7,8 +7,7 @@ import threading
 import pytest
 
 from birdsdao.kb.embeddings import DEFAULT_MODEL, EmbedderRegistry
-
-WAIT = 30  # seconds: only ever reached when the code under test deadlocks
+from tests.threads import WAIT, run_in_thread, waiting_on
 
 
 class HeldLoadRegistry(EmbedderRegistry):
@@ -33,35 +32,6 @@ class HeldLoadRegistry(EmbedderRegistry):
         return self.get(DEFAULT_MODEL)
 
 
-def _run(fn, *args):
-    """Start ``fn`` in a thread; the returned dict gets its "value" or "error", and "done" when it ended."""
-    box = {"done": threading.Event()}
-
-    def target():
-        try:
-            box["value"] = fn(*args)
-        except Exception as exc:  # noqa: BLE001 - handed to the test's assertions
-            box["error"] = exc
-        finally:
-            box["done"].set()
-
-    threading.Thread(target=target, daemon=True).start()
-    return box
-
-
-def _waiting_on(registry, name) -> threading.Event:
-    """Set when a get() starts waiting for the load of ``name`` already under way (the registry's Future)."""
-    future, waiting = registry._loading[name], threading.Event()
-    result = future.result
-
-    def waited(timeout=None):
-        waiting.set()
-        return result(timeout)
-
-    future.result = waited
-    return waiting
-
-
 @pytest.fixture
 def registry():
     registry = HeldLoadRegistry()
@@ -72,14 +42,14 @@ def registry():
 
 def test_a_held_first_load_blocks_neither_describe_nor_loaded_models_and_loads_once_with_fake_slow_loader(registry):
     default = registry.get()
-    first = _run(registry.get, "slow-st-model")
+    first = run_in_thread(registry.get, "slow-st-model")
     assert registry.entered.wait(WAIT)
-    waiting = _waiting_on(registry, "slow-st-model")
-    second = _run(registry.get, "slow-st-model")  # arrives while the first load is still held open
+    waiting = waiting_on(registry._loading["slow-st-model"])
+    second = run_in_thread(registry.get, "slow-st-model")  # arrives while the first load is still held open
     assert waiting.wait(WAIT)  # ...and waits for that load rather than starting its own
 
-    described = _run(registry.describe)
-    loaded = _run(registry.get, DEFAULT_MODEL)
+    described = run_in_thread(registry.describe)
+    loaded = run_in_thread(registry.get, DEFAULT_MODEL)
     assert described["done"].wait(WAIT) and loaded["done"].wait(WAIT), "waited behind another model's load"
     assert described["value"]["loaded_models"] == [DEFAULT_MODEL]
     assert described["value"]["loading_models"] == ["slow-st-model"]
@@ -96,10 +66,10 @@ def test_a_held_first_load_blocks_neither_describe_nor_loaded_models_and_loads_o
 
 def test_a_failed_load_reaches_every_waiter_and_is_retried_later_with_fake_failing_loader(registry):
     registry.fail_with = OSError("no such model folder")
-    first = _run(registry.get, "broken-model")
+    first = run_in_thread(registry.get, "broken-model")
     assert registry.entered.wait(WAIT)
-    waiting = _waiting_on(registry, "broken-model")
-    second = _run(registry.get, "broken-model")
+    waiting = waiting_on(registry._loading["broken-model"])
+    second = run_in_thread(registry.get, "broken-model")
     assert waiting.wait(WAIT)
     registry.release.set()
     assert first["done"].wait(WAIT) and second["done"].wait(WAIT)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from birdsdao.kb.embeddings import EmbedderRegistry
 from birdsdao.kb.ingest import ChineseSentenceSplitter, decode_text, load_sections
 from birdsdao.kb.names import sanitize_filename, validate_doc_name, validate_kb_name
 from birdsdao.kb.species_kb import ensure_species_kb
+from birdsdao.kb.store import StoreError
+from tests.threads import WAIT, run_in_thread, waiting_on
 
 
 class CountingRegistry(EmbedderRegistry):
@@ -186,6 +189,123 @@ def test_listing_a_kb_whose_current_manifest_is_damaged_shows_the_version_it_fal
     reopened = KnowledgeBaseService(tmp_path / "kb", service.embedders)
     assert [(k["kb_name"], k["docs"]) for k in reopened.list()] == [("dmg2", 1)]
     assert [d["doc_name"] for d in reopened.docs("dmg2")] == ["one.txt"]
+
+
+class HeldOpenService(KnowledgeBaseService):
+    """The real service, store and e5 embedder; opening the KB named ``held`` first waits until ``release`` is
+    set (a fake only in that it stands for a slow open: a big index, a sentence-transformers model to load),
+    then opens it for real, or raises ``fail_with``. ``opens`` counts the opens of each KB."""
+
+    def __init__(self, root, embedders, held: str):
+        super().__init__(root, embedders)
+        self.held, self.entered, self.release = held, threading.Event(), threading.Event()
+        self.opens: dict[str, int] = {}
+        self.fail_with: Exception | None = None
+
+    def _open_folder(self, folder, kb_name):
+        self.opens[kb_name] = self.opens.get(kb_name, 0) + 1
+        if kb_name == self.held:
+            self.entered.set()
+            assert self.release.wait(WAIT), "the held open was never released"
+            if self.fail_with is not None:
+                raise self.fail_with
+        return super()._open_folder(folder, kb_name)
+
+
+@pytest.fixture
+def restarted(service, tmp_path):
+    """Three KBs on disk, then a fresh service on the same folder (a restarted worker) whose opens of "slow"
+    are held: "warm" already open in it, "cold" not yet."""
+    for name, text in [("slow", "大杜鹃在春天鸣叫。"), ("warm", "白鹭在稻田里捕食小鱼。"), ("cold", "戴胜在地面啄食昆虫。")]:
+        service.create(name)
+        service.upload(name, [(f"{name}.txt", text.encode())])
+    restarted = HeldOpenService(tmp_path / "kb", service.embedders, held="slow")
+    restarted.get("warm")
+    yield restarted
+    restarted.release.set()  # never leave a held thread behind, whatever failed
+
+
+def _hold_two_opens(service):
+    """Two concurrent first gets of the held KB: the first is opening it, the second waits for that open."""
+    first = run_in_thread(service.get, service.held)
+    assert service.entered.wait(WAIT)
+    waiting = waiting_on(service._opening[service.held])
+    second = run_in_thread(service.get, service.held)
+    assert waiting.wait(WAIT)  # the second get waits for the open under way instead of starting its own
+    return first, second
+
+
+def test_a_held_open_blocks_no_other_kb_and_opens_once_with_fake_slow_open_hook(restarted):
+    service = restarted
+    first = run_in_thread(service.get, "slow")
+    assert service.entered.wait(WAIT)
+    # While "slow" is still opening: a search of an open KB, the first open of another, a listing, an upload.
+    searched = run_in_thread(service.search, "warm", "白鹭吃什么", 1)
+    opened = run_in_thread(service.get, "cold")
+    listed = run_in_thread(service.list)
+    uploaded = run_in_thread(service.upload, "warm", [("more.txt", "夜鹭在黄昏出来觅食。".encode())])
+    for box in (searched, opened, listed, uploaded):
+        assert box["done"].wait(WAIT), "waited behind another KB's open"
+        assert "error" not in box, box.get("error")
+    assert searched["value"][0].doc_name == "warm.txt"
+    assert opened["value"].current().docs.keys() == {"cold.txt"}
+    assert [k["kb_name"] for k in listed["value"]] == ["cold", "slow", "warm"]
+    assert [f["status"] for f in uploaded["value"]] == ["added"]
+    assert service.describe()["opening"] == ["slow"]
+
+    waiting = waiting_on(service._opening["slow"])
+    second = run_in_thread(service.get, "slow")
+    assert waiting.wait(WAIT)
+    assert not first["done"].is_set() and not second["done"].is_set()  # both wait for the one held open
+    service.release.set()
+    assert first["done"].wait(WAIT) and second["done"].wait(WAIT)
+    assert first["value"] is second["value"] is service.get("slow")
+    assert first["value"].current().docs.keys() == {"slow.txt"}
+    assert service.opens == {"warm": 1, "cold": 1, "slow": 1}  # two concurrent first gets, one open
+    assert service.describe()["opening"] == []
+
+
+def test_a_failed_open_reaches_every_waiter_and_is_retried_later_with_fake_failing_open_hook(restarted):
+    service = restarted
+    service.fail_with = StoreError("knowledge base 'slow' has no loadable version (v000003: truncated)")
+    first, second = _hold_two_opens(service)
+    service.release.set()
+    assert first["done"].wait(WAIT) and second["done"].wait(WAIT)
+    for box in (first, second):
+        assert (box["error"].status, box["error"].code) == (503, "kb_unavailable")
+        assert "no loadable version" in box["error"].message
+    assert service.opens["slow"] == 1 and "slow" not in service._open and service._opening == {}
+
+    service.fail_with = None  # e.g. the disk came back: the next request opens it for real
+    assert service.search("slow", "大杜鹃", 1)[0].doc_name == "slow.txt"
+    assert service.opens["slow"] == 2
+
+
+def test_a_kb_deleted_or_recreated_while_opening_leaves_no_stale_open_with_fake_slow_open_hook(restarted):
+    service = restarted
+    first, second = _hold_two_opens(service)
+    deleted = run_in_thread(service.delete, "slow")
+    assert deleted["done"].wait(WAIT) and "error" not in deleted  # the delete did not wait for the open
+    service.release.set()
+    assert first["done"].wait(WAIT) and second["done"].wait(WAIT)
+    for box in (first, second):  # answered as a get after the delete: the KB is gone
+        assert (box["error"].status, box["error"].code) == (404, "unknown_kb")
+    assert "slow" not in service._open and service._opening == {}
+
+    # Deleted and created again while an open of the old folder is held: everyone gets the new KB.
+    service.create("slow")
+    service.upload("slow", [("old.txt", "旧的内容。".encode())])
+    service._open.pop("slow")  # as if this worker had not opened it yet
+    service.entered.clear()
+    service.release.clear()
+    first, second = _hold_two_opens(service)
+    service.delete("slow")
+    created = service.create("slow", "新的")
+    service.release.set()
+    assert first["done"].wait(WAIT) and second["done"].wait(WAIT)
+    assert first["value"] is second["value"] is service.get("slow")
+    assert first["value"].current().manifest["description"] == created["description"] == "新的"
+    assert first["value"].current().docs == {}
 
 
 def test_loaders_read_every_format_and_both_encodings():

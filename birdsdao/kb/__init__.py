@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,14 @@ class KnowledgeBaseService:
         self.search_mode = search_mode
         self.default_kb = default_kb
         self._open: dict[str, KnowledgeBase] = {}
+        self._opening: dict[str, Future] = {}  # KBs being opened: concurrent gets wait for that one open
         self.building: set[str] = set()   # KBs a background job is building (503 until ready)
         self.status: dict[str, dict] = {}  # what the last build of a bundled KB did
-        self._lock = threading.Lock()  # guards _open and create/delete
+        # Guards _open and _opening only, never held while a KB opens: opening one loads its FAISS index, chunks
+        # and BM25 matrix and maybe its embedding model (seconds for a sentence-transformers one), and requests
+        # to other KBs must not wait behind that.
+        self._lock = threading.Lock()
+        self._folders_lock = threading.Lock()  # serialises create/delete: the set of KB folders
 
     # --- the folder of one KB: the only place a name becomes a path ---------------------------------------
 
@@ -86,22 +92,68 @@ class KnowledgeBaseService:
         return self._folder(kb_name).is_dir()
 
     def get(self, kb_name: str) -> KnowledgeBase:
+        """The open KB (opened on first use); 404 ``unknown_kb``, 503 ``kb_building`` / ``kb_unavailable``.
+
+        Each KB opens under its own Future, outside the service lock: concurrent first gets of one KB wait for
+        that one open and share its KB or its error; a failed open is not remembered (the next get retries)."""
         folder = self._folder(kb_name)
         with self._lock:
             kb = self._open.get(kb_name)
             if kb is not None and folder.is_dir():
                 return kb
             self._open.pop(kb_name, None)
-            if not folder.is_dir():
-                if kb_name in self.building:
-                    raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
-                raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}")
-            try:
-                kb = self._open_folder(folder, kb_name)
-            except StoreError as exc:
-                raise APIError(503, "kb_unavailable", str(exc)) from None
-            self._open[kb_name] = kb
-            return kb
+            opening = self._opening.get(kb_name)
+            opener = opening is None
+            if opener:
+                # Checked in the same locked step that registers the open: a delete renames the folder, then
+                # cancels any open registered before, so no open of a deleted folder survives (_finish_open).
+                if not folder.is_dir():
+                    if kb_name in self.building:
+                        raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
+                    raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}")
+                opening = self._opening[kb_name] = Future()
+        if not opener:
+            return opening.result()  # the open already under way: its KB, or its error
+        try:
+            kb, error = self._open_folder(folder, kb_name), None
+        except StoreError as exc:
+            kb, error = None, APIError(503, "kb_unavailable", str(exc))
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter, then raised
+            kb, error = None, exc
+        kb, error = self._finish_open(kb_name, folder, opening, kb, error)
+        if error is not None:
+            opening.set_exception(error)
+            raise error
+        opening.set_result(kb)
+        return kb
+
+    def _finish_open(self, kb_name: str, folder: Path, opening: Future, kb, error):
+        """Record what an open gave, unless a create or delete of this name came in meanwhile (it cancelled
+        ``opening``, or the folder is gone): then what was read may belong to a folder that no longer exists,
+        so the get is answered as one arriving now would be (404, or the KB a create put in place)."""
+        with self._lock:
+            current = self._opening.get(kb_name) is opening
+            if current:
+                del self._opening[kb_name]  # succeeded or failed, never remembered as "opening"
+            current = current and folder.is_dir()
+            if current and kb is not None:
+                self._open[kb_name] = kb
+        if current:
+            return kb, error
+        try:
+            return self.get(kb_name), None
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the cancelled open
+            return None, exc
+
+    def _replace_open(self, kb_name: str, kb: KnowledgeBase | None) -> None:
+        """After create/delete changed the folder of ``kb_name``: its open KB (or none), and any open of the
+        old folder still under way cancelled, so it is neither kept nor handed out."""
+        with self._lock:
+            self._opening.pop(kb_name, None)
+            if kb is None:
+                self._open.pop(kb_name, None)
+            else:
+                self._open[kb_name] = kb
 
     def _open_folder(self, folder: Path, kb_name: str) -> KnowledgeBase:
         """Open a KB with the embedding model the manifest of the version it loaded names (the store may have
@@ -155,24 +207,27 @@ class KnowledgeBaseService:
     def create(self, kb_name: str, description: str = "", embed_model: str | None = None, *, extra: dict | None = None) -> dict:
         folder = self._folder(kb_name)
         embedder = self._embedder(embed_model)
-        with self._lock:
+        with self._folders_lock:
             if folder.exists():
                 raise APIError(409, "exists", f"a knowledge base named {kb_name!r} exists")
             if sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")) >= self.limits.max_kbs:
                 raise APIError(400, "too_many", f"at most {self.limits.max_kbs} knowledge bases")
             kb = KnowledgeBase.create(folder, kb_name, embedder, description, embed_model or embedder.name, extra)
-            self._open[kb_name] = kb
+            # A get between the rename into place and here may have started opening the new folder too: it is
+            # cancelled and answered with this KB, so one KB object per folder.
+            self._replace_open(kb_name, kb)
         return self.info(kb_name)
 
     def delete(self, kb_name: str) -> None:
         folder = self._folder(kb_name)
-        with self._lock:
+        with self._folders_lock:
             if not folder.is_dir():
                 raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}")
-            # One rename makes it vanish atomically; the slow removal happens after.
+            # One rename makes it vanish atomically; the slow removal happens after. Rename first, then forget:
+            # an open registered before the rename is cancelled here, one registered after it saw no folder.
             trash = self.root / f".trash-{uuid.uuid4().hex}"
             os.rename(folder, trash)
-            self._open.pop(kb_name, None)
+            self._replace_open(kb_name, None)
         shutil.rmtree(trash, ignore_errors=True)
 
     # --- documents -----------------------------------------------------------------------------------
@@ -246,8 +301,10 @@ class KnowledgeBaseService:
         return kb.search(query, top_k, mode or self.search_mode)
 
     def describe(self) -> dict:
+        with self._lock:
+            opening = sorted(self._opening)
         return {"search_mode": self.search_mode, "default_kb": self.default_kb, "building": sorted(self.building),
-                "bundled": self.status,
+                "opening": opening, "bundled": self.status,
                 "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith("."))}
 
 
