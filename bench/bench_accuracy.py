@@ -19,7 +19,7 @@ their gain in the fusion; every gate tried (softmax scale, alpha, power, iNat te
 prototype similarity, hard rules, a product of experts with open-set terms) stays <= 89.9% fused, and an
 oracle choosing the right head per photo reaches 92.1%. Fine-tuning the iNat model's last two blocks and
 Conv_1 (dequantised to float torch, reproducing its AvgPool at cosine >= 0.999) on the 3 support photos per
-species changed prototype-head top-1 by +0.8/+1.0/-2.1/-0.6 points on the four folds, no gain
+species changed prototype-head top-1 by +0.8/+0.4/-1.3/-0.6 points on the four folds, no gain
 (bench/bench_tail_finetune.py).
 """
 from __future__ import annotations
