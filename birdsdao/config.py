@@ -57,6 +57,10 @@ DEFAULTS: dict = {
     "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,
+    # Without API_TOKEN, state-changing routes answer only clients on this machine (loopback; behind nginx
+    # with PROXY_HOPS set, the real client's address counts). True lets anyone write without a token: only
+    # for a trusted network.
+    "OPEN_WRITES": False,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # whole request; Werkzeug answers 413 beyond it
     "MAX_FORM_MEMORY_SIZE": 2 * 1024 * 1024,  # non-file form fields
     "MAX_FORM_PARTS": 200,

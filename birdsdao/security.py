@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
+import logging
 from urllib.parse import urlsplit
 
 from flask import current_app, request
 
 from .errors import APIError
+
+log = logging.getLogger(__name__)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -38,13 +42,28 @@ def has_valid_token() -> bool:
     return bool(expected and presented and hmac.compare_digest(str(expected).encode(), presented.encode()))
 
 
+def _is_local_client() -> bool:
+    """The client is on this machine (after ProxyFix, the address nginx forwarded when PROXY_HOPS is set)."""
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
 def require_token(view):
-    """Guard a state-changing route: when API_TOKEN is configured, the request must present it."""
+    """Guard a state-changing route: when API_TOKEN is configured, the request must present it; when it is
+    not, only clients on this machine may write (a server exposed without a token stays read-only to the
+    world unless OPEN_WRITES says otherwise)."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        if current_app.config.get("API_TOKEN") and not has_valid_token():
-            raise APIError(401, "unauthorized", "this route needs the API token (Authorization: Bearer <token>)")
+        config = current_app.config
+        if config.get("API_TOKEN"):
+            if not has_valid_token():
+                raise APIError(401, "unauthorized", "this route needs the API token (Authorization: Bearer <token>)")
+        elif not config.get("OPEN_WRITES") and not _is_local_client():
+            raise APIError(403, "token_required", "this server takes changes from other machines only with an "
+                           "API token; its operator can set BIRDSDAO_API_TOKEN")
         return view(*args, **kwargs)
 
     return wrapper
@@ -63,6 +82,13 @@ def _is_cross_site() -> bool:
 
 
 def init_security(app) -> None:
+    if not app.config.get("API_TOKEN"):
+        if app.config.get("OPEN_WRITES"):
+            log.warning("OPEN_WRITES without API_TOKEN: anyone who reaches this server can change its knowledge "
+                        "bases and taught species")
+        elif app.config.get("PROXY_HOPS"):
+            log.warning("behind a proxy without API_TOKEN: changes are refused to every client but this machine")
+
     @app.before_request
     def _refuse_cross_site_writes():
         if request.method in ("POST", "PUT", "PATCH", "DELETE") and _is_cross_site() and not has_valid_token():

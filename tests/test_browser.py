@@ -571,6 +571,33 @@ def test_token_setting_lets_the_page_write_when_the_server_requires_one(page):
     assert_page_clean(driver)
 
 
+def test_page_explains_a_write_refused_to_another_machine_with_fake_remote_address(page):
+    """No token configured and the browser on another machine (REMOTE_ADDR rewritten by a tiny WSGI wrapper,
+    as the live server only listens on loopback): the page says why, in a sentence, and nothing is created."""
+    from selenium.webdriver.common.by import By
+
+    app = live_app.app
+    inner = app.wsgi_app
+
+    def from_elsewhere(environ, start_response):
+        environ["REMOTE_ADDR"] = "203.0.113.5"
+        return inner(environ, start_response)
+
+    app.wsgi_app = from_elsewhere
+    try:
+        driver = page("/kb")
+        driver.find_element(By.ID, "new-kb-name").send_keys("from_elsewhere")
+        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+        notice = driver.find_element(By.ID, "notice")
+        wait_for(driver, lambda d: notice.is_displayed())
+        assert "只接受本机" in notice.text and "{" not in notice.text
+        assert not driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="from_elsewhere"]')
+    finally:
+        app.wsgi_app = inner
+    assert all(kb["kb_name"] != "from_elsewhere" for kb in app.extensions["birdsdao"].get("kb").list())
+    assert_page_clean(driver)
+
+
 def test_shift_enter_adds_a_line_and_enter_sends(page):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

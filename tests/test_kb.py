@@ -278,3 +278,26 @@ def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, tmp_pa
     assert service.get("tiny").current().index.d == 32
     client.post("/kb/create", data={"kb_name": "e5kb"})
     assert service.get("e5kb").current().index.d == 384
+
+
+def test_without_a_token_only_this_machine_may_write(make_app):
+    """No API_TOKEN configured: a client on another machine cannot change anything (403, nothing created);
+    loopback clients can, and OPEN_WRITES opens writes to everyone."""
+    app = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off")
+    remote = app.test_client()
+    remote.environ_base["REMOTE_ADDR"] = "203.0.113.5"
+    r = remote.post("/kb/create", data={"kb_name": "t"})
+    assert (r.status_code, r.json["code"]) == (403, "token_required")
+    assert remote.get("/kb/list").json["kbs"] == []  # reads stay open
+    assert app.test_client().post("/kb/create", data={"kb_name": "t"}).status_code == 201  # 127.0.0.1
+    app.config["OPEN_WRITES"] = True
+    assert remote.post("/kb/create", data={"kb_name": "u"}).status_code == 201
+
+
+def test_behind_a_proxy_the_forwarded_client_address_decides(make_app):
+    app = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off", PROXY_HOPS=1)
+    client = app.test_client()  # nginx itself connects from 127.0.0.1
+    r = client.post("/kb/create", data={"kb_name": "t"}, headers={"X-Forwarded-For": "203.0.113.5"})
+    assert (r.status_code, r.json["code"]) == (403, "token_required")
+    r = client.post("/kb/create", data={"kb_name": "t"}, headers={"X-Forwarded-For": "127.0.0.1"})
+    assert r.status_code == 201

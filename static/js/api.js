@@ -48,9 +48,16 @@ export async function errorFrom(response) {
   return new ApiError(message, code, response.status);
 }
 
+const CODE_TEXT = {
+  token_required: "此服务器未设置 API 令牌，只接受本机的修改。This server takes changes only from its own machine until its operator sets an API token.",
+};
+
 /** A readable sentence for any failure: API errors, network errors, aborted requests. */
 export function describeError(err) {
-  if (err instanceof ApiError) return err.status === 401 ? `${err.message} — ${STATUS_TEXT[401]}` : err.message;
+  if (err instanceof ApiError) {
+    if (err.status === 401) return `${err.message} — ${STATUS_TEXT[401]}`;
+    return CODE_TEXT[err.code] || err.message;
+  }
   if (err && err.name === "AbortError") return "已停止。Stopped.";
   if (err instanceof TypeError) return "无法连接服务器。Cannot reach the server.";
   return String((err && err.message) || err);
