@@ -245,6 +245,13 @@ def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):
     assert client.post("/kb/search", data={"kb_name": "species", "query": "x"}).json["code"] == "unknown_kb"
 
 
+def test_very_deeply_nested_json_body_is_a_400_not_a_500(client):
+    deep = "[" * 5000 + "]" * 5000
+    r = client.post("/kb/search", data=f'{{"kb_name": "x", "query": "x", "extra": {deep}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+
+
 def test_unknown_embed_model_is_a_clear_400(client):
     r = client.post("/kb/create", data={"kb_name": "st", "embed_model": "/nonexistent/model-dir"})
     assert (r.status_code, r.json["code"]) == (400, "bad_field")
