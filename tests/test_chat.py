@@ -119,6 +119,14 @@ def test_bad_requests_get_the_contract_errors(client, form, status, code):
 
 
 
+@pytest.mark.parametrize("number", ["1e400", "Infinity", "-Infinity", "NaN"])
+def test_infinite_max_new_tokens_in_a_json_body_is_a_400(client, number):
+    r = client.post("/get_response", data=f'{{"user_input": "hi", "max_new_tokens": {number}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+    assert "max_new_tokens" in r.json["error"]
+
+
 @pytest.mark.parametrize("depth", [900, 5000])
 def test_very_deeply_nested_json_is_a_400_not_a_500(client, depth):
     deep = "[" * depth + "]" * depth

@@ -245,6 +245,14 @@ def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):
     assert client.post("/kb/search", data={"kb_name": "species", "query": "x"}).json["code"] == "unknown_kb"
 
 
+@pytest.mark.parametrize("number", ["1e400", "Infinity", "-1e400"])
+def test_infinite_top_k_in_a_json_body_is_a_400(client, number):
+    r = client.post("/kb/search", data=f'{{"kb_name": "x", "query": "x", "top_k": {number}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+    assert "top_k" in r.json["error"]
+
+
 def test_very_deeply_nested_json_body_is_a_400_not_a_500(client):
     deep = "[" * 5000 + "]" * 5000
     r = client.post("/kb/search", data=f'{{"kb_name": "x", "query": "x", "extra": {deep}}}',

@@ -41,7 +41,7 @@ def int_field(name: str, default: int, *, lo: int, hi: int) -> int:
         return default
     try:
         value = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON Infinity or 1e400
         raise APIError(400, "bad_field", f"'{name}' must be an integer") from None
     if not lo <= value <= hi:
         raise APIError(400, "bad_field", f"'{name}' must be between {lo} and {hi}")
