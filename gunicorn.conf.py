@@ -11,7 +11,6 @@ _threads = os.environ.get("BIRDSDAO_TORCH_THREADS") or str(max(1, (os.cpu_count(
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, _threads)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("YOLO_OFFLINE", "1")
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # One process holding the models; threads serve concurrent requests (the models release the GIL in

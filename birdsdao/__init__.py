@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import logging
 
+from . import environment  # noqa: F401  (first: sets what libraries read when they are imported)
+
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 

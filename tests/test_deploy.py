@@ -72,6 +72,7 @@ def gunicorn_server(tmp_path_factory):
     env.update({
         "BIRDSDAO_INSTANCE_PATH": str(tmp / "instance"),
         "BIRDSDAO_YOLO_WEIGHTS": str(YOLO_WEIGHTS),
+        "BIRDSDAO_PROXY_HOPS": "1",  # as the README says for running behind deploy/nginx.conf
     })
     log = open(tmp / "gunicorn.log", "wb")
     started = time.monotonic()
@@ -148,6 +149,33 @@ def test_request_passes_through_nginx(nginx_proxy):
     status, headers, body = _get(f"http://127.0.0.1:{nginx_proxy['port']}/no/such/page")
     assert status == 404 and json.loads(body)["code"] == "not_found"
     assert "nginx" in headers.get("Server", ""), "the answer did not come through nginx"
+
+
+def _post(url: str, form: dict, headers: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_same_origin_post_on_a_non_default_port_passes_nginx_and_cross_site_is_refused(nginx_proxy):
+    """Browsers without Sec-Fetch-Site (Safari < 16.4) are judged by Origin alone, which carries nginx's port;
+    nginx must forward the Host with that port. The test nginx listens on a random port, never 80."""
+    base = f"http://127.0.0.1:{nginx_proxy['port']}"
+    form = {"kb_name": "no-such-kb", "query": "x"}
+    status, body = _post(f"{base}/kb/search", form, {"Origin": base})
+    assert (status, body["code"]) == (404, "unknown_kb"), body  # got past the cross-site check
+    status, body = _post(f"{base}/kb/search", form, {"Origin": "http://127.0.0.1"})  # same host, other port
+    assert (status, body["code"]) == (403, "cross_site")
+
+
+def test_client_sent_forwarded_prefix_is_not_trusted_through_nginx(nginx_proxy):
+    req = urllib.request.Request(f"http://127.0.0.1:{nginx_proxy['port']}/", headers={"X-Forwarded-Prefix": "/evil"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        page = r.read().decode()
+    assert 'href="/static/' in page and "/evil" not in page
 
 
 def test_photo_upload_passes_through_nginx(nginx_proxy):

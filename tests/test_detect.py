@@ -161,3 +161,23 @@ def test_missing_image_and_bad_fields(client):
     assert r.status_code == 400 and r.get_json()["code"] == "bad_field"
     r = post(client, photo("American_Robin"), annotate="maybe")
     assert r.status_code == 400 and r.get_json()["code"] == "bad_field"
+
+
+def test_junk_upload_is_a_400_that_never_reaches_ultralytics_auto_install(client, monkeypatch):
+    """Ultralytics patches PIL.Image.open to pip-install pi-heif on bytes Pillow cannot identify; uploads must
+    not go through it, and ultralytics in this process must have auto-install off."""
+    import ultralytics.utils
+    from ultralytics.utils import checks
+
+    calls = []
+    monkeypatch.setattr(checks, "check_requirements", lambda *a, **kw: calls.append(a) or False)
+    r = post(client, b"hello")
+    assert (r.status_code, r.get_json()["code"]) == (400, "bad_image")
+    assert "ModuleNotFoundError" not in r.get_json()["error"] and calls == []
+    r = post(client, [b"hello"] * 3, path="/species/teach", field="images", label="JUNK BIRD")
+    assert (r.status_code, r.get_json()["code"]) == (400, "bad_image")
+    r = post(client, photo("American_Robin")[:4000])  # truncated: fails inside Pillow's decoder instead
+    assert (r.status_code, r.get_json()["code"]) == (400, "bad_image")
+    assert "Error" not in r.get_json()["error"] and "could not be decoded" in r.get_json()["error"]
+    assert calls == []
+    assert checks.AUTOINSTALL is False and ultralytics.utils.ONLINE is False

@@ -245,15 +245,46 @@ def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):
     assert client.post("/kb/search", data={"kb_name": "species", "query": "x"}).json["code"] == "unknown_kb"
 
 
+@pytest.mark.parametrize("number", ["1e400", "Infinity", "-1e400"])
+def test_infinite_top_k_in_a_json_body_is_a_400(client, number):
+    r = client.post("/kb/search", data=f'{{"kb_name": "x", "query": "x", "top_k": {number}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+    assert "top_k" in r.json["error"]
+
+
+def test_very_deeply_nested_json_body_is_a_400_not_a_500(client):
+    deep = "[" * 5000 + "]" * 5000
+    r = client.post("/kb/search", data=f'{{"kb_name": "x", "query": "x", "extra": {deep}}}',
+                    content_type="application/json")
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
+
+
 def test_unknown_embed_model_is_a_clear_400(client):
     r = client.post("/kb/create", data={"kb_name": "st", "embed_model": "/nonexistent/model-dir"})
     assert (r.status_code, r.json["code"]) == (400, "bad_field")
     assert client.get("/kb/list").json["kbs"] == []
 
 
-def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, tmp_path):
+def test_embed_model_errors_do_not_tell_which_server_paths_exist(make_app, tmp_path):
+    """Even with KB_EMBED_MODELS=None (any path may be named), a missing path and an existing folder that is no
+    model get the same answer, which echoes neither the path nor the loader's exception text."""
+    client = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off", KB_EMBED_MODELS=None).test_client()
+    (tmp_path / "not-a-model").mkdir()
+    answers = []
+    for path in ("/nonexistent/model-dir", str(tmp_path / "not-a-model")):
+        r = client.post("/kb/create", data={"kb_name": "st", "embed_model": path})
+        assert (r.status_code, r.json["code"]) == (400, "bad_field")
+        assert path not in r.json["error"] and "not found" not in r.json["error"]
+        answers.append(r.json)
+    assert answers[0] == answers[1]
+    assert client.get("/kb/list").json["kbs"] == []
+
+
+def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, make_app, tmp_path):
     """A real sentence-transformers model folder (a 2-layer BERT with random weights, built here because the
-    test machine is offline): a KB created with it embeds at its dimension; the e5 KB beside it is unaffected."""
+    test machine is offline): refused, without loading it, until KB_EMBED_MODELS lists it; then a KB created
+    with it embeds at its dimension; the e5 KB beside it is unaffected."""
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -269,6 +300,11 @@ def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, tmp_pa
     module = models.Transformer(str(tmp_path / "hf"))
     SentenceTransformer(modules=[module, models.Pooling(32)]).save(str(folder))
 
+    r = client.post("/kb/create", data={"kb_name": "tiny", "embed_model": str(folder)})
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")  # the default list allows only KB_EMBED_MODEL
+    assert client.application.extensions["birdsdao"].get("embedder").describe()["loaded_models"] == ["e5-small"]
+
+    client = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off", KB_EMBED_MODELS=[str(folder)]).test_client()
     r = client.post("/kb/create", data={"kb_name": "tiny", "embed_model": str(folder)})
     assert r.status_code == 201 and r.json["embed_model"] == str(folder), r.json
     _upload(client, "tiny", [("a.txt", "白头海雕吃鱼类。".encode())])

@@ -166,8 +166,13 @@ class KnowledgeBaseService:
         try:
             return self.embedders.get(name)
         except Exception as exc:  # noqa: BLE001 - any load failure becomes a clear JSON error
-            code = "bad_field" if status == 400 else "kb_unavailable"
-            raise APIError(status, code, f"embedding model {name!r} cannot be loaded: {exc}") from None
+            # The detail stays in the log: echoing the name or the loader's text ("Path ... not found" vs
+            # "Unrecognized model in ...") would tell a client which paths exist on the server.
+            log.warning("embedding model %r cannot be used: %s", name, exc)
+            if status == 400:
+                raise APIError(400, "bad_field", "'embed_model' is not an embedding model this server offers "
+                                                 "(see KB_EMBED_MODELS)") from None
+            raise APIError(status, "kb_unavailable", "this knowledge base's embedding model cannot be loaded") from None
 
     # --- knowledge bases -----------------------------------------------------------------------------
 

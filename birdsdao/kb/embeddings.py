@@ -176,7 +176,7 @@ class EmbedderRegistry:
             future = self._loading.get(name)
             loader = future is None
             if loader:
-                if self.allowed is not None and name != DEFAULT_MODEL and name not in self.allowed:
+                if self.allowed is not None and name not in (DEFAULT_MODEL, self.default, *self.allowed):
                     raise ValueError(f"embedding model {name!r} is not allowed here (KB_EMBED_MODELS)")
                 future = self._loading[name] = Future()
         if not loader:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import sys
 import warnings
 
 import numpy as np
@@ -14,6 +16,18 @@ from ..errors import APIError
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}  # MPO: multi-picture JPEG from phone cameras
 DEFAULT_MAX_SIDE = 1600  # downscale once on arrival: the detector works at <= 640 px and crops at 224 px
 
+log = logging.getLogger(__name__)
+
+
+def _pillow_open():
+    """Pillow's own ``Image.open``. Ultralytics replaces it on import with an opener that, on bytes Pillow
+    cannot identify, tries to install pi-heif and then raises ModuleNotFoundError; uploads must not go there.
+    Looked up per call because ultralytics may be imported after this module."""
+    opener = Image.open
+    if opener.__module__ != Image.__name__:  # patched: the patch keeps the original beside it
+        opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)
+    return opener
+
 
 def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[Image.Image, float]:
     """Decode an upload. Returns (RGB image, scale) where scale = decoded size / original size (<= 1),
@@ -24,7 +38,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SI
         with warnings.catch_warnings():
             # Pillow warns (and above 2x the limit raises) on decompression bombs; we check ourselves.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = _pillow_open()(io.BytesIO(data))
             fmt = image.format
             if fmt not in ACCEPTED_FORMATS:
                 raise APIError(415, "unsupported_type", f"images must be JPEG, PNG, WebP or BMP (got {fmt})")
@@ -42,9 +56,10 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SI
         raise APIError(400, "bad_image", "image dimensions are too large (decompression bomb)") from None
     except UnidentifiedImageError:
         raise APIError(400, "bad_image", "the upload is not a readable image") from None
-    except Exception as exc:  # truncated / corrupt data; also openers that plugins add to Pillow (Ultralytics
-        # hooks HEIF support that fails with ImportError on unknown bytes): any failure here is the upload's.
-        raise APIError(400, "bad_image", f"the image could not be decoded: {type(exc).__name__}") from None
+    except Exception as exc:  # truncated / corrupt data, or a plugin's failure: any failure here is the upload's.
+        # The exception stays in the log: naming it to the client tells nothing useful and leaks internals.
+        log.info("upload not decoded: %r", exc)
+        raise APIError(400, "bad_image", "the image could not be decoded") from None
     orig_w, orig_h = _oriented_size(image, width, height)
     image = ImageOps.exif_transpose(image)
     image = to_rgb(image)

@@ -10,7 +10,10 @@ from ..errors import APIError
 
 def _payload() -> dict:
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # silent=True only silences ValueError; very deep nesting raises this instead
+            body = None
         if not isinstance(body, dict):
             raise APIError(400, "bad_field", "the JSON body must be an object")
         return body
@@ -38,7 +41,7 @@ def int_field(name: str, default: int, *, lo: int, hi: int) -> int:
         return default
     try:
         value = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON Infinity or 1e400
         raise APIError(400, "bad_field", f"'{name}' must be an integer") from None
     if not lo <= value <= hi:
         raise APIError(400, "bad_field", f"'{name}' must be between {lo} and {hi}")
@@ -74,7 +77,7 @@ def json_field(name: str, default=None, max_len: int = 200_000):
         return raw
     try:
         return json.loads(text_field(name, max_len=max_len))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise APIError(400, "bad_field", f"'{name}' must be valid JSON") from None
 
 
