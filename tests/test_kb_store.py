@@ -308,6 +308,163 @@ def test_a_kb_deleted_or_recreated_while_opening_leaves_no_stale_open_with_fake_
     assert first["value"].current().docs == {}
 
 
+class HeldEmbeddingRegistry(EmbedderRegistry):
+    """The real e5 embedder; while ``hold`` is set, embedding documents (never queries) first signals
+    ``entered`` and waits for ``release`` (a fake only in that it holds an upload mid-embedding), then embeds."""
+
+    def __init__(self):
+        super().__init__()
+        self.hold, self.entered, self.release = False, threading.Event(), threading.Event()
+
+    def _load(self, name):
+        model = super()._load(name)
+        original, registry = model.embed_array, self
+
+        def held(texts, *, is_query=False):
+            if registry.hold and not is_query:
+                registry.entered.set()
+                assert registry.release.wait(WAIT), "the held embedding was never released"
+            return original(texts, is_query=is_query)
+
+        model.embed_array = held
+        return model
+
+
+BIG_DOC = ("old.txt", "".join(f"第{i}段。苍鹭在浅水里站立很久，等待小鱼游近后迅速啄食。" * 4 for i in range(60)).encode())
+
+
+@pytest.fixture
+def held_upload(tmp_path):
+    """A service whose embedder holds the next upload mid-embedding; yields (service, start_upload), where
+    ``start_upload(svc)`` starts an upload to "t1" through ``svc`` (a service on the same embedder)."""
+    registry = HeldEmbeddingRegistry()
+    service = KnowledgeBaseService(tmp_path / "kb", registry)
+
+    def start_upload(svc):
+        registry.hold = True
+        box = run_in_thread(svc.upload, "t1", [BIG_DOC])
+        assert registry.entered.wait(WAIT), box
+        return box
+
+    yield service, start_upload
+    registry.release.set()
+
+
+def _finished_with_kb_changed(service, box):
+    service.embedders.release.set()
+    assert box["done"].wait(WAIT)
+    error = box.get("error")
+    assert isinstance(error, APIError), f"not a clear API error: {error!r} / {box.get('value')}"
+    assert (error.status, error.code) == (409, "kb_changed")
+    assert "deleted or replaced" in error.message
+
+
+def test_a_kb_deleted_during_an_upload_answers_409_and_keeps_nothing_with_fake_embedding_hold_hook(held_upload, tmp_path):
+    service, start_upload = held_upload
+    service.create("t1")
+    box = start_upload(service)
+    service.delete("t1")
+    _finished_with_kb_changed(service, box)
+    assert list((tmp_path / "kb").iterdir()) == []  # no folder, trash or temp version of the upload anywhere
+    with pytest.raises(APIError) as exc:
+        service.docs("t1")
+    assert exc.value.code == "unknown_kb"
+
+
+def _replaced_during_upload(service, start_upload, tmp_path):
+    box = start_upload(service)
+    service.delete("t1")
+    service.create("t1", "新的")
+    _finished_with_kb_changed(service, box)
+    assert service.docs("t1") == [] and service.info("t1")["chunks"] == 0
+    fresh = KnowledgeBaseService(tmp_path / "kb", service.embedders)  # what another worker reads from disk
+    assert fresh.docs("t1") == [] and fresh.get("t1").current().index.ntotal == 0
+    assert sorted(p.name for p in (tmp_path / "kb" / "t1").iterdir() if p.name.startswith("v")) == ["v000001"]
+
+
+def test_a_kb_replaced_during_an_upload_answers_409_and_the_new_kb_stays_empty_with_fake_embedding_hold_hook(
+        held_upload, tmp_path):
+    service, start_upload = held_upload
+    service.create("t1")
+    stale = service.get("t1")
+    _replaced_during_upload(service, start_upload, tmp_path)
+    with pytest.raises(APIError) as exc:  # a request still holding the old KB reads nothing of the new one
+        stale.current()
+    assert (exc.value.status, exc.value.code) == (409, "kb_changed")
+    service.upload("t1", [("new.txt", "新文档。".encode())])  # the new KB itself takes writes
+    assert [d["doc_name"] for d in service.docs("t1")] == ["new.txt"]
+
+
+def test_a_worker_holding_a_kb_another_worker_replaced_opens_the_new_one(service, tmp_path):
+    service.create("t1")
+    service.upload("t1", [("old.txt", "旧文档：苍鹭。".encode())])
+    worker = KnowledgeBaseService(tmp_path / "kb", service.embedders)  # another gunicorn worker
+    stale = worker.get("t1")
+    service.delete("t1")
+    service.create("t1", "新的")
+    service.upload("t1", [("new.txt", "新文档：白鹭。".encode())])
+    assert [d["doc_name"] for d in worker.docs("t1")] == ["new.txt"]
+    assert worker.get("t1") is not stale and worker.search("t1", "白鹭", 1)[0].doc_name == "new.txt"
+    worker.upload("t1", [("more.txt", "再一篇：夜鹭。".encode())])
+    assert [d["doc_name"] for d in service.docs("t1")] == ["more.txt", "new.txt"]
+
+def _strip_identity(folder: Path) -> None:
+    """Make ``folder`` look like a KB written before identities existed: no ``kb_id`` in any manifest."""
+    for manifest_path in folder.glob("v*/manifest.json"):
+        manifest = json.loads(manifest_path.read_text("utf-8"))
+        manifest.pop("kb_id")
+        manifest_path.write_text(json.dumps(manifest, ensure_ascii=False), "utf-8")
+
+
+def test_an_older_kb_without_identity_still_loads_takes_writes_and_detects_replacement_with_fake_embedding_hold_hook(
+        held_upload, tmp_path):
+    service, start_upload = held_upload
+    service.create("t1")
+    service.upload("t1", [("a.txt", "第一篇：白鹭。".encode())])
+    folder = tmp_path / "kb" / "t1"
+    _strip_identity(folder)
+    service = KnowledgeBaseService(tmp_path / "kb", service.embedders)  # a restart onto the old folder
+    service.upload("t1", [("b.txt", "第二篇：夜鹭。".encode())])
+    service.delete_doc("t1", "a.txt")
+    assert [d["doc_name"] for d in service.docs("t1")] == ["b.txt"]
+    assert service.search("t1", "夜鹭", 1)[0].doc_name == "b.txt"
+    # Another worker's write to the same old folder is not mistaken for a replacement...
+    other = KnowledgeBaseService(tmp_path / "kb", service.embedders)
+    other.upload("t1", [("c.txt", "第三篇：池鹭。".encode())])
+    service.upload("t1", [("d.txt", "第四篇：牛背鹭。".encode())])
+    assert [d["doc_name"] for d in service.docs("t1")] == ["b.txt", "c.txt", "d.txt"]
+    # ...while a delete and re-create during an upload to it is.
+    service.delete("t1")
+    service.create("t1")
+    _strip_identity(tmp_path / "kb" / "t1")
+    service = KnowledgeBaseService(tmp_path / "kb", service.embedders)
+    service.get("t1")
+    _replaced_during_upload(service, start_upload, tmp_path)
+
+
+def test_a_delete_waits_for_a_commit_under_way_and_cuts_no_version_in_half_with_fake_slow_write_hook(
+        service, tmp_path, monkeypatch):
+    from birdsdao.kb import store
+
+    service.create("t1")
+    writing, release, real = threading.Event(), threading.Event(), store._write_version
+
+    def slow_write(folder, snap):  # stands for a big version being written: the upload holds the folder lock
+        writing.set()
+        assert release.wait(WAIT), "the held write was never released"
+        real(folder, snap)
+
+    monkeypatch.setattr(store, "_write_version", slow_write)
+    uploaded = run_in_thread(service.upload, "t1", [("a.txt", "白鹭在稻田里捕食小鱼。".encode())])
+    assert writing.wait(WAIT)
+    deleted = run_in_thread(service.delete, "t1")
+    assert not deleted["done"].wait(0.5)  # the delete waits for the commit instead of pulling the folder away
+    release.set()
+    assert uploaded["done"].wait(WAIT) and deleted["done"].wait(WAIT)
+    assert "error" not in uploaded and [f["status"] for f in uploaded["value"]] == ["added"]
+    assert "error" not in deleted and list((tmp_path / "kb").iterdir()) == []
+
+
 def test_loaders_read_every_format_and_both_encodings():
     limits = Limits.from_config()
     text = "夜鹭在黄昏出来觅食。"

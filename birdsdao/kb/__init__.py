@@ -11,7 +11,8 @@ The API other code calls (answer backends, views)::
     kb.default_kb                                # "species": the bundled species knowledge base
 
 Every method validates ``kb_name`` / ``doc_name`` with ``names.py`` before touching the file system and
-raises ``APIError`` (400 bad_name, 404 unknown_kb / unknown_doc, 409 exists, 413 too_large).
+raises ``APIError`` (400 bad_name, 404 unknown_kb / unknown_doc, 409 exists, 413 too_large; 409 kb_changed when
+the KB was deleted or re-created while a request was using it, see store.py).
 Modules: embeddings (models), ingest (loaders, splitter), store (one KB on disk), search (BM25, fusion),
 species_kb (the bundled species KB built from the species cards).
 """
@@ -32,7 +33,7 @@ from ..errors import APIError
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
 from .search import DEFAULT_MODE, MODES
-from .store import Hit, KnowledgeBase, StoreError, read_current_manifest
+from .store import Hit, KnowledgeBase, StoreError, folder_lock, read_current_manifest
 
 __all__ = ["Hit", "KnowledgeBaseService", "build"]
 
@@ -99,7 +100,9 @@ class KnowledgeBaseService:
         folder = self._folder(kb_name)
         with self._lock:
             kb = self._open.get(kb_name)
-            if kb is not None and folder.is_dir():
+            # replaced(): another worker deleted this KB and created a new one of the same name; the object open
+            # here would answer 409 kb_changed to every request, so the new folder is opened instead.
+            if kb is not None and folder.is_dir() and not kb.replaced():
                 return kb
             self._open.pop(kb_name, None)
             opening = self._opening.get(kb_name)
@@ -231,7 +234,13 @@ class KnowledgeBaseService:
             # One rename makes it vanish atomically; the slow removal happens after. Rename first, then forget:
             # an open registered before the rename is cancelled here, one registered after it saw no folder.
             trash = self.root / f".trash-{uuid.uuid4().hex}"
-            os.rename(folder, trash)
+            try:
+                # Under the folder's write lock: a commit under way (any worker) finishes first, and every later
+                # one finds the folder gone or replaced and answers 409 kb_changed (store._writing).
+                with folder_lock(folder):
+                    os.rename(folder, trash)
+            except FileNotFoundError:  # another worker deleted it first
+                raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}") from None
             self._replace_open(kb_name, None)
         shutil.rmtree(trash, ignore_errors=True)
 

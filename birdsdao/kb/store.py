@@ -11,6 +11,13 @@ Concurrency: readers take ``kb.snapshot`` (an immutable object swapped in one as
 during an upload answers from the old or the new index, never a half-built one. Writers hold a per-KB
 thread lock plus an ``flock`` on ``<kb>/.lock`` (gunicorn workers are processes), reload what another
 process committed, apply their change, commit. Embedding happens before the lock is taken.
+
+Identity: each KB's manifest carries a ``kb_id`` (a uuid given at create) that every later version keeps. A
+``KnowledgeBase`` remembers the identity it opened, and under the write lock checks that its folder still
+holds that KB: a KB deleted, or deleted and created again under the same name, while a request was embedding
+for it raises ``KnowledgeBaseChanged`` (409 ``kb_changed``) instead of writing into nothing (a 500) or into
+the new KB (mixing its documents and, with another embedding model, its vectors). A delete renames the folder
+while holding the same file lock, so it never happens in the middle of a commit.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import shutil
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +39,7 @@ import faiss
 import numpy as np
 from scipy import sparse
 
+from ..errors import APIError
 from .embeddings import text_key
 from .ingest import Chunk
 from .search import BM25, CANDIDATES, DEFAULT_MODE, Vocabulary, fuse, pad_columns, tokenize
@@ -49,6 +57,20 @@ def _chunk_id(row: dict) -> str:
 
 class StoreError(RuntimeError):
     """A knowledge base folder with no loadable version."""
+
+
+class KnowledgeBaseChanged(APIError):
+    """The KB a request opened was deleted, or deleted and created again, before the request wrote or read."""
+
+    def __init__(self, name: str):
+        super().__init__(409, "kb_changed", f"the knowledge base {name!r} was deleted or replaced during this "
+                                            "request; nothing was written")
+
+
+def kb_identity(manifest: dict) -> str:
+    """Which KB a manifest belongs to. KBs created before identities existed have no ``kb_id``: their creation
+    time stands in, the same in every version of such a KB and never equal to a created KB's uuid."""
+    return manifest.get("kb_id") or f"created-at:{manifest.get('created_at')!r}"
 
 
 @dataclass(frozen=True)
@@ -135,7 +157,9 @@ class KnowledgeBase:
         self.embedder = embedder
         self._lock = threading.Lock()
         self._pointer_stat = None
+        self.kb_id: str | None = None  # the identity this object opened; set by the first load
         self.snapshot: Snapshot = self._load()
+        self.kb_id = kb_identity(self.snapshot.manifest)
 
     # --- creation and loading ------------------------------------------------------------------------
 
@@ -151,6 +175,7 @@ class KnowledgeBase:
                         "embed_model": embed_model or embedder.name, "dim": embedder.dim,
                         "docs": {}, "next_id": 0, "created_at": time.time(), "updated_at": time.time()}
             manifest.update(extra or {})
+            manifest["kb_id"] = uuid.uuid4().hex  # after ``extra``: the identity is never the caller's
             empty = Snapshot(1, manifest, [], np.zeros(0, np.int64), new_index(embedder.dim),
                              sparse.csr_matrix((0, 1), dtype=np.float32), Vocabulary())
             (tmp / "v000001").mkdir()
@@ -181,6 +206,8 @@ class KnowledgeBase:
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 errors.append(f"{candidate}: {exc}")
                 continue
+            if self.kb_id is not None and kb_identity(snap.manifest) != self.kb_id:
+                raise KnowledgeBaseChanged(self.name)  # another KB now lives at this path: never read it as ours
             self._pointer_stat = key
             return snap
         raise StoreError(f"knowledge base {self.name!r} has no loadable version ({'; '.join(errors) or 'empty'})")
@@ -200,6 +227,16 @@ class KnowledgeBase:
                 self._refresh_locked()
         return self.snapshot
 
+    def replaced(self) -> bool:
+        """Whether the folder now holds another KB (deleted and created again, maybe by another worker). Costs
+        one stat while CURRENT has not moved since this object loaded, else a read of the small manifest."""
+        if self._pointer_key() in (None, self._pointer_stat):
+            return False
+        try:
+            return kb_identity(read_current_manifest(self.folder)) != self.kb_id
+        except (OSError, ValueError):
+            return False  # gone or damaged: the caller's folder check, or current()'s fallback, handles it
+
     def _pointer_key(self):
         """(inode, mtime) of CURRENT: it changes exactly when some process switched the pointer."""
         try:
@@ -212,14 +249,26 @@ class KnowledgeBase:
 
     @contextmanager
     def _writing(self):
-        with self._lock:
-            with open(self.folder / ".lock", "a+b") as lockfile:
-                fcntl.flock(lockfile, fcntl.LOCK_EX)
-                try:
-                    self._refresh_locked()
-                    yield self.snapshot
-                finally:
-                    fcntl.flock(lockfile, fcntl.LOCK_UN)
+        with self._lock, ExitStack() as stack:
+            try:
+                stack.enter_context(folder_lock(self.folder))
+            except FileNotFoundError:  # deleted since it was opened (only the taking of the lock is meant here)
+                raise KnowledgeBaseChanged(self.name) from None
+            self._check_identity_locked()
+            self._refresh_locked()
+            yield self.snapshot
+
+    def _check_identity_locked(self) -> None:
+        """Under the write lock: the folder at our path is still the KB this object opened. A delete renames
+        the folder under this same lock, so once this passes the folder stays ours until the lock is let go."""
+        try:
+            manifest = read_current_manifest(self.folder)
+        except FileNotFoundError:
+            raise KnowledgeBaseChanged(self.name) from None
+        except (OSError, ValueError):
+            return  # a damaged current manifest: the reload (_load) falls back to an intact version and checks it
+        if kb_identity(manifest) != self.kb_id:
+            raise KnowledgeBaseChanged(self.name)
 
     def _refresh_locked(self):
         if self._pointer_key() not in (None, self._pointer_stat):
@@ -299,6 +348,8 @@ class KnowledgeBase:
             return True
 
     def update_manifest(self, **fields) -> None:
+        if "kb_id" in fields:
+            raise ValueError("a knowledge base's identity never changes")
         with self._writing() as snap:
             self._commit(snap, [], [], fields)
 
@@ -411,6 +462,23 @@ class KnowledgeBase:
             for c, i in zip(snap.chunks, snap.ids)})
         return FAISS(self.embedder, snap.index, docstore, {int(i): str(i) for i in snap.ids},
                      distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """The exclusive file lock of a KB folder (threads and gunicorn workers alike), held by every commit and by
+    a delete while it renames the folder away. Raises ``FileNotFoundError`` when the folder is gone, and makes
+    sure the lock held is the one of the folder now at ``folder``: one renamed away meanwhile is reported gone
+    (a folder created since under that name holds another KB, which the caller's identity check refuses)."""
+    path = folder / ".lock"
+    with open(path, "a+b") as lockfile:
+        fcntl.flock(lockfile, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino != os.fstat(lockfile.fileno()).st_ino:
+                raise FileNotFoundError(2, "the knowledge base folder was renamed away", str(folder))
+            yield
+        finally:
+            fcntl.flock(lockfile, fcntl.LOCK_UN)
 
 
 def _write_version(folder: Path, snap: Snapshot) -> None:
