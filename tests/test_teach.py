@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing
 import os
 
 import numpy as np
@@ -179,3 +180,44 @@ def test_every_store_write_fsyncs_the_file_and_then_its_folder(tmp_path, monkeyp
     assert [os.path.dirname(p) == folder and os.path.basename(p).startswith(".tmp-") for p in synced[::2]] == [True, True]
     assert synced[1::2] == [folder, folder]
     assert synced[2].endswith(".json")
+
+
+def _teach_many(root: str, prefix: str, count: int, start) -> None:
+    """One "worker process": teach ``count`` labels into the shared folder as fast as it can."""
+    store = TaughtStore(root)
+    start.wait()
+    for i in range(count):
+        label = f"{prefix} {i}"
+        store.put(label, {"key": f"taught:{label}", "new": True, "names": {"label": label}, "images": 1},
+                  np.full((2, 8), i, np.float32))
+
+
+def test_two_processes_teaching_at_once_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")  # a fork of a process running onnxruntime threads may hang
+    start = ctx.Barrier(2)
+    workers = [ctx.Process(target=_teach_many, args=(str(tmp_path), prefix, 50, start)) for prefix in ("A", "B")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    records = TaughtStore(tmp_path).records()
+    assert len(records) == 100
+    assert {TaughtStore(tmp_path)._file_for(label).name for label in records} == {p.name for p in tmp_path.glob("*.npz")}
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_species_taught_in_one_app_is_ranked_by_another_on_its_next_detect(tmp_path_factory):
+    """Two apps on one instance folder stand for two gunicorn workers: each has its own classifier."""
+    instance = tmp_path_factory.mktemp("two-workers")
+    first, second = make(instance, tmp_path_factory), make(instance, tmp_path_factory)
+    images, query = views_of_one_bird()
+    assert "GARDEN PARROT" not in labels_for(second, query)
+    taught = teach(first, images, label="Garden Parrot")
+    assert taught.status_code == 200
+    assert "GARDEN PARROT" in labels_for(second, query)[:3]
+    vision = second.get("/healthz").get_json()["models"]["vision"]
+    assert vision["species_vocabulary"] == taught.get_json()["species_count"] and vision["taught_species"] == 1
+    r = post(first, [], path="/species/forget", field="images", headers=AUTH, label="Garden Parrot")
+    assert r.status_code == 200
+    assert "GARDEN PARROT" not in labels_for(second, query)

@@ -2,16 +2,22 @@
 species each label improves or adds) and one ``<sha1>.npz`` per label holding the photo features and a copy
 of that label's index record. Plain arrays and JSON only (no pickle); every write is temp file + fsync +
 ``os.replace`` + folder fsync; the index is written last, so a crash leaves the previous consistent state.
+Writers (teach, forget, index recovery) hold a thread lock plus an ``flock`` on ``taught/.lock``, because
+gunicorn workers are separate processes sharing the folder; ``index_key`` tells a worker when another one
+changed the index.
 An unreadable index is kept aside (``index.json.corrupt-<time>``) and rebuilt from the records in the
 .npz files, so neither a damaged file nor the vision service's start-up loses the taught species."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +56,38 @@ class TaughtStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "index.json"
+        self._lock = threading.RLock()  # re-entrant: a teach holds it around records() → put(), which take it too
+        self._depth = 0  # how deep the holding thread is; the flock is taken at depth 0 only
+
+    @contextmanager
+    def locked(self):
+        """Exclusive access to the index across threads and processes, for a read-modify-write of it.
+        (A second flock on a new file description would block its own process, hence the depth count.)"""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with open(self.root / ".lock", "a+b") as lockfile:
+                fcntl.flock(lockfile, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(lockfile, fcntl.LOCK_UN)
+
+    def index_key(self):
+        """(inode, mtime, size) of index.json, None when absent: it changes whenever any process rewrote it
+        (every write is a new file renamed into place), so a stat tells a worker to reload."""
+        try:
+            stat = self.index_path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def _file_for(self, label: str) -> Path:
         # The file name is a digest, never the user's text: no path can be steered by a request.
@@ -69,6 +107,16 @@ class TaughtStore:
 
     def _recover(self, exc: Exception) -> dict[str, dict]:
         """Keep the unreadable index aside for a human, rebuild one from the .npz files' own records."""
+        with self.locked():
+            try:  # another worker may have rebuilt it while this one waited for the lock
+                return self._read_index()
+            except FileNotFoundError:
+                return {}
+            except (OSError, ValueError):
+                pass
+            return self._rebuild(exc)
+
+    def _rebuild(self, exc: Exception) -> dict[str, dict]:
         aside = self.index_path.with_name(f"index.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns()}")
         records, lost = self._records_from_features()
         try:
@@ -115,19 +163,22 @@ class TaughtStore:
     def put(self, label: str, record: dict, features: np.ndarray) -> None:
         # The record rides along (a 0-d unicode array, no pickle) so a lost index can be rebuilt from these files.
         copy = np.array(json.dumps({"label": label, **record}, ensure_ascii=False))
-        write_atomic(self._file_for(label), lambda fh: np.savez(fh, features=features.astype(np.float16), record=copy))
-        records = self.records()
-        records[label] = record
-        self._write_index(records)
+        with self.locked():
+            write_atomic(self._file_for(label),
+                         lambda fh: np.savez(fh, features=features.astype(np.float16), record=copy))
+            records = self.records()
+            records[label] = record
+            self._write_index(records)
 
     def remove(self, label: str) -> bool:
-        records = self.records()
-        if label not in records:
-            return False
-        del records[label]
-        self._write_index(records)
-        self._file_for(label).unlink(missing_ok=True)
-        return True
+        with self.locked():
+            records = self.records()
+            if label not in records:
+                return False
+            del records[label]
+            self._write_index(records)
+            self._file_for(label).unlink(missing_ok=True)
+            return True
 
     def _write_index(self, records: dict) -> None:
         payload = json.dumps({"version": 1, "species": records}, ensure_ascii=False, indent=1).encode("utf-8")
