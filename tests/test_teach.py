@@ -221,3 +221,22 @@ def test_a_species_taught_in_one_app_is_ranked_by_another_on_its_next_detect(tmp
     r = post(first, [], path="/species/forget", field="images", headers=AUTH, label="Garden Parrot")
     assert r.status_code == 200
     assert "GARDEN PARROT" not in labels_for(second, query)
+
+
+@pytest.mark.parametrize("label, known", [("鸳鸯", "Aix galericulata"), ("mandarin duck", "Aix galericulata"),
+                                          ("鸳鸯测试", None), ("灰喜鹊", None), ("American Robn", None)])
+def test_teach_improves_only_an_exactly_named_species_else_adds_a_new_one(client, label, known):
+    """resolve()'s guesses (a name inside the label, a unique name containing it, a typo) must not file a
+    new species under a known one and drop the names the user gave."""
+    r = teach(client, IMAGES, label=label, chinese_name="我的鸟", english_name="My Bird")
+    body = r.get_json()
+    assert r.status_code == 200, body
+    try:
+        if known:
+            assert body["new_species"] is False and body["species"]["scientific_name"] == known
+        else:
+            assert body["new_species"] is True
+            assert body["species"]["chinese_name"] == "我的鸟" and body["species"]["english_name"] == "My Bird"
+            assert body["species"]["label"] == label.upper()
+    finally:
+        assert post(client, [], path="/species/forget", field="images", headers=AUTH, label=label).status_code == 200

@@ -184,7 +184,9 @@ class VisionPipeline:
                 record = records[label]
                 feats = np.concatenate([self.store.features(label), feats])
             else:
-                species = self.catalog.by_label(label) or self.catalog.resolve(raw_label)
+                # Exact names only: resolve's guesses ("鸳鸯测试" contains 鸳鸯, "灰喜鹊" is inside 伊比利亚灰喜鹊)
+                # would file the user's new species under a known one and drop the names they gave.
+                species = self.catalog.lookup(raw_label)
                 if species is not None:  # improve a species the recognizer already knows
                     record = {"key": species.id, "new": False, "names": species.names()}
                 else:
