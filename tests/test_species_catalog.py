@@ -102,6 +102,19 @@ def test_resolve_handles_apostrophes_and_typos(catalog):
     assert catalog.resolve("Northern Cardnal").id == "Cardinalis cardinalis"
 
 
+@pytest.mark.parametrize("text", ["白头海雕", "秃鹰", "bald-eagle", "BALD_EAGLE", "  Bald   Eagle ",
+                                  "Haliaeetus leucocephalus"])
+def test_lookup_finds_exact_names_labels_and_aliases(catalog, text):
+    assert catalog.lookup(text).id == BALD_EAGLE, text
+
+
+@pytest.mark.parametrize("text", ["Bald Eagel", "白头海雕测试", "灰喜鹊", "鸳鸯测试", "American Robn", "", "  "])
+def test_lookup_makes_no_containment_or_typo_guesses(catalog, text):
+    assert catalog.lookup(text) is None, text
+    if text.strip():
+        assert catalog.resolve(text) is not None  # what resolve would have guessed, for contrast
+
+
 def test_resolve_refuses_what_it_cannot_tell(catalog):
     assert catalog.resolve("") is None
     assert catalog.resolve("   ") is None

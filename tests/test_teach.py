@@ -3,11 +3,17 @@ forget; refusals for bad input and a missing token."""
 from __future__ import annotations
 
 import io
+import json
+import logging
+import multiprocessing
+import os
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from birdsdao import create_app
+from birdsdao.vision.taught import TaughtStore
 
 from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
 from .test_detect import post
@@ -115,3 +121,122 @@ def test_teaching_a_known_species_improves_it_without_a_new_entry(client):
     assert labels_for(client, HELD_OUT)[0] == "ALEXANDRINE PARAKEET"
     r = post(client, [], path="/species/forget", field="images", headers=AUTH, label="alexandrine parakeet")
     assert r.status_code == 200
+
+
+def test_empty_index_keeps_vision_up_and_taught_species_are_rebuilt_from_feature_files(tmp_path_factory, caplog):
+    """A power cut between rename and data reaching the disk leaves an empty index.json: the service must
+    still start, keep the bad file for a human, and get the taught species back from the .npz files."""
+    instance = tmp_path_factory.mktemp("empty-index")
+    client = make(instance, tmp_path_factory)
+    images, query = views_of_one_bird()
+    assert teach(client, images, label="Garden Parrot", chinese_name="花园鹦鹉").status_code == 200
+    assert teach(client, IMAGES, label="alexandrine parakeet").status_code == 200
+    index = instance / "taught" / "index.json"
+    before = index.read_text(encoding="utf-8")
+    index.write_bytes(b"")
+
+    with caplog.at_level(logging.ERROR, logger="birdsdao.vision.taught"):
+        restarted = make(instance, tmp_path_factory)
+    assert restarted.get("/healthz").status_code == 200
+    taught = {s["label"]: s for s in restarted.get("/species/taught").get_json()["species"]}
+    assert sorted(taught) == ["ALEXANDRINE PARAKEET", "GARDEN PARROT"]
+    assert taught["GARDEN PARROT"]["names"]["chinese_name"] == "花园鹦鹉" and taught["GARDEN PARROT"]["new"] is True
+    assert taught["ALEXANDRINE PARAKEET"]["new"] is False
+    assert "GARDEN PARROT" in labels_for(restarted, query)[:3]
+    aside = list((instance / "taught").glob("index.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b""
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert json.loads(index.read_text(encoding="utf-8")) == json.loads(before)  # rebuilt exactly
+
+
+@pytest.mark.parametrize("content", [b"{\"version\": 1, \"spec", b"[1, 2]", b"\xff\xfe not utf-8",
+                                     b'{"version": 1, "species": {"X": {"key": 3}}}'])
+def test_garbage_index_without_recoverable_records_starts_empty_and_keeps_the_file(tmp_path, content):
+    store = TaughtStore(tmp_path)
+    # A feature file of the first format (no record inside): its label cannot be recovered, it stays on disk.
+    old = tmp_path / ("0" * 40 + ".npz")
+    np.savez(old, features=np.ones((2, 4), np.float16))
+    (tmp_path / "index.json").write_bytes(content)
+    assert store.load_all() == {}
+    assert [p.read_bytes() for p in tmp_path.glob("index.json.corrupt-*")] == [content]
+    assert store.records() == {} and old.exists()
+    store.put("KEA", {"key": "taught:KEA", "new": True, "names": {"label": "KEA"}, "images": 3}, np.ones((6, 4)))
+    assert list(TaughtStore(tmp_path).records()) == ["KEA"]
+
+
+def test_every_store_write_fsyncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = TaughtStore(tmp_path)
+    store.put("KEA", {"key": "taught:KEA", "new": True, "names": {"label": "KEA"}, "images": 3}, np.ones((6, 4)))
+    folder = str(tmp_path)
+    # npz temp file, folder, index temp file, folder: each file is on disk before the rename that publishes it.
+    assert [os.path.dirname(p) == folder and os.path.basename(p).startswith(".tmp-") for p in synced[::2]] == [True, True]
+    assert synced[1::2] == [folder, folder]
+    assert synced[2].endswith(".json")
+
+
+def _teach_many(root: str, prefix: str, count: int, start) -> None:
+    """One "worker process": teach ``count`` labels into the shared folder as fast as it can."""
+    store = TaughtStore(root)
+    start.wait()
+    for i in range(count):
+        label = f"{prefix} {i}"
+        store.put(label, {"key": f"taught:{label}", "new": True, "names": {"label": label}, "images": 1},
+                  np.full((2, 8), i, np.float32))
+
+
+def test_two_processes_teaching_at_once_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")  # a fork of a process running onnxruntime threads may hang
+    start = ctx.Barrier(2)
+    workers = [ctx.Process(target=_teach_many, args=(str(tmp_path), prefix, 50, start)) for prefix in ("A", "B")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    records = TaughtStore(tmp_path).records()
+    assert len(records) == 100
+    assert {TaughtStore(tmp_path)._file_for(label).name for label in records} == {p.name for p in tmp_path.glob("*.npz")}
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_species_taught_in_one_app_is_ranked_by_another_on_its_next_detect(tmp_path_factory):
+    """Two apps on one instance folder stand for two gunicorn workers: each has its own classifier."""
+    instance = tmp_path_factory.mktemp("two-workers")
+    first, second = make(instance, tmp_path_factory), make(instance, tmp_path_factory)
+    images, query = views_of_one_bird()
+    assert "GARDEN PARROT" not in labels_for(second, query)
+    taught = teach(first, images, label="Garden Parrot")
+    assert taught.status_code == 200
+    assert "GARDEN PARROT" in labels_for(second, query)[:3]
+    vision = second.get("/healthz").get_json()["models"]["vision"]
+    assert vision["species_vocabulary"] == taught.get_json()["species_count"] and vision["taught_species"] == 1
+    r = post(first, [], path="/species/forget", field="images", headers=AUTH, label="Garden Parrot")
+    assert r.status_code == 200
+    assert "GARDEN PARROT" not in labels_for(second, query)
+
+
+@pytest.mark.parametrize("label, known", [("鸳鸯", "Aix galericulata"), ("mandarin duck", "Aix galericulata"),
+                                          ("鸳鸯测试", None), ("灰喜鹊", None), ("American Robn", None)])
+def test_teach_improves_only_an_exactly_named_species_else_adds_a_new_one(client, label, known):
+    """resolve()'s guesses (a name inside the label, a unique name containing it, a typo) must not file a
+    new species under a known one and drop the names the user gave."""
+    r = teach(client, IMAGES, label=label, chinese_name="我的鸟", english_name="My Bird")
+    body = r.get_json()
+    assert r.status_code == 200, body
+    try:
+        if known:
+            assert body["new_species"] is False and body["species"]["scientific_name"] == known
+        else:
+            assert body["new_species"] is True
+            assert body["species"]["chinese_name"] == "我的鸟" and body["species"]["english_name"] == "My Bird"
+            assert body["species"]["label"] == label.upper()
+    finally:
+        assert post(client, [], path="/species/forget", field="images", headers=AUTH, label=label).status_code == 200

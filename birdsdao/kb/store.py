@@ -40,6 +40,8 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import APIError
+from ..fileio import fsync_dir as _fsync_dir  # one durable-write helper for every store
+from ..fileio import write_synced as _write_file
 from .embeddings import text_key
 from .ingest import Chunk
 from .search import BM25, CANDIDATES, DEFAULT_MODE, Vocabulary, fuse, pad_columns, tokenize
@@ -133,21 +135,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class KnowledgeBase:

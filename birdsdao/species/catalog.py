@@ -195,6 +195,15 @@ class SpeciesCatalog:
         return self._by_inat.get(index)
 
     # --- names ---------------------------------------------------------------------------------------
+    def lookup(self, text: str) -> Species | None:
+        """The species ``text`` names exactly: a label, name or alias, compared in ``normalize``d form (case,
+        apostrophes, separators), with no containment or typo guesses; None for a name two species share.
+        For writes, where ``resolve``'s best guess would merge a new species into a known one."""
+        key = normalize(text or "")
+        if not key:
+            return None
+        return self._names.get(key) or self._by_label.get(key)
+
     def resolve(self, text: str) -> Species | None:
         """The species a user means by ``text``: exact name/alias/label first, then a Chinese name inside the
         text (or a unique Chinese name containing it), then an English/Latin name within a couple of typos."""

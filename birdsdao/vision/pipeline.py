@@ -77,7 +77,8 @@ class VisionPipeline:
         self.catalog = catalog
         self.store = store
         self.font_path = annotate.find_font(config.get("ANNOTATION_FONT"))
-        self.write_lock = threading.Lock()  # teach/forget: store + vocabulary change together
+        self.write_lock = threading.Lock()  # teach/forget/reload: store + vocabulary change together
+        self._taught_key = None  # store.index_key() of the index the classifier's taught species came from
         self._load_taught()
 
     @classmethod
@@ -118,6 +119,7 @@ class VisionPipeline:
     # -- /detect -----------------------------------------------------------------------------------------
     def detect(self, data: bytes, *, top_k: int = 5, annotate_image: bool = True) -> DetectResult:
         clock = _Clock()
+        self._refresh_taught()
         image, scale = self._decode(data)
         width, height = round(image.size[0] / scale), round(image.size[1] / scale)
         clock.lap("decode")
@@ -175,13 +177,16 @@ class VisionPipeline:
         batch = np.stack(crops)
         batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])  # mirrors, as in the artifact
         feats = self.classifier.features(batch).proto
-        with self.write_lock:
+        # The flock makes records → put one step across gunicorn workers (else two teaches lose one).
+        with self.write_lock, self.store.locked():
             records = self.store.records()
             if label in records:
                 record = records[label]
                 feats = np.concatenate([self.store.features(label), feats])
             else:
-                species = self.catalog.by_label(label) or self.catalog.resolve(raw_label)
+                # Exact names only: resolve's guesses ("鸳鸯测试" contains 鸳鸯, "灰喜鹊" is inside 伊比利亚灰喜鹊)
+                # would file the user's new species under a known one and drop the names they gave.
+                species = self.catalog.lookup(raw_label)
                 if species is not None:  # improve a species the recognizer already knows
                     record = {"key": species.id, "new": False, "names": species.names()}
                 else:
@@ -194,7 +199,7 @@ class VisionPipeline:
 
     def forget(self, raw_label: str) -> dict:
         label = normalize_label(raw_label)
-        with self.write_lock:
+        with self.write_lock, self.store.locked():
             if not self.store.remove(label):
                 raise APIError(404, "unknown_species", f"'{label}' is not a species taught on this server")
             self._load_taught()
@@ -203,7 +208,15 @@ class VisionPipeline:
     def taught(self) -> list[dict]:
         return [{"label": label, **record} for label, record in self.store.records().items()]
 
+    def _refresh_taught(self) -> None:
+        """Pick up what another worker process taught or forgot: one stat per call while nothing changed."""
+        if self.store.index_key() != self._taught_key:
+            with self.write_lock:
+                if self.store.index_key() != self._taught_key:
+                    self._load_taught()
+
     def _load_taught(self) -> None:
+        key = self.store.index_key()  # before reading: a write in between makes the next call reload again
         taught, new_entries = {}, []
         for label, (record, feats) in self.store.load_all().items():
             key = record["key"]
@@ -211,10 +224,12 @@ class VisionPipeline:
             if record.get("new"):
                 new_entries.append(Entry(key, record["names"], (), taught=True))
         self.classifier.set_taught(taught, new_entries)
+        self._taught_key = key
 
     def describe(self) -> dict:
         import ultralytics
 
+        self._refresh_taught()
         return {
             "detector": Path(str(self.config["YOLO_WEIGHTS"])).name,
             "detector_backend": self.detector.backend,

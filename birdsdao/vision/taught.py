@@ -1,19 +1,31 @@
 """Species the user taught, stored under ``<instance>/taught/``: ``index.json`` (names, which vocabulary
-species each label improves or adds) and one ``<sha1>.npz`` of photo features per label. Plain arrays and
-JSON only (no pickle); every write is temp file + ``os.replace``; the index is written last, so a crash
-leaves the previous consistent state."""
+species each label improves or adds) and one ``<sha1>.npz`` per label holding the photo features and a copy
+of that label's index record. Plain arrays and JSON only (no pickle); every write is temp file + fsync +
+``os.replace`` + folder fsync; the index is written last, so a crash leaves the previous consistent state.
+Writers (teach, forget, index recovery) hold a thread lock plus an ``flock`` on ``taught/.lock``, because
+gunicorn workers are separate processes sharing the folder; ``index_key`` tells a worker when another one
+changed the index.
+An unreadable index is kept aside (``index.json.corrupt-<time>``) and rebuilt from the records in the
+.npz files, so neither a damaged file nor the vision service's start-up loses the taught species."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
-import tempfile
+import threading
+import time
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import APIError
+from ..fileio import write_atomic
+
+log = logging.getLogger(__name__)
 
 MAX_LABEL_LEN = 64
 
@@ -30,15 +42,13 @@ def normalize_label(raw: str | None) -> str:
     return label
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _check_records(species) -> dict[str, dict]:
+    """The ``species`` mapping of an index, or ValueError when it is not one this module wrote."""
+    if not isinstance(species, dict) or not all(
+            isinstance(label, str) and isinstance(r, dict) and isinstance(r.get("key"), str)
+            and isinstance(r.get("names"), dict) and isinstance(r.get("new"), bool) for label, r in species.items()):
+        raise ValueError("not a taught-species index")
+    return species
 
 
 class TaughtStore:
@@ -46,15 +56,96 @@ class TaughtStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "index.json"
+        self._lock = threading.RLock()  # re-entrant: a teach holds it around records() → put(), which take it too
+        self._depth = 0  # how deep the holding thread is; the flock is taken at depth 0 only
+
+    @contextmanager
+    def locked(self):
+        """Exclusive access to the index across threads and processes, for a read-modify-write of it.
+        (A second flock on a new file description would block its own process, hence the depth count.)"""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with open(self.root / ".lock", "a+b") as lockfile:
+                fcntl.flock(lockfile, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(lockfile, fcntl.LOCK_UN)
+
+    def index_key(self):
+        """(inode, mtime, size) of index.json, None when absent: it changes whenever any process rewrote it
+        (every write is a new file renamed into place), so a stat tells a worker to reload."""
+        try:
+            stat = self.index_path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def _file_for(self, label: str) -> Path:
         # The file name is a digest, never the user's text: no path can be steered by a request.
         return self.root / (hashlib.sha1(label.encode("utf-8")).hexdigest() + ".npz")
 
     def records(self) -> dict[str, dict]:
-        if not self.index_path.exists():
+        try:
+            return self._read_index()
+        except FileNotFoundError:
             return {}
-        return json.loads(self.index_path.read_text(encoding="utf-8"))["species"]
+        except (OSError, ValueError) as exc:  # empty (power cut before fsync), truncated, edited by hand
+            return self._recover(exc)
+
+    def _read_index(self) -> dict[str, dict]:
+        data = json.loads(self.index_path.read_text(encoding="utf-8"))
+        return _check_records(data.get("species") if isinstance(data, dict) else None)
+
+    def _recover(self, exc: Exception) -> dict[str, dict]:
+        """Keep the unreadable index aside for a human, rebuild one from the .npz files' own records."""
+        with self.locked():
+            try:  # another worker may have rebuilt it while this one waited for the lock
+                return self._read_index()
+            except FileNotFoundError:
+                return {}
+            except (OSError, ValueError):
+                pass
+            return self._rebuild(exc)
+
+    def _rebuild(self, exc: Exception) -> dict[str, dict]:
+        aside = self.index_path.with_name(f"index.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns()}")
+        records, lost = self._records_from_features()
+        try:
+            os.replace(self.index_path, aside)
+            self._write_index(records)
+        except OSError as write_exc:  # a read-only folder: serve what was recovered, fix nothing on disk
+            log.error("taught species: %s is unreadable (%s) and could not be replaced (%s); serving %d "
+                      "species recovered from their feature files", self.index_path, exc, write_exc, len(records))
+            return records
+        log.error("taught species: %s was unreadable (%s); kept it as %s and rebuilt the index from the feature "
+                  "files: %d species recovered, %d feature files without a readable record left unused",
+                  self.index_path, exc, aside.name, len(records), lost)
+        return records
+
+    def _records_from_features(self) -> tuple[dict[str, dict], int]:
+        records, lost = {}, 0
+        for path in sorted(self.root.glob("*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    record = json.loads(str(data["record"]))
+                label = record.pop("label")
+                _check_records({label: record})
+                if self._file_for(label) != path:  # a copied or renamed file: its name must be its label's
+                    raise ValueError("file name does not match its label")
+            except (OSError, KeyError, ValueError, TypeError, AttributeError):
+                lost += 1  # written before records were kept in the .npz, or damaged
+                continue
+            records[label] = record
+        return records, lost
 
     def features(self, label: str) -> np.ndarray:
         with np.load(self._file_for(label), allow_pickle=False) as data:
@@ -70,20 +161,25 @@ class TaughtStore:
         return out
 
     def put(self, label: str, record: dict, features: np.ndarray) -> None:
-        _write_atomic(self._file_for(label), lambda fh: np.savez(fh, features=features.astype(np.float16)))
-        records = self.records()
-        records[label] = record
-        self._write_index(records)
+        # The record rides along (a 0-d unicode array, no pickle) so a lost index can be rebuilt from these files.
+        copy = np.array(json.dumps({"label": label, **record}, ensure_ascii=False))
+        with self.locked():
+            write_atomic(self._file_for(label),
+                         lambda fh: np.savez(fh, features=features.astype(np.float16), record=copy))
+            records = self.records()
+            records[label] = record
+            self._write_index(records)
 
     def remove(self, label: str) -> bool:
-        records = self.records()
-        if label not in records:
-            return False
-        del records[label]
-        self._write_index(records)
-        self._file_for(label).unlink(missing_ok=True)
-        return True
+        with self.locked():
+            records = self.records()
+            if label not in records:
+                return False
+            del records[label]
+            self._write_index(records)
+            self._file_for(label).unlink(missing_ok=True)
+            return True
 
     def _write_index(self, records: dict) -> None:
         payload = json.dumps({"version": 1, "species": records}, ensure_ascii=False, indent=1).encode("utf-8")
-        _write_atomic(self.index_path, lambda fh: fh.write(payload))
+        write_atomic(self.index_path, lambda fh: fh.write(payload))

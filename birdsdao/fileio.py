@@ -1,0 +1,43 @@
+"""Durable file writes shared by every store: a file is fsynced before it is renamed into place and its
+folder is fsynced after, so a power cut leaves either the old file or the complete new one, never an empty
+or half-written one (a rename alone can reach the disk before the data it points to)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a create, rename or unlink in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` in place and fsync it (for files inside a folder not yet published)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` with what ``write(fh)`` writes: temp file beside it, fsync, ``os.replace``, fsync
+    the folder. Readers see the old file or the new one, before and after a crash."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
