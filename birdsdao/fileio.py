@@ -26,15 +26,18 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], mode: int | None = None) -> None:
     """Replace ``path`` with what ``write(fh)`` writes: temp file beside it, fsync, ``os.replace``, fsync
-    the folder. Readers see the old file or the new one, before and after a crash."""
+    the folder. Readers see the old file or the new one, before and after a crash. ``mode``: permissions
+    for the new file (the temp file starts owner-only; reports and data files meant for anyone pass 0o644)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..fileio import write_atomic
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -284,18 +284,10 @@ def build_records(shared_data: Path) -> list[dict]:
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:
-    """Atomic write: a reader never sees half a file."""
+    """Atomic, durable write (a reader never sees half a file); world-readable, as it is shipped data."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; this is a data file meant to be read by anyone
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    text = "".join(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")), mode=0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

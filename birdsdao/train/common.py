@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 from birdsdao.config import PROJECT_ROOT
+from birdsdao.fileio import write_atomic
 
 SHARED = Path(os.environ.get("BIRDSDAO_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 # The server's own setting first (BIRDSDAO_YOLO_WEIGHTS), so train and evaluate seed from the same detector.
@@ -16,18 +16,11 @@ DEFAULT_DETECTOR = Path(os.environ.get("BIRDSDAO_YOLO_WEIGHTS") or SHARED / "wei
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + os.replace, so a crash never leaves half a file."""
+    """Write ``text`` to ``path`` durably (birdsdao.fileio.write_atomic), so a crash never leaves half a file;
+    world-readable, as these are reports and labels, not secrets."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; these are reports and labels, not secrets
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")), mode=0o644)
 
 
 def write_json(path: Path, obj) -> None:
