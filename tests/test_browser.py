@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -547,18 +546,28 @@ def test_citation_marker_opens_the_source_snippet(page):
     assert_page_clean(driver)
 
 
+def _refused_kb_create(driver, name: str) -> str:
+    """Submit the page's create-KB form, expect a refusal: → the notice shown (a sentence, not JSON), after
+    checking that no row for ``name`` appeared."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "new-kb-name").send_keys(name)
+    driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+    notice = driver.find_element(By.ID, "notice")
+    wait_for(driver, lambda d: notice.is_displayed())
+    assert "{" not in notice.text
+    assert not driver.find_elements(By.CSS_SELECTOR, f'#kb-rows tr[data-kb="{name}"]')
+    return notice.text
+
+
 def test_token_setting_lets_the_page_write_when_the_server_requires_one(page):
     from selenium.webdriver.common.by import By
 
     live_app.app.config["API_TOKEN"] = "tok-123"
     try:
         driver = page("/kb")
-        driver.find_element(By.ID, "new-kb-name").send_keys("needs_token")
-        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
-        notice = driver.find_element(By.ID, "notice")
-        wait_for(driver, lambda d: notice.is_displayed())
-        assert "令牌" in notice.text and "{" not in notice.text  # a sentence pointing at Settings, not JSON
-        assert not driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="needs_token"]')
+        notice = _refused_kb_create(driver, "needs_token")
+        assert "令牌" in notice  # a sentence pointing at Settings
         driver.find_element(By.CSS_SELECTOR, "details.settings summary").click()
         token = driver.find_element(By.ID, "api-token")
         token.send_keys("tok-123")
@@ -574,8 +583,6 @@ def test_token_setting_lets_the_page_write_when_the_server_requires_one(page):
 def test_page_explains_a_write_refused_to_another_machine_with_fake_remote_address(page):
     """No token configured and the browser on another machine (REMOTE_ADDR rewritten by a tiny WSGI wrapper,
     as the live server only listens on loopback): the page says why, in a sentence, and nothing is created."""
-    from selenium.webdriver.common.by import By
-
     app = live_app.app
     inner = app.wsgi_app
 
@@ -586,12 +593,7 @@ def test_page_explains_a_write_refused_to_another_machine_with_fake_remote_addre
     app.wsgi_app = from_elsewhere
     try:
         driver = page("/kb")
-        driver.find_element(By.ID, "new-kb-name").send_keys("from_elsewhere")
-        driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
-        notice = driver.find_element(By.ID, "notice")
-        wait_for(driver, lambda d: notice.is_displayed())
-        assert "只接受本机" in notice.text and "{" not in notice.text
-        assert not driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="from_elsewhere"]')
+        assert "只接受本机" in _refused_kb_create(driver, "from_elsewhere")
     finally:
         app.wsgi_app = inner
     assert all(kb["kb_name"] != "from_elsewhere" for kb in app.extensions["birdsdao"].get("kb").list())
