@@ -216,7 +216,7 @@ class VisionPipeline:
                     self._load_taught()
 
     def _load_taught(self) -> None:
-        key = self.store.index_key()  # before reading: a write in between makes the next call reload again
+        index_key = self.store.index_key()  # before reading: a write in between makes the next call reload again
         taught, new_entries = {}, []
         for label, (record, feats) in self.store.load_all().items():
             key = record["key"]
@@ -224,7 +224,7 @@ class VisionPipeline:
             if record.get("new"):
                 new_entries.append(Entry(key, record["names"], (), taught=True))
         self.classifier.set_taught(taught, new_entries)
-        self._taught_key = key
+        self._taught_key = index_key
 
     def describe(self) -> dict:
         import ultralytics
