@@ -43,11 +43,17 @@ def has_valid_token() -> bool:
 
 
 def _is_local_client() -> bool:
-    """The client is on this machine (after ProxyFix, the address nginx forwarded when PROXY_HOPS is set)."""
+    """The client is on this machine: a loopback address (after ProxyFix, the one nginx forwarded when
+    PROXY_HOPS is set). With no trusted proxy configured, a request carrying forwarding headers is not local
+    even from 127.0.0.1: that is a proxy speaking for someone else."""
+    if not current_app.config.get("PROXY_HOPS") and ("X-Forwarded-For" in request.headers
+                                                     or "Forwarded" in request.headers):
+        return False
     try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+        ip = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 from a [::] bind
 
 
 def require_token(view):

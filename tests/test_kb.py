@@ -337,3 +337,15 @@ def test_behind_a_proxy_the_forwarded_client_address_decides(make_app):
     assert (r.status_code, r.json["code"]) == (403, "token_required")
     r = client.post("/kb/create", data={"kb_name": "t"}, headers={"X-Forwarded-For": "127.0.0.1"})
     assert r.status_code == 201
+
+
+def test_a_proxy_that_is_not_configured_speaks_for_someone_else(make_app):
+    """nginx in front but PROXY_HOPS left at 0: the request comes from 127.0.0.1 yet carries X-Forwarded-For,
+    so it is not treated as this machine; an IPv4-mapped loopback address (a [::] bind) is."""
+    app = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off")
+    client = app.test_client()
+    for header in ({"X-Forwarded-For": "203.0.113.5"}, {"Forwarded": "for=203.0.113.5"}):
+        r = client.post("/kb/create", data={"kb_name": "t"}, headers=header)
+        assert (r.status_code, r.json["code"]) == (403, "token_required")
+    client.environ_base["REMOTE_ADDR"] = "::ffff:127.0.0.1"
+    assert client.post("/kb/create", data={"kb_name": "t"}).status_code == 201
