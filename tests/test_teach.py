@@ -164,6 +164,34 @@ def test_garbage_index_without_recoverable_records_starts_empty_and_keeps_the_fi
     assert list(TaughtStore(tmp_path).records()) == ["KEA"]
 
 
+def test_a_rebuild_that_cannot_write_leaves_the_old_index_in_place_with_fake_full_disk(tmp_path, monkeypatch):
+    """The new index cannot be written (a full disk, faked): the damaged one must still be where it was, so the
+    next start tries again, rather than gone with nothing in its place; meanwhile the recovered species serve."""
+    store = TaughtStore(tmp_path)
+    store.put("KEA", {"key": "taught:KEA", "new": True, "names": {"label": "KEA"}, "images": 3}, np.ones((6, 4)))
+    (tmp_path / "index.json").write_bytes(b"")
+
+    def full_disk(records):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_index", full_disk)
+    assert list(store.records()) == ["KEA"]
+    assert (tmp_path / "index.json").read_bytes() == b""
+    monkeypatch.undo()
+    assert list(TaughtStore(tmp_path).records()) == ["KEA"]  # a later start rebuilds it
+    assert json.loads((tmp_path / "index.json").read_text(encoding="utf-8"))["species"]["KEA"]["key"] == "taught:KEA"
+
+
+def test_an_index_that_cannot_be_read_is_an_error_not_a_reason_to_rebuild(tmp_path, monkeypatch):
+    """EACCES/EIO say nothing about the file's content: no rebuild (which could drop species) on a hiccup."""
+    store = TaughtStore(tmp_path)
+    store.put("KEA", {"key": "taught:KEA", "new": True, "names": {"label": "KEA"}, "images": 3}, np.ones((6, 4)))
+    monkeypatch.setattr(type(store), "_read_index", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):
+        store.records()
+    assert not list(tmp_path.glob("index.json.corrupt-*"))
+
+
 def test_every_store_write_fsyncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync

@@ -5,15 +5,16 @@ of that label's index record. Plain arrays and JSON only (no pickle); every writ
 Writers (teach, forget, index recovery) hold a thread lock plus an ``flock`` on ``taught/.lock``, because
 gunicorn workers are separate processes sharing the folder; ``index_key`` tells a worker when another one
 changed the index.
-An unreadable index is kept aside (``index.json.corrupt-<time>``) and rebuilt from the records in the
-.npz files, so neither a damaged file nor the vision service's start-up loses the taught species."""
+An unparsable index is copied aside (``index.json.corrupt-<time>``) and rebuilt from the records in the
+.npz files, so a damaged file neither takes the vision service down nor loses the taught species (except
+those whose feature file predates the record copy: they cannot be named again and are left unused)."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
 import logging
-import os
+import shutil
 import threading
 import time
 import unicodedata
@@ -98,8 +99,8 @@ class TaughtStore:
             return self._read_index()
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:  # empty (power cut before fsync), truncated, edited by hand
-            return self._recover(exc)
+        except ValueError as exc:  # empty (power cut before fsync), truncated, edited by hand; an OSError
+            return self._recover(exc)  # (EACCES, EIO) is no proof of damage and propagates
 
     def _read_index(self) -> dict[str, dict]:
         data = json.loads(self.index_path.read_text(encoding="utf-8"))
@@ -112,17 +113,17 @@ class TaughtStore:
                 return self._read_index()
             except FileNotFoundError:
                 return {}
-            except (OSError, ValueError):
+            except ValueError:
                 pass
             return self._rebuild(exc)
 
     def _rebuild(self, exc: Exception) -> dict[str, dict]:
         aside = self.index_path.with_name(f"index.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns()}")
         records, lost = self._records_from_features()
-        try:
-            os.replace(self.index_path, aside)
+        try:  # a copy, not a move: until the new index is in place the old one stays where it was
+            shutil.copyfile(self.index_path, aside)
             self._write_index(records)
-        except OSError as write_exc:  # a read-only folder: serve what was recovered, fix nothing on disk
+        except OSError as write_exc:  # a read-only folder, a full disk: serve what was recovered, change nothing
             log.error("taught species: %s is unreadable (%s) and could not be replaced (%s); serving %d "
                       "species recovered from their feature files", self.index_path, exc, write_exc, len(records))
             return records
