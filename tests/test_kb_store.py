@@ -3,6 +3,7 @@ incremental updates, loaders and encodings, the splitter, no pickle, the species
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from birdsdao.kb.embeddings import EmbedderRegistry
 from birdsdao.kb.ingest import ChineseSentenceSplitter, decode_text, load_sections
 from birdsdao.kb.names import sanitize_filename, validate_doc_name, validate_kb_name
 from birdsdao.kb.species_kb import ensure_species_kb
-from birdsdao.kb.store import StoreError
+from birdsdao.kb.store import KnowledgeBaseChanged, StoreError
 from tests.threads import WAIT, run_in_thread, waiting_on
 
 
@@ -407,6 +408,16 @@ def test_a_worker_holding_a_kb_another_worker_replaced_opens_the_new_one(service
     assert worker.get("t1") is not stale and worker.search("t1", "白鹭", 1)[0].doc_name == "new.txt"
     worker.upload("t1", [("more.txt", "再一篇：夜鹭。".encode())])
     assert [d["doc_name"] for d in service.docs("t1")] == ["more.txt", "new.txt"]
+
+
+def test_a_kb_whose_folder_vanishes_while_it_reloads_answers_409_not_500(service, tmp_path):
+    """Another worker's delete lands between this worker's pointer check and its listing of the folder."""
+    service.create("t1")
+    kb = service.get("t1")
+    shutil.rmtree(tmp_path / "kb" / "t1")
+    with pytest.raises(KnowledgeBaseChanged):
+        kb._load()
+
 
 def _strip_identity(folder: Path) -> None:
     """Make ``folder`` look like a KB written before identities existed: no ``kb_id`` in any manifest."""

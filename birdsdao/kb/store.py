@@ -182,7 +182,13 @@ class KnowledgeBase:
             named = (self.folder / POINTER).read_text("ascii").strip()
         except (OSError, UnicodeDecodeError):
             named = ""
-        candidates = sorted((p.name for p in self.folder.iterdir() if _VERSION_RE.fullmatch(p.name)), reverse=True)
+        try:
+            entries = list(self.folder.iterdir())
+        except FileNotFoundError:  # deleted by another worker since the pointer was checked
+            if self.kb_id is not None:
+                raise KnowledgeBaseChanged(self.name) from None
+            raise StoreError(f"knowledge base {self.name!r} no longer exists") from None
+        candidates = sorted((p.name for p in entries if _VERSION_RE.fullmatch(p.name)), reverse=True)
         if _VERSION_RE.fullmatch(named) and named in candidates:
             candidates.remove(named)
             candidates.insert(0, named)
