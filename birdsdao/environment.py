@@ -14,6 +14,8 @@ os.environ["YOLO_AUTOINSTALL"] = "false"  # forced: the server never installs pa
 # an operator may set YOLO_OFFLINE=0.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-_checks = sys.modules.get("ultralytics.utils.checks")
-if _checks is not None:  # a script imported ultralytics before birdsdao: switch it off where it is read
-    _checks.AUTOINSTALL = False
+# A script imported ultralytics before birdsdao: switch it off in every module that copied the flag
+# (ultralytics.utils, .checks, .export.tensorflow, ...).
+for _name, _module in list(sys.modules.items()):
+    if _name.startswith("ultralytics") and getattr(_module, "AUTOINSTALL", None) is True:
+        _module.AUTOINSTALL = False

@@ -117,8 +117,6 @@ def test_bad_requests_get_the_contract_errors(client, form, status, code):
     assert r.status_code == status and r.get_json()["code"] == code
 
 
-
-
 @pytest.mark.parametrize("number", ["1e400", "Infinity", "-Infinity", "NaN"])
 def test_infinite_max_new_tokens_in_a_json_body_is_a_400(client, number):
     r = client.post("/get_response", data=f'{{"user_input": "hi", "max_new_tokens": {number}}}',

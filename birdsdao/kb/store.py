@@ -41,6 +41,7 @@ from scipy import sparse
 
 from ..errors import APIError
 from ..fileio import fsync_dir as _fsync_dir  # one durable-write helper for every store
+from ..fileio import write_atomic
 from ..fileio import write_synced as _write_file
 from .embeddings import text_key
 from .ingest import Chunk
@@ -411,7 +412,10 @@ class KnowledgeBase:
         """Old versions beyond the previous one, and temp folders of crashed writers (we hold the lock)."""
         for entry in self.folder.iterdir():
             if (entry.name.startswith(".tmp-") or _VERSION_RE.fullmatch(entry.name)) and entry.name not in keep:
-                shutil.rmtree(entry, ignore_errors=True)
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:  # a pointer write cut short
+                    entry.unlink(missing_ok=True)
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -496,10 +500,7 @@ def _write_version(folder: Path, snap: Snapshot) -> None:
 
 
 def _switch_pointer(folder: Path, version: int) -> None:
-    tmp = folder / f".{POINTER}.{uuid.uuid4().hex[:8]}"
-    _write_file(tmp, f"v{version:06d}\n".encode("ascii"))
-    os.replace(tmp, folder / POINTER)
-    _fsync_dir(folder)
+    write_atomic(folder / POINTER, lambda fh: fh.write(f"v{version:06d}\n".encode("ascii")), mode=0o644)
 
 
 def read_current_manifest(folder: Path) -> dict:

@@ -37,9 +37,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save(obj, fh), mode=0o644)
 
 
 def write_labels(out: Path, names: list[str]) -> None:
