@@ -319,6 +319,9 @@ def test_per_kb_sentence_transformers_model_with_random_tiny_bert(client, make_a
     client = make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off").test_client()
     r = client.post("/kb/search", data={"kb_name": "tiny", "query": "白头海雕"})
     assert r.status_code == 200 and r.json["hits"][0]["doc_name"] == "a.txt", r.json
+    # ... and a request still may not name it, although that KB has it loaded now.
+    r = client.post("/kb/create", data={"kb_name": "tiny2", "embed_model": str(folder)})
+    assert (r.status_code, r.json["code"]) == (400, "bad_field")
 
 
 def test_without_a_token_only_this_machine_may_write(make_app):

