@@ -1,5 +1,5 @@
-"""Request-level security: the API token for writes, a cross-site check for browser posts, and the
-security headers every response carries."""
+"""Request-level security: the API token for writes (without one configured, writes only from this machine
+unless OPEN_WRITES), a cross-site check for browser posts, and the security headers every response carries."""
 from __future__ import annotations
 
 import functools

@@ -40,9 +40,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import APIError
-from ..fileio import fsync_dir as _fsync_dir  # one durable-write helper for every store
-from ..fileio import write_atomic
-from ..fileio import write_synced as _write_file
+from ..fileio import fsync_dir, write_atomic, write_synced  # one durable-write helper for every store
 from .embeddings import text_key
 from .ingest import Chunk
 from .search import BM25, CANDIDATES, DEFAULT_MODE, Vocabulary, fuse, pad_columns, tokenize
@@ -170,7 +168,7 @@ class KnowledgeBase:
             _write_version(tmp / "v000001", empty)
             _switch_pointer(tmp, 1)
             os.rename(tmp, folder)  # the KB appears complete or not at all
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -400,7 +398,7 @@ class KnowledgeBase:
             if final.exists():  # a leftover of a crash between rename and pointer switch: never current
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -486,17 +484,17 @@ def _write_version(folder: Path, snap: Snapshot) -> None:
     lines = []
     for chunk, i in zip(snap.chunks, snap.ids):
         lines.append(json.dumps({"id": int(i), **chunk}, ensure_ascii=False))
-    _write_file(folder / "chunks.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    write_synced(folder / "chunks.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     counts = snap.counts.tocsr()
     with open(folder / "bm25.npz", "wb") as f:
         np.savez(f, data=counts.data.astype(np.float32), indices=counts.indices.astype(np.int64),
                  indptr=counts.indptr.astype(np.int64), shape=np.asarray(counts.shape, np.int64))
         f.flush()
         os.fsync(f.fileno())
-    _write_file(folder / "vocab.json", json.dumps(snap.vocab.terms, ensure_ascii=False).encode("utf-8"))
+    write_synced(folder / "vocab.json", json.dumps(snap.vocab.terms, ensure_ascii=False).encode("utf-8"))
     manifest = dict(snap.manifest, version=snap.version, files={name: _sha256(folder / name) for name in FILES})
-    _write_file(folder / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
-    _fsync_dir(folder)
+    write_synced(folder / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8"))
+    fsync_dir(folder)
 
 
 def _switch_pointer(folder: Path, version: int) -> None:

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 def _pillow_open():
     """Pillow's own ``Image.open``. Ultralytics replaces it on import with an opener that, on bytes Pillow
     cannot identify, tries to install pi-heif and then raises ModuleNotFoundError; uploads must not go there.
-    Looked up per call because ultralytics may be imported after this module."""
+    Looked up per call because ultralytics may be imported after this module. (birdsdao/environment.py also
+    switches Ultralytics' auto-install off; this keeps the 400's message about the image either way.)"""
     opener = Image.open
     if opener.__module__ != Image.__name__:  # patched: the patch keeps the original beside it
         opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)

@@ -78,7 +78,8 @@ class VisionPipeline:
         self.store = store
         self.font_path = annotate.find_font(config.get("ANNOTATION_FONT"))
         self.write_lock = threading.Lock()  # teach/forget/reload: store + vocabulary change together
-        self._taught_key = None  # store.index_key() of the index the classifier's taught species came from
+        # store.index_key() of the index the classifier's taught species came from, and how many there were
+        self._taught_key, self._taught_count = None, 0
         self._load_taught()
 
     @classmethod
@@ -218,13 +219,14 @@ class VisionPipeline:
     def _load_taught(self) -> None:
         index_key = self.store.index_key()  # before reading: a write in between makes the next call reload again
         taught, new_entries = {}, []
-        for label, (record, feats) in self.store.load_all().items():
+        records = self.store.load_all()
+        for label, (record, feats) in records.items():
             key = record["key"]
             taught[key] = np.concatenate([taught[key], feats]) if key in taught else feats
             if record.get("new"):
                 new_entries.append(Entry(key, record["names"], (), taught=True))
         self.classifier.set_taught(taught, new_entries)
-        self._taught_key = index_key
+        self._taught_key, self._taught_count = index_key, len(records)
 
     def describe(self) -> dict:
         import ultralytics
@@ -237,7 +239,7 @@ class VisionPipeline:
             "ultralytics": ultralytics.__version__,
             "species_vocabulary": self.classifier.vocabulary_size(),
             "species_model": str(self.config.get("SPECIES_MODEL") or "") or "litert+prototypes",
-            "taught_species": len(self.store.records()),
+            "taught_species": self._taught_count,  # as loaded by the refresh above: no second read of the index
             "catalog": type(self.catalog).__name__,
             "annotation_font": self.font_path,
         }
