@@ -1,10 +1,12 @@
-"""Durable file writes shared by every store: a file is fsynced before it is renamed into place and its
+"""Durable file writes and cross-process locking shared by every store: a file is fsynced before it is renamed into place and its
 folder is fsynced after, so a power cut leaves either the old file or the complete new one, never an empty
 or half-written one (a rename alone can reach the disk before the data it points to)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -44,3 +46,25 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], mode: int | No
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def exclusive_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if missing) while the block runs, between threads and
+    processes (gunicorn workers) alike, since each holder opens its own file description. Yields the open file."""
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield fh
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stat_key(path: Path):
+    """(inode, mtime_ns, size) of ``path``, None when it is absent: it changes whenever any process renamed a
+    new file into place, so comparing it tells a worker to reload."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)

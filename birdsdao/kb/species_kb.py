@@ -6,13 +6,13 @@ vanished ones deleted; unchanged chunk texts reuse their stored vectors), so a n
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import threading
 import time
 
+from ..fileio import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def start_species_kb(service, services, mode: str) -> None:
     def run():
         try:
             # gunicorn workers each run this: the first builds, the others wait, then find it up to date.
-            with open(service.root / f".{SPECIES_KB}-build.lock", "a+b") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with exclusive_lock(service.root / f".{SPECIES_KB}-build.lock"):
                 service.status[SPECIES_KB] = ensure_species_kb(service, documents)
         except Exception as exc:  # noqa: BLE001 - a failed build must not take the server down
             log.exception("species knowledge base build failed")

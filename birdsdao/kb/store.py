@@ -21,7 +21,6 @@ while holding the same file lock, so it never happens in the middle of a commit.
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -40,7 +39,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import APIError
-from ..fileio import fsync_dir, write_atomic, write_synced  # one durable-write helper for every store
+from ..fileio import exclusive_lock, fsync_dir, stat_key, write_atomic, write_synced  # shared by every store
 from .embeddings import text_key
 from .ingest import Chunk
 from .search import BM25, CANDIDATES, DEFAULT_MODE, Vocabulary, fuse, pad_columns, tokenize
@@ -230,12 +229,8 @@ class KnowledgeBase:
             return False  # gone or damaged: the caller's folder check, or current()'s fallback, handles it
 
     def _pointer_key(self):
-        """(inode, mtime) of CURRENT: it changes exactly when some process switched the pointer."""
-        try:
-            stat = (self.folder / POINTER).stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns)
+        """stat_key of CURRENT: it changes exactly when some process switched the pointer."""
+        return stat_key(self.folder / POINTER)
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -466,14 +461,10 @@ def folder_lock(folder: Path):
     sure the lock held is the one of the folder now at ``folder``: one renamed away meanwhile is reported gone
     (a folder created since under that name holds another KB, which the caller's identity check refuses)."""
     path = folder / ".lock"
-    with open(path, "a+b") as lockfile:
-        fcntl.flock(lockfile, fcntl.LOCK_EX)
-        try:
-            if os.stat(path).st_ino != os.fstat(lockfile.fileno()).st_ino:
-                raise FileNotFoundError(2, "the knowledge base folder was renamed away", str(folder))
-            yield
-        finally:
-            fcntl.flock(lockfile, fcntl.LOCK_UN)
+    with exclusive_lock(path) as lockfile:
+        if os.stat(path).st_ino != os.fstat(lockfile.fileno()).st_ino:
+            raise FileNotFoundError(2, "the knowledge base folder was renamed away", str(folder))
+        yield
 
 
 def _write_version(folder: Path, snap: Snapshot) -> None:

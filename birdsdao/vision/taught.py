@@ -10,7 +10,6 @@ An unparsable index is copied aside (``index.json.corrupt-<time>``) and rebuilt 
 those whose feature file predates the record copy: they cannot be named again and are left unused)."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import APIError
-from ..fileio import write_atomic
+from ..fileio import exclusive_lock, stat_key, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +71,17 @@ class TaughtStore:
                 finally:
                     self._depth -= 1
                 return
-            with open(self.root / ".lock", "a+b") as lockfile:
-                fcntl.flock(lockfile, fcntl.LOCK_EX)
+            with exclusive_lock(self.root / ".lock"):
                 self._depth = 1
                 try:
                     yield
                 finally:
                     self._depth = 0
-                    fcntl.flock(lockfile, fcntl.LOCK_UN)
 
     def index_key(self):
         """(inode, mtime, size) of index.json, None when absent: it changes whenever any process rewrote it
         (every write is a new file renamed into place), so a stat tells a worker to reload."""
-        try:
-            stat = self.index_path.stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return stat_key(self.index_path)
 
     def _file_for(self, label: str) -> Path:
         # The file name is a digest, never the user's text: no path can be steered by a request.
