@@ -241,21 +241,13 @@ class KnowledgeBase:
                 stack.enter_context(folder_lock(self.folder))
             except FileNotFoundError:  # deleted since it was opened (only the taking of the lock is meant here)
                 raise KnowledgeBaseChanged(self.name) from None
-            self._check_identity_locked()
+            # A delete renames the folder under this same lock, so once this passes the folder stays ours until
+            # the lock is let go; a damaged pointer or manifest is left to the reload's fallback (_load checks
+            # the identity of the version it falls back to).
+            if self.replaced():
+                raise KnowledgeBaseChanged(self.name)
             self._refresh_locked()
             yield self.snapshot
-
-    def _check_identity_locked(self) -> None:
-        """Under the write lock: the folder at our path is still the KB this object opened. A delete renames
-        the folder under this same lock, so once this passes the folder stays ours until the lock is let go."""
-        try:
-            manifest = read_current_manifest(self.folder)
-        except FileNotFoundError:
-            raise KnowledgeBaseChanged(self.name) from None
-        except (OSError, ValueError):
-            return  # a damaged current manifest: the reload (_load) falls back to an intact version and checks it
-        if kb_identity(manifest) != self.kb_id:
-            raise KnowledgeBaseChanged(self.name)
 
     def _refresh_locked(self):
         if self._pointer_key() not in (None, self._pointer_stat):
