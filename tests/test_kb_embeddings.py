@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from birdsdao.kb.embeddings import DEFAULT_MODEL, EmbedderRegistry
-from tests.threads import WAIT, run_in_thread, waiting_on
+from tests.threads import WAIT, hold, run_in_thread, waiting_on
 
 
 class HeldLoadRegistry(EmbedderRegistry):
@@ -25,8 +25,7 @@ class HeldLoadRegistry(EmbedderRegistry):
         if name == DEFAULT_MODEL:
             return super()._load(name)
         self.loads.append(name)
-        self.entered.set()
-        assert self.release.wait(WAIT), "the held load was never released"
+        hold(self.entered, self.release, "load")
         if self.fail_with is not None:
             raise self.fail_with
         return self.get(DEFAULT_MODEL)

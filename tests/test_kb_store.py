@@ -23,7 +23,7 @@ from birdsdao.kb.ingest import ChineseSentenceSplitter, decode_text, load_sectio
 from birdsdao.kb.names import sanitize_filename, validate_doc_name, validate_kb_name
 from birdsdao.kb.species_kb import ensure_species_kb
 from birdsdao.kb.store import KnowledgeBaseChanged, StoreError
-from tests.threads import WAIT, run_in_thread, waiting_on
+from tests.threads import WAIT, hold, run_in_thread, waiting_on
 
 
 class CountingRegistry(EmbedderRegistry):
@@ -206,8 +206,7 @@ class HeldOpenService(KnowledgeBaseService):
     def _open_folder(self, folder, kb_name):
         self.opens[kb_name] = self.opens.get(kb_name, 0) + 1
         if kb_name == self.held:
-            self.entered.set()
-            assert self.release.wait(WAIT), "the held open was never released"
+            hold(self.entered, self.release, "open")
             if self.fail_with is not None:
                 raise self.fail_with
         return super()._open_folder(folder, kb_name)
@@ -323,8 +322,7 @@ class HeldEmbeddingRegistry(EmbedderRegistry):
 
         def held(texts, *, is_query=False):
             if registry.hold and not is_query:
-                registry.entered.set()
-                assert registry.release.wait(WAIT), "the held embedding was never released"
+                hold(registry.entered, registry.release, "embedding")
             return original(texts, is_query=is_query)
 
         model.embed_array = held
@@ -461,8 +459,7 @@ def test_a_delete_waits_for_a_commit_under_way_and_cuts_no_version_in_half_with_
     writing, release, real = threading.Event(), threading.Event(), store._write_version
 
     def slow_write(folder, snap):  # stands for a big version being written: the upload holds the folder lock
-        writing.set()
-        assert release.wait(WAIT), "the held write was never released"
+        hold(writing, release, "write")
         real(folder, snap)
 
     monkeypatch.setattr(store, "_write_version", slow_write)

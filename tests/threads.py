@@ -23,6 +23,12 @@ def run_in_thread(fn, *args):
     return box
 
 
+def hold(entered: threading.Event, release: threading.Event, what: str) -> None:
+    """Called from the work a test holds open: say it has arrived, then wait until the test releases it."""
+    entered.set()
+    assert release.wait(WAIT), f"the held {what} was never released"
+
+
 def waiting_on(future: Future) -> threading.Event:
     """Set when some thread starts waiting for ``future`` (a load or open already under way)."""
     waiting, result = threading.Event(), future.result
