@@ -44,10 +44,21 @@ DEFAULTS: dict = {
     # LiteRT threads (None: library default). The shared README saw all-zero scores with 2 threads on one
     # build; tests/test_vision.py checks the configured value against the default.
     "LITERT_THREADS": None,
-    # Fusion of the iNat head and the prototype head (vision/classifier.py; chosen in bench/bench_accuracy.py).
-    "FUSION_ALPHA": 0.5,  # prior weight of the iNat head
+    # Fusion of the iNat head and the prototype head (vision/classifier.py and vision/README.md; chosen on
+    # natural-val and the BIRDS-525 folds by bench/bench_species.py).
+    "FUSION_ALPHA": 0.7,  # prior weight of the iNat head
     "FUSION_POWER": 2.0,  # how strongly each head's own top probability sways its weight
     "PROTOTYPE_SCALE": 40.0,  # softmax scale on cosine similarities
+    "GENERIC_MIN_SHARE": 0.05,  # a coarse class (CROW) hands its probability to its species when they hold this much of it
+    "CONFIDENCE_SHARPEN": 1.5,  # p^k renormalised: calibrates the confidences (expected calibration error)
+    "TEST_TIME_MIRROR": True,  # the iNat model also reads each crop mirrored (one batch), the two averaged
+    "ANSWER_MIN_CONFIDENCE": 0.5,  # below it, answer at the genus or family that holds this much ("a gull")
+    "LOOKALIKE_GAP": 0.15,  # top two species closer than this: name both and say how to tell them apart
+    # Flock context: a bird named with at least FLOCK_CONFIDENT raises its species for uncertain birds of the
+    # same photo that look alike (feature cosine >= FLOCK_MIN_SIMILARITY), by (1 + strength * confidence).
+    "FLOCK_CONFIDENT": 0.7,
+    "FLOCK_MIN_SIMILARITY": 0.6,
+    "FLOCK_STRENGTH": 2.0,
     # "Not a bird": with no confident bird box, a photo is a bird only when ImageNet's bird classes hold at
     # least this probability mass (measured on non-bird and bird photos, bench/bench_accuracy.py).
     "BIRD_BOX_CONF": 0.5,

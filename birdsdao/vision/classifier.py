@@ -1,12 +1,6 @@
-"""Species ranking over the union vocabulary: the iNat model's own logits fused with few-shot prototypes
-(BIRDS-525 from ``weights/``, plus whatever users taught), with honest softmax confidences.
-
-Fusion: a confidence-weighted mixture p = w * p_inat + (1 - w) * p_proto, where p_inat is the softmax of the
-iNat logits over its 964 species, p_proto the softmax of ``scale`` x cosine similarity to the prototypes, and
-w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k) per crop: the head that is surer of its
-answer speaks louder. (A fixed mixture had to choose between BIRDS-525-style crops, which want the
-prototypes, and field photos of iNat-only species, which want the iNat head; see bench/bench_accuracy.py.)
-A mixture of two distributions is itself one, so confidences are probabilities."""
+"""Species ranking over the union vocabulary: the iNat head and the few-shot prototype head fused into one
+distribution, coarse classes resolved to their species, subspecies counted under their species, an optional
+location prior, and a calibrating sharpening (the rule and why: birdsdao/vision/README.md)."""
 from __future__ import annotations
 
 import threading
@@ -16,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import ImageNetModel, INatBackbone, l2n, prototype_features, softmax
-from .vocabulary import Entry, Vocabulary
+from .vocabulary import Entry, Taxonomy, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -46,7 +40,7 @@ class CropFeatures:
     trained: np.ndarray | None = None  # (n, k) probabilities of a configured SPECIES_MODEL, else None
 
     def take(self, rows) -> "CropFeatures":
-        idx = np.asarray(rows)
+        idx = np.asarray(rows, dtype=np.int64)
         return CropFeatures(self.inat_logits[idx], self.proto[idx], self.imagenet_bird[idx],
                             None if self.trained is None else self.trained[idx])
 
@@ -64,21 +58,38 @@ class _State:
     """An immutable snapshot: ranking reads one while teach/forget builds the next (swap under a lock)."""
 
     def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray,
-                 trained_rows: np.ndarray):
+                 proto_known: np.ndarray, trained_rows: np.ndarray):
         self.vocab, self.inat_rows, self.proto_rows, self.proto_vectors = vocab, inat_rows, proto_rows, proto_vectors
+        # per prototype: False for photos a user taught to a species that already had one (left out of the
+        # head weights, so teaching more photos of a known species can only raise it: see README)
+        self.proto_known = proto_known
+        self.entry_rows = np.unique(proto_rows)  # vocabulary rows that have at least one prototype
+        self.column = np.searchsorted(self.entry_rows, proto_rows)  # prototype → its column in entry_rows
+        self.taxonomy = Taxonomy.of(vocab)
         self.trained_rows = trained_rows  # vocabulary row of each output of the configured species model
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_POWER, PROTOTYPE_SCALE,
+    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN), chosen in bench/bench_species.py."""
+
+    alpha: float = 0.7
+    power: float = 2.0
+    scale: float = 40.0
+    generic_min_share: float = 0.05
+    sharpen: float = 1.5
 
 
 class SpeciesClassifier:
     def __init__(self, inat: INatBackbone, imagenet: ImageNetModel, vocab: Vocabulary, base: Prototypes,
-                 label_to_key: dict[str, str], *, alpha: float, scale: float, power: float = 2.0,
+                 label_to_key: dict[str, str], fusion: Fusion, *, mirror: bool = True,
                  trained=None, trained_entries: list[Entry] = ()):
-        """``trained``: a species model from ``python -m birdsdao.train`` (``predict(images) -> probs``, see
-        birdsdao/train/classifiers.py); when given, it names the species and the fusion below is not used.
-        ``trained_entries``: one vocabulary entry per output of it (several outputs may share one)."""
+        """``trained``: a configured species model (``predict(images) -> probs``); when given, it names the
+        species and the fusion is not used. ``trained_entries``: one vocabulary entry per output of it."""
         self.inat, self.imagenet = inat, imagenet
         self.trained, self.trained_entries = trained, list(trained_entries)
-        self.alpha, self.scale, self.power = alpha, scale, power
+        self.fusion, self.mirror = fusion, mirror
         self.base_vocab = vocab
         # Base prototypes re-keyed from BIRDS-525 labels to vocabulary keys; labels the catalogue merges into
         # one species (JACOBIN PIGEON is a Rock Dove breed) pool their photos into one mean.
@@ -94,45 +105,87 @@ class SpeciesClassifier:
 
     # -- features ---------------------------------------------------------------------------------------
     def features(self, crops: np.ndarray) -> CropFeatures:
-        """One batched iNat call for all crops, then the ImageNet model per crop."""
-        inat = self.inat.features(crops)
+        """One batched iNat call for all crops (and their mirror images, averaged: test-time augmentation on
+        the batched model only), then the ImageNet model per crop."""
+        n = len(crops)
+        batch = np.concatenate([crops, np.ascontiguousarray(crops[:, :, ::-1])]) if self.mirror and n else crops
+        inat = self.inat.features(batch)
+        emb, logits = inat.embeddings, inat.logits
+        if self.mirror and n:
+            emb = l2n(emb[:n]) + l2n(emb[n:])
+            logits = (logits[:n] + logits[n:]) / 2
         imnet_emb, imnet_bird = self.imagenet.run(crops)
         trained = None
         if self.trained is not None:
             from PIL import Image
 
             trained = self.trained.predict([Image.fromarray(c) for c in crops])
-        return CropFeatures(inat.logits, prototype_features(inat.embeddings, imnet_emb), imnet_bird, trained)
+        return CropFeatures(logits, prototype_features(emb, imnet_emb), imnet_bird, trained)
 
     # -- ranking ------------------------------------------------------------------------------------------
-    def probabilities(self, feats: CropFeatures) -> tuple[np.ndarray, _State]:
+    def probabilities(self, feats: CropFeatures, prior: np.ndarray | None = None) -> tuple[np.ndarray, _State]:
+        """(n, V) probabilities over the vocabulary (coarse classes and subspecies already folded into their
+        species), and the snapshot they index. ``prior``: (V,) location weights, or None."""
         state = self.state  # one snapshot for the whole call
-        n, v = len(feats.proto), len(state.vocab)
-        probs = np.zeros((n, v), dtype=np.float64)
         if feats.trained is not None:  # a configured species model replaces the fusion
+            probs = np.zeros((len(feats.trained), len(state.vocab)), dtype=np.float64)
             np.add.at(probs.T, state.trained_rows, feats.trained.T.astype(np.float64))
             return probs, state
+        probs = self._fuse(feats, state)
+        probs = self._fold(probs, state.taxonomy)
+        if prior is not None:
+            probs = probs * prior
+        f = self.fusion
+        probs = probs ** f.sharpen
+        return probs / probs.sum(1, keepdims=True), state
+
+    def _fuse(self, feats: CropFeatures, state: _State) -> np.ndarray:
+        """w * p_inat + (1 - w) * p_proto, w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k)."""
+        f = self.fusion
+        n, v = len(feats.proto), len(state.vocab)
+        probs = np.zeros((n, v), dtype=np.float64)
         p_inat = softmax(feats.inat_logits[:, :-1].astype(np.float64))  # background excluded
         rows = state.inat_rows[:-1]
         valid = rows >= 0
         if not len(state.proto_rows):
             np.add.at(probs.T, rows[valid], p_inat[:, valid].T)
-            return probs, state
-        p_proto = softmax(self.scale * (feats.proto @ state.proto_vectors.T).astype(np.float64))
-        w_inat = self.alpha * p_inat.max(1, keepdims=True) ** self.power
-        w_proto = (1 - self.alpha) * p_proto.max(1, keepdims=True) ** self.power
+            return probs
+        sims = (feats.proto @ state.proto_vectors.T).astype(np.float64)
+        # An entry's prototype score is its best prototype's (base photos or a user's taught photos).
+        best = np.full((n, len(state.entry_rows)), -np.inf)
+        np.maximum.at(best.T, state.column, sims.T)
+        p_proto = softmax(f.scale * best)
+        # The head weights see only the prototypes that existed before a known species was taught more.
+        known = np.full((n, len(state.entry_rows)), -np.inf)
+        np.maximum.at(known.T, state.column[state.proto_known], sims[:, state.proto_known].T)
+        weight_proto = softmax(f.scale * known).max(1, keepdims=True)
+        w_inat = f.alpha * p_inat.max(1, keepdims=True) ** f.power
+        w_proto = (1 - f.alpha) * weight_proto ** f.power
         w = w_inat / (w_inat + w_proto)
         np.add.at(probs.T, rows[valid], (w * p_inat[:, valid]).T)
-        np.add.at(probs.T, state.proto_rows, ((1 - w) * p_proto).T)
-        return probs, state
+        probs[:, state.entry_rows] += (1 - w) * p_proto
+        return probs
 
-    def rank(self, feats: CropFeatures, top_k: int) -> list[list[Guess]]:
-        probs, state = self.probabilities(feats)
-        out = []
-        for row in probs:
-            best = np.argsort(-row)[:top_k]
-            out.append([Guess(state.vocab.entries[i], float(row[i])) for i in best])
-        return out
+    def _fold(self, probs: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+        """A coarse class (CROW = Corvus) hands its probability to its species in proportion to theirs when
+        they hold at least ``generic_min_share`` of it; subspecies count under their species."""
+        out = probs.copy()
+        for row, members in taxonomy.members.items():
+            inside = probs[:, members]
+            total = inside.sum(1)
+            move = total >= self.fusion.generic_min_share * probs[:, row]
+            if not move.any():
+                continue
+            share = inside[move] / np.maximum(total[move, None], 1e-300)
+            out[np.ix_(move, members)] += share * probs[move, row][:, None]
+            out[move, row] = 0.0
+        folded = np.zeros_like(out)
+        np.add.at(folded.T, taxonomy.parent, out.T)
+        return folded
+
+    def rank(self, feats: CropFeatures, top_k: int, prior: np.ndarray | None = None) -> list[list[Guess]]:
+        probs, state = self.probabilities(feats, prior)
+        return [top_guesses(row, state.vocab, top_k) for row in probs]
 
     # -- taught species -------------------------------------------------------------------------------------
     def set_taught(self, taught: dict[str, np.ndarray], new_entries: list[Entry]) -> None:
@@ -147,21 +200,26 @@ class SpeciesClassifier:
         for entry in new_entries:
             vocab.add(entry)
         trained_rows = np.asarray([vocab.add(entry) for entry in self.trained_entries], dtype=np.int64)
-        keys = list(self.base) + [k for k in taught if k not in self.base]
-        vectors, rows = [], []
-        for key in keys:
+        inat_rows = vocab.inat_matrix(self.inat.num_outputs)
+        has_inat = set(inat_rows[inat_rows >= 0].tolist())
+        vectors, rows, known = [], [], []
+        for key, (vec, _count) in self.base.items():
+            if key in vocab.index:
+                vectors.append(vec), rows.append(vocab.index[key]), known.append(True)
+        for key, feats in taught.items():
             if key not in vocab.index:
                 continue
-            vec, count = self.base.get(key, (None, 0))
-            total = vec * count if vec is not None else 0
-            if key in taught:
-                total = total + taught[key].sum(0)
-                count += len(taught[key])
-            vectors.append(l2n(np.asarray(total, np.float32)))
-            rows.append(vocab.index[key])
-        inat_rows = vocab.inat_matrix(self.inat.num_outputs)
+            row = vocab.index[key]
+            # A species nobody had a picture of (new, or known only to the iNat head) is new to the weights.
+            is_new = key not in self.base and row not in has_inat
+            vectors.append(l2n(np.asarray(feats, np.float32).mean(0))), rows.append(row), known.append(is_new)
         proto = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 1), np.float32)
-        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, trained_rows)
+        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, np.asarray(known, bool), trained_rows)
 
     def vocabulary_size(self) -> int:
         return len(self.state.vocab)
+
+
+def top_guesses(row: np.ndarray, vocab: Vocabulary, top_k: int) -> list[Guess]:
+    best = np.argsort(-row)[:top_k]
+    return [Guess(vocab.entries[i], float(row[i])) for i in best]

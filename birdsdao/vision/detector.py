@@ -33,6 +33,10 @@ class Box:
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x1, self.y1, self.x2, self.y2)
 
+    @property
+    def area(self) -> float:
+        return (self.x2 - self.x1) * (self.y2 - self.y1)
+
     def scaled(self, factor: float) -> "Box":
         return Box(self.x1 * factor, self.y1 * factor, self.x2 * factor, self.y2 * factor, self.confidence)
 

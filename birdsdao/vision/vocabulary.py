@@ -1,9 +1,12 @@
 """The recognizer's vocabulary: the union of the iNat model's 964 species and the prototype species
-(BIRDS-525 + taught), each entry carrying its display names from the species catalogue
-(``services.get("species")``, see birdsdao/species/catalog.py)."""
+(BIRDS-525 + taught), each entry carrying its display names and its place in the taxonomy (genus, family)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+import numpy as np
+
 
 @dataclass
 class Entry:
@@ -11,9 +14,28 @@ class Entry:
     names: dict
     inat_indices: tuple[int, ...] = ()
     taught: bool = False
+    family: str | None = None
+    family_zh: str | None = None
 
     def to_dict(self) -> dict:
         return {**self.names, "taught": self.taught}
+
+    @property
+    def scientific(self) -> str:
+        return self.names.get("scientific_name") or ""
+
+    @property
+    def rank(self) -> str:
+        """species | subspecies (a trinomial or domestic form) | genus | family (BIRDS-525's coarse classes)."""
+        words = self.scientific.split()
+        if len(words) == 1:
+            return "family" if words[0].endswith("idae") else "genus"
+        return "subspecies" if len(words) > 2 and "×" not in self.scientific else "species"
+
+    @property
+    def genus(self) -> str | None:
+        words = self.scientific.split()
+        return words[0] if words and not words[0].endswith("idae") else None
 
 
 @dataclass
@@ -27,7 +49,7 @@ class Vocabulary:
     def from_catalog(cls, catalog, num_inat: int) -> "Vocabulary":
         vocab = cls()
         for sp in catalog.all():
-            vocab.add(Entry(sp.id, sp.names(), tuple(sp.inat_indices)))
+            vocab.add(Entry(sp.id, sp.names(), tuple(sp.inat_indices), family=sp.family, family_zh=sp.family_zh))
         return vocab
 
     def add(self, entry: Entry) -> int:
@@ -42,11 +64,66 @@ class Vocabulary:
 
     def inat_matrix(self, num_inat: int):
         """(num_inat,) entry row per iNat output, -1 where none (background)."""
-        import numpy as np
-
         rows = np.full(num_inat, -1, dtype=np.int64)
         for row, entry in enumerate(self.entries):
             for i in entry.inat_indices:
                 if 0 <= i < num_inat:
                     rows[i] = row
         return rows
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """Row-level groups of a vocabulary: each subspecies' parent species row, each coarse class's member
+    species rows, and the species rows of every genus and family (for answers at a higher rank)."""
+
+    parent: np.ndarray  # (V,) the row a row's probability is counted under (itself, or its parent species)
+    members: dict[int, np.ndarray]  # coarse class row → rows of the species inside it
+    genus_rows: dict[str, np.ndarray]
+    family_rows: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, vocab: Vocabulary) -> "Taxonomy":
+        entries = vocab.entries
+        species_rows = {e.key: i for i, e in enumerate(entries) if e.rank == "species" and not e.taught}
+        parent = np.arange(len(entries))
+        genus, family = {}, {}
+        for i, e in enumerate(entries):
+            if e.rank == "subspecies":
+                parent[i] = species_rows.get(" ".join(e.scientific.split()[:2]), i)
+            if e.rank == "species" and not e.taught:
+                genus.setdefault(e.genus, []).append(i)
+                if e.family:
+                    family.setdefault(e.family, []).append(i)
+        members = {}
+        for i, e in enumerate(entries):
+            if e.rank in ("genus", "family"):
+                rows = (genus if e.rank == "genus" else family).get(e.scientific, [])
+                if rows:
+                    members[i] = np.asarray(rows, dtype=np.int64)
+        as_arrays = lambda d: {k: np.asarray(v, dtype=np.int64) for k, v in d.items()}  # noqa: E731
+        return cls(parent, members, as_arrays(genus), as_arrays(family))
+
+    def group_of(self, vocab: Vocabulary, row: int, rank: str) -> tuple[str | None, np.ndarray]:
+        """(the genus or family name of ``row``, the species rows in it)."""
+        entry = vocab.entries[row]
+        name = entry.genus if rank == "genus" else entry.family
+        table = self.genus_rows if rank == "genus" else self.family_rows
+        return name, table.get(name, np.zeros(0, np.int64))
+
+
+def group_names(vocab: Vocabulary, rank: str, name: str, rows: np.ndarray) -> dict:
+    """Display names of a genus or family, from its species: the Chinese names' shared ending + 属 for a genus
+    (鸥 for Larus; the family's own Chinese name for a family), the English names' shared last word."""
+    entries = [vocab.entries[i] for i in rows]
+    zh = [e.names.get("chinese_name") or "" for e in entries]
+    en = [(e.names.get("english_name") or "").split() for e in entries]
+    suffix = os.path.commonprefix([z[::-1] for z in zh if z])[::-1] if all(zh) else ""
+    last = {w[-1].lower() for w in en if w}
+    english = next(iter(last)).capitalize() if len(last) == 1 else None
+    if rank == "genus":
+        chinese = f"{suffix}属" if suffix else None
+    else:
+        chinese = entries[0].family_zh if entries else None
+    return {"rank": rank, "scientific_name": name, "english_name": english, "chinese_name": chinese,
+            "names_source": "project"}
