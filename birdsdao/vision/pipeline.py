@@ -12,9 +12,10 @@ import numpy as np
 from ..errors import APIError
 from . import annotate
 from .backbone import load_backbones
-from .classifier import Guess, Prototypes, SpeciesClassifier
+from .classifier import Fusion, Guess, Prototypes, SpeciesClassifier
 from .detector import Box, build_detector
 from .imaging import crop_with_margin, decode_image, to_model_input
+from .naming import Reading, flock_context, read_detection
 from .taught import TaughtStore, normalize_label
 from .vocabulary import Entry, Vocabulary
 
@@ -22,8 +23,12 @@ from .vocabulary import Entry, Vocabulary
 @dataclass
 class Detection:
     box: Box | None  # None: the whole image (no bird box was found)
-    species: list[Guess]
+    reading: Reading
     image_size: tuple[int, int]  # uploaded image's (w, h), for the whole-image box
+
+    @property
+    def species(self) -> list[Guess]:
+        return self.reading.species
 
     def to_dict(self) -> dict:
         if self.box is None:
@@ -31,7 +36,7 @@ class Detection:
         else:
             d = self.box.to_dict()
             box, conf = d["box"], d["box_confidence"]
-        return {"box": box, "box_confidence": conf, "species": [g.to_dict() for g in self.species]}
+        return {"box": box, "box_confidence": conf, **self.reading.to_dict()}
 
 
 @dataclass
@@ -101,9 +106,11 @@ class VisionPipeline:
             if species is not None:
                 label_to_key[label] = species.id
         trained, trained_entries = _trained_species_model(config, catalog)
-        classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key,
-                                       alpha=float(config["FUSION_ALPHA"]), scale=float(config["PROTOTYPE_SCALE"]),
-                                       power=float(config["FUSION_POWER"]), trained=trained,
+        fusion = Fusion(alpha=float(config["FUSION_ALPHA"]), power=float(config["FUSION_POWER"]),
+                        scale=float(config["PROTOTYPE_SCALE"]), generic_min_share=float(config["GENERIC_MIN_SHARE"]),
+                        sharpen=float(config["CONFIDENCE_SHARPEN"]))
+        classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key, fusion,
+                                       mirror=bool(config["TEST_TIME_MIRROR"]), trained=trained,
                                        trained_entries=trained_entries)
         pipeline = cls(config, detector, classifier, catalog, TaughtStore(instance / "taught"))
         pipeline.warm_up()
@@ -124,26 +131,10 @@ class VisionPipeline:
         image, scale = self._decode(data)
         width, height = round(image.size[0] / scale), round(image.size[1] / scale)
         clock.lap("decode")
-        boxes = self.detector(image)[: int(self.config["MAX_DETECTIONS"])]
-        clock.lap("detect")
-        box_min = float(self.config["BIRD_BOX_CONF"])
-        imagenet_min = float(self.config["IMAGENET_BIRD_MIN"])
-        # The whole image rides in the same batch when no box is confident (it may be the answer).
-        need_whole = not any(b.confidence >= box_min for b in boxes)
-        crops = [self._crop(image, b) for b in boxes]
-        if need_whole:
-            crops.append(image)
-        feats = self.classifier.features(np.stack([to_model_input(c) for c in crops]))
-        kept = [i for i, b in enumerate(boxes) if b.confidence >= box_min or feats.imagenet_bird[i] >= imagenet_min]
-        whole = len(crops) - 1
-        if kept:
-            rows, out_boxes = kept, [boxes[i].scaled(1 / scale) for i in kept]
-        elif feats.imagenet_bird[whole] >= imagenet_min:
-            rows, out_boxes = [whole], [None]
-        else:
-            rows, out_boxes = [], []
-        guesses = self.classifier.rank(feats.take(rows), top_k) if rows else []
-        detections = [Detection(b, g, (width, height)) for b, g in zip(out_boxes, guesses)]
+        boxes, feats = self.observe(image, clock)
+        out_boxes = [b.scaled(1 / scale) if b else None for b in boxes]
+        readings = self.read(feats, [b.area if b else None for b in out_boxes], top_k) if boxes else []
+        detections = [Detection(b, r, (width, height)) for b, r in zip(out_boxes, readings)]
         clock.lap("classify")
         annotated = None
         if annotate_image:
@@ -155,6 +146,36 @@ class VisionPipeline:
             annotated = annotate.draw(image, items, self.font_path)
             clock.lap("annotate")
         return DetectResult(width, height, detections, bool(detections), annotated, clock.done())
+
+    def observe(self, image, clock: _Clock | None = None) -> tuple[list[Box | None], object]:
+        """The birds of a decoded image: their boxes (None: the whole image) and crop features, in one
+        batch; boxes that are neither confident nor bird-like to ImageNet are dropped."""
+        boxes = self.detector(image)[: int(self.config["MAX_DETECTIONS"])]
+        if clock:
+            clock.lap("detect")
+        box_min = float(self.config["BIRD_BOX_CONF"])
+        imagenet_min = float(self.config["IMAGENET_BIRD_MIN"])
+        # The whole image rides in the same batch when no box is confident (it may be the answer).
+        need_whole = not any(b.confidence >= box_min for b in boxes)
+        crops = [self._crop(image, b) for b in boxes] + ([image] if need_whole else [])
+        feats = self.classifier.features(np.stack([to_model_input(c) for c in crops]))
+        kept = [i for i, b in enumerate(boxes) if b.confidence >= box_min or feats.imagenet_bird[i] >= imagenet_min]
+        if kept:
+            return [boxes[i] for i in kept], feats.take(kept)
+        whole = len(crops) - 1
+        if feats.imagenet_bird[whole] >= imagenet_min:
+            return [None], feats.take([whole])
+        return [], feats.take([])
+
+    def read(self, feats, areas: list, top_k: int, prior=None) -> list[Reading]:
+        """Crops' features → one Reading per crop: ranked species, the answer at the rank that is sure
+        enough, look-alikes; birds in one photo are read together (flock context)."""
+        probs, state = self.classifier.probabilities(feats, prior)
+        cfg = self.config
+        probs = flock_context(probs, feats.proto, areas, confident=float(cfg["FLOCK_CONFIDENT"]),
+                              min_similarity=float(cfg["FLOCK_MIN_SIMILARITY"]), strength=float(cfg["FLOCK_STRENGTH"]))
+        return [read_detection(row, state, top_k, self.catalog, answer_min=float(cfg["ANSWER_MIN_CONFIDENCE"]),
+                               lookalike_gap=float(cfg["LOOKALIKE_GAP"])) for row in probs]
 
     def _decode(self, data: bytes):
         return decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
@@ -175,14 +196,13 @@ class VisionPipeline:
             boxes = self.detector(image)
             crop = self._crop(image, boxes[0]) if boxes else image
             crops.append(to_model_input(crop))
-        batch = np.stack(crops)
-        batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])  # mirrors, as in the artifact
-        feats = self.classifier.features(batch).proto
+        feats = self.classifier.features(np.stack(crops)).proto  # one (mirror-averaged) feature per photo
         # The flock makes records → put one step across gunicorn workers (else two teaches lose one).
         with self.write_lock, self.store.locked():
             records = self.store.records()
             if label in records:
                 record = records[label]
+                photos = int(record.get("images", 0)) + len(feats)
                 feats = np.concatenate([self.store.features(label), feats])
             else:
                 # Exact names only: resolve's guesses ("鸳鸯测试" contains 鸳鸯, "灰喜鹊" is inside 伊比利亚灰喜鹊)
@@ -192,7 +212,8 @@ class VisionPipeline:
                     record = {"key": species.id, "new": False, "names": species.names()}
                 else:
                     record = {"key": f"taught:{label}", "new": True, "names": _taught_names(label, names)}
-            record["images"] = len(feats) // 2
+                photos = len(feats)
+            record["images"] = photos
             self.store.put(label, record, feats)
             self._load_taught()
         return {"label": label, "images_used": len(images), "species_count": self.classifier.vocabulary_size(),
