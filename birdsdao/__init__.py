@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import PROJECT_ROOT, load_config
-from .errors import register_error_handlers
+from .web.errors import register_error_handlers
 from .security import init_security
 from .services import init_services
 
