@@ -233,6 +233,13 @@ def test_server_names_species_with_a_configured_trained_model(trained, make_app,
     assert all(s["confidence"] == 0 for s in species[3:])
 
 
+def test_a_mistyped_species_model_answers_503_with_its_reason_instead_of_stopping_the_server(make_app):
+    app = make_app(services=["species", "vision"], SPECIES_MODEL="model.bin")
+    r = app.test_client().post("/detect", data={"image": ((BIRDS525 / "AMERICAN ROBIN" / "4.jpg").open("rb"), "a.jpg")})
+    assert r.status_code == 503 and r.get_json()["code"] == "model_unavailable"
+    assert "unknown species model type" in r.get_json()["error"]
+
+
 # Odd shapes on purpose: a square BIRDS-525 crop, two off-square ones, and two large field photos (portrait
 # and 16:9) that training used to shrink to a thumbnail before the held-out resize.
 ODD_PHOTOS = [BIRDS525 / "AMERICAN ROBIN" / "4.jpg", BIRDS525 / "PLUSH CRESTED JAY" / "4.jpg",

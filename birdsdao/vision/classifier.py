@@ -74,7 +74,7 @@ class SpeciesClassifier:
                  label_to_key: dict[str, str], *, alpha: float, scale: float, power: float = 2.0,
                  trained=None, trained_entries: list[Entry] = ()):
         """``trained``: a species model from ``python -m birdsdao.train`` (``predict(images) -> probs``, see
-        birdsdao/train/classifiers.py); when given, it names the species and the fusion below is not used.
+        birdsdao/vision/species_model.py); when given, it names the species and the fusion below is not used.
         ``trained_entries``: one vocabulary entry per output of it (several outputs may share one)."""
         self.inat, self.imagenet = inat, imagenet
         self.trained, self.trained_entries = trained, list(trained_entries)

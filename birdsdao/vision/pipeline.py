@@ -256,7 +256,7 @@ def _trained_species_model(config, catalog):
     path = str(config.get("SPECIES_MODEL") or "")
     if not path:
         return None, []
-    from ..train.classifiers import open_species_model
+    from .species_model import open_species_model
 
     model = open_species_model(Path(path), Path(config["SPECIES_LABELS"]) if config.get("SPECIES_LABELS") else None)
     entries = []
