@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from birdsdao.species import SpeciesCatalog, build
-from birdsdao.species.build_data import DEFAULT_SHARED_DATA, build_records
+from birdsdao.tools.build_species_data import DEFAULT_SHARED_DATA, build_records
 from birdsdao.species.catalog import DATA_FILE, normalize
 
 # Same place conftest looks for ../shared (imported by value: tests may or may not be a package).
@@ -33,7 +33,7 @@ def test_bundled_data_file_is_what_the_generator_makes_from_the_shared_tables():
         pytest.skip("../shared/data not present")
     with open(DATA_FILE, encoding="utf-8") as fh:
         bundled = [json.loads(line) for line in fh]
-    assert build_records(SHARED_DATA) == bundled, "species.jsonl is stale: run python -m birdsdao.species.build_data"
+    assert build_records(SHARED_DATA) == bundled, "species.jsonl is stale: run python -m birdsdao.tools.build_species_data"
 
 
 def test_catalogue_merges_both_tables_into_about_1270_species(catalog):

@@ -132,7 +132,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def load_seed_vectors(path: str | Path, version: str) -> dict[str, np.ndarray]:
-    """{text_key: vector} from an ``.npz`` made by ``python -m birdsdao.kb.build_seed_vectors`` (no pickle)."""
+    """{text_key: vector} from an ``.npz`` made by ``python -m birdsdao.tools.build_seed_vectors`` (no pickle)."""
     path = Path(path)
     if not path.exists():
         return {}

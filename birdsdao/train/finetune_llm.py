@@ -11,7 +11,7 @@ import random
 import time
 from pathlib import Path
 
-from ..species.build_data import IUCN_ZH
+from ..tools.build_species_data import IUCN_ZH
 from .common import SHARED, summary, write_json, write_jsonl
 
 HELP = "build Alpaca bird Q&A from the species tables, then P-tuning v2 / LoRA a causal LM (peft)"
