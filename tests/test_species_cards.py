@@ -14,7 +14,8 @@ import pytest
 from birdsdao.species import SpeciesCatalog
 from birdsdao.tools.build_species_data import DATA_DIR, DEFAULT_SHARED_DATA
 from birdsdao.tools.build_species_eval import build_questions
-from birdsdao.species.cards import doc_name, iter_card_documents
+from birdsdao.kb.species_kb import iter_card_documents
+from birdsdao.species.cards import doc_name
 
 SHARED_DATA = Path(os.environ.get("BIRDSDAO_SHARED", DEFAULT_SHARED_DATA.parent)) / "data"
 REQUIRED = ("id", "label", "scientific_name", "english_name", "chinese_name", "order", "order_zh", "family",
