@@ -37,7 +37,7 @@ def main():
         from birdsdao.species import build as build_catalog
         from birdsdao.kb.species_kb import card_documents
 
-        cards = card_documents(build_catalog({}, None))
+        cards = card_documents(build_catalog(DEFAULTS, None))
         source = "species cards (birdsdao.species.cards)"
     except ImportError:
         cards = [kb_corpus.card(r) for r in rows]

@@ -31,8 +31,8 @@ def create_app(config: dict | None = None) -> Flask:
     load_config(app, config)
     app.json.ensure_ascii = False  # Chinese names readable in every JSON answer (UTF-8), not \uXXXX
     app.instance_path = app.config["INSTANCE_PATH"]
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
-    if app.config.get("PROXY_HOPS"):
+    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    if app.config["PROXY_HOPS"]:
         # Behind nginx: trust X-Forwarded-* from exactly that many proxies.
         hops = int(app.config["PROXY_HOPS"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)

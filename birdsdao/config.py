@@ -118,6 +118,8 @@ DEFAULTS: dict = {
     "EXTRACTIVE_EMBEDDER": False,
     # --- server ---
     "TORCH_THREADS": None,  # None: leave torch's own choice (gunicorn.conf.py sets it from the CPU count)
+    "LOG_LEVEL": "INFO",
+    "PROXY_HOPS": 0,  # trusted reverse proxies in front (X-Forwarded-*); 1 behind deploy/nginx.conf
 }
 
 

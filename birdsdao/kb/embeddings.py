@@ -213,7 +213,7 @@ class EmbedderRegistry:
 
 
 def build(config, services) -> EmbedderRegistry:
-    registry = EmbedderRegistry(config.get("KB_EMBED_MODEL", DEFAULT_MODEL), config.get("KB_EMBED_MODELS"),
-                                int(config.get("KB_EMBED_BATCH", 32)), config.get("KB_SEED_VECTORS"))
+    registry = EmbedderRegistry(config["KB_EMBED_MODEL"], config["KB_EMBED_MODELS"], int(config["KB_EMBED_BATCH"]),
+                                config["KB_SEED_VECTORS"])
     registry.get().embed_array(["warm-up"], is_query=True)  # first call allocates the engine's buffers
     return registry

@@ -8,6 +8,7 @@ import re
 import numpy as np
 from scipy import sparse
 
+from ..config import DEFAULTS
 from ..segment import search_words
 
 MODES = ("vector", "bm25", "rrf", "weighted")
@@ -19,7 +20,7 @@ MODES = ("vector", "bm25", "rrf", "weighted")
 # rrf is kept because weighted adds raw cosines, and a Q&A entry's question ("麻雀吃什么？") has a higher
 # cosine with any question than prose does, so weighted ranked a look-alike question over the right prose
 # chunk (tests/test_kb.py round trip) where rank fusion does not.
-DEFAULT_MODE = "rrf"
+DEFAULT_MODE = DEFAULTS["KB_SEARCH_MODE"]
 RRF_K = 60
 CANDIDATES = 50  # hits taken from each side before fusion
 

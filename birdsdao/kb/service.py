@@ -32,7 +32,7 @@ from ..config import DEFAULTS
 from ..errors import APIError
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
-from .search import DEFAULT_MODE, MODES
+from .search import MODES
 from .store import Hit, KnowledgeBase, StoreError, folder_lock, read_current_manifest
 
 __all__ = ["Hit", "KnowledgeBaseService", "build"]
@@ -56,12 +56,13 @@ class Limits:
     @classmethod
     def from_config(cls, config=DEFAULTS) -> "Limits":
         keys = {f: f"KB_{f.upper()}" for f in cls.__dataclass_fields__}
-        return cls(**{f: int(config.get(key, DEFAULTS[key])) for f, key in keys.items()})
+        return cls(**{f: int(config[key]) for f, key in keys.items()})
 
 
 class KnowledgeBaseService:
-    def __init__(self, root: Path, embedders, *, limits: Limits | None = None, chunk_size: int = 400,
-                 chunk_overlap: int = 80, search_mode: str = DEFAULT_MODE, default_kb: str = "species"):
+    def __init__(self, root: Path, embedders, *, limits: Limits | None = None,
+                 chunk_size: int = DEFAULTS["KB_CHUNK_SIZE"], chunk_overlap: int = DEFAULTS["KB_CHUNK_OVERLAP"],
+                 search_mode: str = DEFAULTS["KB_SEARCH_MODE"], default_kb: str = DEFAULTS["KB_DEFAULT"]):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.embedders = embedders
@@ -330,9 +331,9 @@ def build(config, services) -> KnowledgeBaseService:
     embedders = services.get("embedder")
     service = KnowledgeBaseService(
         Path(config["INSTANCE_PATH"]) / "kb", embedders, limits=Limits.from_config(config),
-        chunk_size=int(config.get("KB_CHUNK_SIZE", 400)), chunk_overlap=int(config.get("KB_CHUNK_OVERLAP", 80)),
-        search_mode=config.get("KB_SEARCH_MODE", DEFAULT_MODE), default_kb=config.get("KB_DEFAULT", "species"))
+        chunk_size=int(config["KB_CHUNK_SIZE"]), chunk_overlap=int(config["KB_CHUNK_OVERLAP"]),
+        search_mode=config["KB_SEARCH_MODE"], default_kb=config["KB_DEFAULT"])
     from .species_kb import start_species_kb
 
-    start_species_kb(service, services, config.get("KB_SPECIES_BUILD", "background"))
+    start_species_kb(service, services, config["KB_SPECIES_BUILD"])
     return service

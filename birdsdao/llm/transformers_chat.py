@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from ..config import DEFAULTS
 from .base import Backend, Limits, Prompt
 
 PREFIX_KEY = "transformer.prefix_encoder."
@@ -39,8 +40,8 @@ class TransformersChatBackend(Backend):
     generative = True
     local = True
 
-    def __init__(self, name: str, path: str, quantize: int | None = None, temperature: float = 0.2,
-                 context_window: int | None = None):
+    def __init__(self, name: str, path: str, quantize: int | None = None,
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"], context_window: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = path
@@ -153,7 +154,7 @@ class ChatGLM2Backend(TransformersChatBackend):
     after each token, so closing our generator stops decoding at the next token."""
 
     def __init__(self, name: str, path: str, ptuning: str | None = None, quantize: int | None = None,
-                 temperature: float = 0.2):
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"]):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -205,8 +206,8 @@ class ChatGLM2Backend(TransformersChatBackend):
 
 
 def create(name: str, config, services) -> TransformersChatBackend:
-    return TransformersChatBackend(name, config["TRANSFORMERS_MODEL"], quantize=config.get("TRANSFORMERS_QUANTIZE"),
-                                   temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+    return TransformersChatBackend(name, config["TRANSFORMERS_MODEL"], quantize=config["TRANSFORMERS_QUANTIZE"],
+                                   temperature=float(config["LLM_TEMPERATURE"]))
 
 
 def create_chatglm2(name: str, config, services) -> Backend:
@@ -216,5 +217,5 @@ def create_chatglm2(name: str, config, services) -> Backend:
         from . import llama
 
         return llama.create(name, config, services, path=path)
-    return ChatGLM2Backend(name, path, ptuning=config.get("CHATGLM2_PTUNING"), quantize=config.get("CHATGLM2_QUANTIZE"),
-                           temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+    return ChatGLM2Backend(name, path, ptuning=config["CHATGLM2_PTUNING"], quantize=config["CHATGLM2_QUANTIZE"],
+                           temperature=float(config["LLM_TEMPERATURE"]))

@@ -131,7 +131,7 @@ class ImageNetModel:
 
 def load_backbones(config: dict) -> tuple[INatBackbone, ImageNetModel]:
     """Both MobileNets as the config names them: the one place the server and build_prototypes open them."""
-    threads = config.get("LITERT_THREADS")
+    threads = config["LITERT_THREADS"]
     return INatBackbone(config["INAT_MODEL"], threads), ImageNetModel(config["IMAGENET_MODEL"], threads)
 
 
