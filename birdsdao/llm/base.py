@@ -1,8 +1,5 @@
-"""The one interface every answer backend implements, plus what they share: the prompt object handed to
-them, per-call limits, cooperative cancellation and the one-generation-at-a-time gate with a bounded queue.
-
-A backend never imports Flask; ``answer.py`` composes retrieval + prompt + backend.
-"""
+"""The interface every answer backend implements and what they share: the prompt, per-call limits, cooperative
+cancellation and the one-generation-at-a-time gate with a bounded queue."""
 from __future__ import annotations
 
 import re

@@ -1,7 +1,5 @@
-"""The default answer backend, needing no weights: it answers from the retrieved passages (KB hits or
-species cards) by choosing and ordering their most relevant sentences, each cited as [n]. It never writes
-a claim of its own, so it cannot be talked into one by a poisoned document; sentences that address the
-assistant ("ignore previous instructions...") are never quoted."""
+"""The default, weight-free backend: answers by quoting the most relevant sentences of the sources, each cited
+[n]; it writes no claim of its own and never quotes sentences that address the assistant."""
 from __future__ import annotations
 
 import logging

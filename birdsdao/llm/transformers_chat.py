@@ -1,9 +1,5 @@
-"""Chat models through Hugging Face transformers: a generic backend (AutoModelForCausalLM + the tokenizer's
-chat template, streamed with TextIteratorStreamer) and ChatGLM2 (trust_remote_code, its own
-``stream_chat``, the original recipe's P-tuning v2 prefix checkpoints, 4/8-bit on CUDA).
-
-Checkpoints are loaded from local paths only; P-tuning weights are read with safetensors or
-``torch.load(weights_only=True)``, never with a full unpickler."""
+"""Chat models through Hugging Face transformers: a generic backend (chat template, streamed) and ChatGLM2
+(``stream_chat``, P-tuning v2 prefixes); local paths only, no full unpickling."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,5 @@
-"""Generate ``birdsdao/species/data/eval_questions.jsonl``: for every species, a few Chinese and English
-questions whose expected source is that species' card. Used to measure retrieval recall@k of the bundled
-``species`` knowledge base and the quality of ``/get_response`` answers.
-
-Run ``python -m birdsdao.tools.build_species_eval`` after ``build_species_data``.
-"""
+"""``python -m birdsdao.tools.build_species_eval``: ``birdsdao/species/data/eval_questions.jsonl``, questions per
+species whose expected source is its card (run after ``build_species_data``)."""
 from __future__ import annotations
 
 import argparse

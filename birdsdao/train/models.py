@@ -14,12 +14,10 @@ from ..vision.checkpoint import FORMAT, C2fSplit, load_classifier, logits_of, sp
 
 
 def seed_classifier(nc: int, detector: Path | None, cfg: str = "yolov8n-cls.yaml") -> nn.Module:
-    """A YOLOv8 classification model for ``nc`` classes, its backbone copied from a detector checkpoint.
-
-    Ultralytics' own ``load`` transfers every tensor whose name and shape match (layers 0–8 of yolov8n).
-    Reading the detector ``.pt`` needs full unpickling: it is the official release file named by
-    configuration, never a user upload.
-    """
+    """A YOLOv8 classification model for ``nc`` classes, its backbone (every tensor whose name and shape match)
+    copied from a detector checkpoint."""
+    # Reading the detector .pt needs full unpickling: it is the official release file named by configuration,
+    # never a user upload.
     from ultralytics import YOLO
     from ultralytics.nn.tasks import ClassificationModel
 
@@ -79,10 +77,8 @@ def gflops(model: nn.Module, imgsz: int) -> float:
 
 @torch.inference_mode()
 def cpu_latency_ms(models: list[nn.Module], imgsz: int, runs: int = 30, warmup: int = 5) -> list[float]:
-    """Median ms per single image on CPU for each model, BatchNorm fused into convs as at serving time.
-
-    The models are timed in alternation (a, b, a, b, …) so that a busy shared CPU slows them alike and
-    their ratio stays meaningful even when the absolute numbers do not."""
+    """Median ms per single image on CPU for each model, BatchNorm fused into convs as at serving time."""
+    # Timed in alternation (a, b, a, b, …): a busy shared CPU slows them alike, so their ratio stays meaningful.
     ms = []
     for model in models:
         m = copy.deepcopy(_unwrap(model)).cpu().eval()

@@ -1,12 +1,5 @@
-"""``score``: BLEU-4, ROUGE-L and chrF of answers or captions against references, with Chinese tokenisation
-(characters, or jieba words), from JSONL files — one table row per hypothesis file, so answer backends can
-be compared on the same questions. The metrics are implemented here (short, exact, unit-tested):
-
-- char tokens are lower-cased (jieba keeps case); BLEU: corpus-level (Papineni et al. 2002), clipped n-gram precisions n=1..4, brevity penalty, no smoothing;
-- ROUGE-L: mean over items of the LCS F1 (best reference per item);
-- chrF: character n-grams n=1..6 without spaces, precision and recall averaged over n, F-β with β=2,
-  statistics summed over the corpus (as sacrebleu's chrF).
-"""
+"""``score``: BLEU-4, ROUGE-L and chrF of answers against references, with Chinese tokenisation (characters or
+jieba words), one row per hypothesis file (metric definitions: README.md)."""
 from __future__ import annotations
 
 import argparse
