@@ -23,7 +23,7 @@ def list_species(root: Path, species: int | None = None, names: list[str] | None
     ``names`` an explicit list."""
     root = Path(root)
     if not root.is_dir():
-        raise SystemExit(f"data set folder not found: {root}")
+        raise ValueError(f"data set folder not found: {root}")
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         imgs = sorted((f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
@@ -32,12 +32,12 @@ def list_species(root: Path, species: int | None = None, names: list[str] | None
     if names:
         missing = [n for n in names if n not in found]
         if missing:
-            raise SystemExit(f"species not in {root}: {', '.join(missing[:5])}")
+            raise ValueError(f"species not in {root}: {', '.join(missing[:5])}")
         found = {n: found[n] for n in names}
     if species:
         found = dict(list(found.items())[:species])
     if not found:
-        raise SystemExit(f"no species folders with images in {root}")
+        raise ValueError(f"no species folders with images in {root}")
     return found
 
 

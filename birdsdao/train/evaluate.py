@@ -144,7 +144,7 @@ def run(args) -> dict:
 
     items = dataset_images(args.data, args.index, args.species)
     if not items:
-        raise SystemExit(f"no images selected in {args.data}")
+        raise ValueError(f"no images selected in {args.data}")
     model = open_species_model(args.model, args.labels, args.device, reference=INAT_REFERENCE)
     t0 = time.perf_counter()
     chunks = []

@@ -106,7 +106,7 @@ def run(args) -> dict:
     data = args.data or Path(args.model).parent / "split"
     train, val, found = load_split_tree(data)
     if sorted(found) != sorted(names):
-        raise SystemExit(f"{data} has other species than {args.model} was trained on")
+        raise ValueError(f"{data} has other species than {args.model} was trained on")
     tr, va = loaders(train, val, names, imgsz, args.batch, args.seed)
     device = pick_device(args.device)
     t0 = time.perf_counter()
