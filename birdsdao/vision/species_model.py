@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def eval_view(img, size: int) -> np.ndarray:
     """The one held-out view of a photo (short side to ``size``, centre crop), RGB uint8; training validates
     on it and every model here predicts on it, so a model scores an image identically wherever it is scored."""
