@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from birdsdao import create_app  # noqa: E402
-from birdsdao.vision.build_prototypes import class_means  # noqa: E402
+from birdsdao.tools.build_prototypes import class_means  # noqa: E402
 from birdsdao.vision.classifier import CropFeatures  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

@@ -5,7 +5,7 @@ latency per answer and how often the answer names the right species.
     nice -n 10 .venv/bin/python bench/bench_answers.py [--n 100] [--llama-n 12] [--seed 0]
         [--max-new-tokens 96] [--llama-threads 2] [--skip-llama] [--no-kb] [--out bench/out/answers]
 
-Questions: ``birdsdao.species.build_eval.build_questions`` (what ``python -m birdsdao.species.build_eval``
+Questions: ``birdsdao.tools.build_species_eval.build_questions`` (what ``python -m birdsdao.tools.build_species_eval``
 writes): per species 3 Chinese (about / habitat / diet) and 2 English (diet / habitat) questions. English
 questions are kept only for species whose card has an English description (otherwise the only reference text
 is Chinese). ``--n`` questions are drawn with ``random.Random(seed).sample``; llama answers the first
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from birdsdao import create_app  # noqa: E402
-from birdsdao.species.build_eval import build_questions  # noqa: E402
+from birdsdao.tools.build_species_eval import build_questions  # noqa: E402
 from birdsdao.train import score  # noqa: E402
 from birdsdao.train.common import write_jsonl  # noqa: E402
 from birdsdao.train.finetune_llm import qa_for_species  # noqa: E402

@@ -37,7 +37,7 @@ def main():
         from birdsdao.species import build as build_catalog
         from birdsdao.kb.species_kb import card_documents
 
-        cards = card_documents(build_catalog({}, None))
+        cards = card_documents(build_catalog(DEFAULTS, None))
         source = "species cards (birdsdao.species.cards)"
     except ImportError:
         cards = [kb_corpus.card(r) for r in rows]
@@ -52,7 +52,7 @@ def main():
     if len(questions) > args.n:
         questions = random.Random(5).sample(questions, args.n)
     print(f"corpus: {len(cards)} {source}")
-    # the shipped card vectors make a full build take seconds (python -m birdsdao.kb.build_seed_vectors)
+    # the shipped card vectors make a full build take seconds (python -m birdsdao.tools.build_seed_vectors)
     service = KnowledgeBaseService(OUT / f"{len(cards)}", EmbedderRegistry(seed_path=DEFAULTS["KB_SEED_VECTORS"]))
     start = time.perf_counter()
     result = ensure_species_kb(service, cards)

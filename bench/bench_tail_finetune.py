@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 from birdsdao.config import DEFAULTS  # noqa: E402
-from birdsdao.vision.backbone import ImageNetModel, _dequantize, l2n, make_interpreter  # noqa: E402
+from birdsdao.vision.backbone import ImageNetModel, dequantize, l2n, make_interpreter  # noqa: E402
 from birdsdao.vision.imaging import to_model_input, to_rgb  # noqa: E402
 
 FEED = "MobilenetV2/expanded_conv_14/add"
@@ -58,7 +58,7 @@ def tflite_tensors(interp) -> dict[str, np.ndarray]:
             is_weight = key.endswith(".w") and d["dtype"] == np.uint8 and len(d["shape"]) == 4
             is_bias = key.endswith(".b") and d["dtype"] == np.int32 and d["name"].endswith("BatchNorm_Fold/bias")
             if (is_weight or is_bias) and d["name"].startswith(prefix):
-                out[key] = _dequantize(interp.get_tensor(d["index"]), d)
+                out[key] = dequantize(interp.get_tensor(d["index"]), d)
     missing = sorted(set(want) - set(out))
     if missing:
         raise SystemExit(f"tensors not found in the iNat model: {missing}")
@@ -131,8 +131,8 @@ def main():
         for v in vs:
             interp.set_tensor(interp.get_input_details()[0]["index"], v[None])
             interp.invoke()
-            mids.append(_dequantize(interp.get_tensor(feed["index"])[0], feed))
-            pooled.append(_dequantize(interp.get_tensor(pool["index"]).reshape(-1), pool))
+            mids.append(dequantize(interp.get_tensor(feed["index"])[0], feed))
+            pooled.append(dequantize(interp.get_tensor(pool["index"]).reshape(-1), pool))
         imn.append(imagenet.run(np.stack([vs[0], vs[2]]))[0])
     mid = torch.from_numpy(np.stack(mids)).permute(0, 3, 1, 2).reshape(len(files), 4, 160, 7, 7).contiguous()
     pooled = np.stack(pooled).reshape(len(files), 4, -1)

@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import TYPE_CHECKING
 
 from . import environment  # noqa: F401  (first: sets what libraries read when they are imported)
-
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
-
 from .config import PROJECT_ROOT, load_config
-from .errors import register_error_handlers
-from .security import init_security
-from .services import init_services
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 __version__ = "0.1.0"
 
@@ -22,6 +19,14 @@ BLUEPRINTS = ("pages", "detect", "species", "chat", "kb")
 
 def create_app(config: dict | None = None) -> Flask:
     """config → services (models loaded once) → blueprints → error handlers."""
+    # Imported here, not above: every model module imports this package, and must not pull in Flask with it.
+    from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from .security import init_security
+    from .services import init_services
+    from .web.errors import register_error_handlers
+
     app = Flask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -31,8 +36,8 @@ def create_app(config: dict | None = None) -> Flask:
     load_config(app, config)
     app.json.ensure_ascii = False  # Chinese names readable in every JSON answer (UTF-8), not \uXXXX
     app.instance_path = app.config["INSTANCE_PATH"]
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
-    if app.config.get("PROXY_HOPS"):
+    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    if app.config["PROXY_HOPS"]:
         # Behind nginx: trust X-Forwarded-* from exactly that many proxies.
         hops = int(app.config["PROXY_HOPS"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)

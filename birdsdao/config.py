@@ -1,8 +1,5 @@
-"""Configuration defaults in one place.
-
-Order of precedence (last wins): these defaults, ``<instance>/config.py``, ``BIRDSDAO_*`` environment
-variables, then the mapping passed to ``create_app`` (tests).
-"""
+"""Configuration defaults, in ``DEFAULTS`` only; ``<instance>/config.py``, ``BIRDSDAO_*`` environment variables
+and the mapping given to ``create_app`` override them, in that order."""
 from __future__ import annotations
 
 import os
@@ -25,7 +22,7 @@ DEFAULTS: dict = {
     "IMAGENET_LABELS": str(WEIGHTS_DIR / "imagenet_labels.txt"),
     "MAX_IMAGE_PIXELS": 40_000_000,  # decompression-bomb limit (width * height)
     "MAX_IMAGE_SIDE": 1600,  # uploads are downscaled once to this longest side (boxes still map back)
-    # Few-shot class means over the two MobileNets' embeddings (python -m birdsdao.vision.build_prototypes).
+    # Few-shot class means over the two MobileNets' embeddings (python -m birdsdao.tools.build_prototypes).
     "PROTOTYPES": str(WEIGHTS_DIR / "birds525_prototypes.npz"),
     # Your own species model instead of the default (iNat + prototypes): a .pt from `python -m birdsdao.train
     # train|prune` or an .onnx from `export`; its labels.txt is read from beside it unless SPECIES_LABELS says.
@@ -83,7 +80,7 @@ DEFAULTS: dict = {
     # model their manifest names (this server wrote it), listed or not.
     "KB_EMBED_MODELS": [],
     "KB_EMBED_BATCH": 32,
-    # Shipped e5-small vectors of the species-card chunks (python -m birdsdao.kb.build_seed_vectors).
+    # Shipped e5-small vectors of the species-card chunks (python -m birdsdao.tools.build_seed_vectors).
     "KB_SEED_VECTORS": str(WEIGHTS_DIR / "species_kb_e5_small.npz"),
     "KB_CHUNK_SIZE": 400,  # characters per chunk
     "KB_CHUNK_OVERLAP": 80,
@@ -129,6 +126,8 @@ DEFAULTS: dict = {
     "EXTRACTIVE_EMBEDDER": False,
     # --- server ---
     "TORCH_THREADS": None,  # None: leave torch's own choice (gunicorn.conf.py sets it from the CPU count)
+    "LOG_LEVEL": "INFO",
+    "PROXY_HOPS": 0,  # trusted reverse proxies in front (X-Forwarded-*); 1 behind deploy/nginx.conf
 }
 
 

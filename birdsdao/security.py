@@ -37,7 +37,7 @@ def _presented_token() -> str | None:
 
 
 def has_valid_token() -> bool:
-    expected = current_app.config.get("API_TOKEN")
+    expected = current_app.config["API_TOKEN"]
     presented = _presented_token()
     return bool(expected and presented and hmac.compare_digest(str(expected).encode(), presented.encode()))
 
@@ -46,7 +46,7 @@ def _is_local_client() -> bool:
     """The client is on this machine: a loopback address (after ProxyFix, the one nginx forwarded when
     PROXY_HOPS is set). With no trusted proxy configured, a request carrying forwarding headers is not local
     even from 127.0.0.1: that is a proxy speaking for someone else."""
-    if not current_app.config.get("PROXY_HOPS") and ("X-Forwarded-For" in request.headers
+    if not current_app.config["PROXY_HOPS"] and ("X-Forwarded-For" in request.headers
                                                      or "Forwarded" in request.headers):
         return False
     try:
@@ -64,10 +64,10 @@ def require_token(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         config = current_app.config
-        if config.get("API_TOKEN"):
+        if config["API_TOKEN"]:
             if not has_valid_token():
                 raise APIError(401, "unauthorized", "this route needs the API token (Authorization: Bearer <token>)")
-        elif not config.get("OPEN_WRITES") and not _is_local_client():
+        elif not config["OPEN_WRITES"] and not _is_local_client():
             raise APIError(403, "token_required", "this server takes changes from other machines only with an "
                            "API token; its operator can set BIRDSDAO_API_TOKEN")
         return view(*args, **kwargs)
@@ -88,11 +88,11 @@ def _is_cross_site() -> bool:
 
 
 def init_security(app) -> None:
-    if not app.config.get("API_TOKEN"):
-        if app.config.get("OPEN_WRITES"):
+    if not app.config["API_TOKEN"]:
+        if app.config["OPEN_WRITES"]:
             log.warning("OPEN_WRITES without API_TOKEN: anyone who reaches this server can change its knowledge "
                         "bases and taught species")
-        elif app.config.get("PROXY_HOPS"):
+        elif app.config["PROXY_HOPS"]:
             log.warning("behind a proxy without API_TOKEN: changes are refused to every client but this machine")
 
     @app.before_request

@@ -22,18 +22,41 @@ def shared_dir() -> Path:
     return SHARED
 
 
+def app_config(instance: Path, services=("species",), **config) -> dict:
+    """The configuration every test app starts from: a tmp instance folder, the offline detector, only
+    ``services``; ``config`` overrides."""
+    return {"TESTING": True, "INSTANCE_PATH": str(instance), "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
+            "SERVICES": list(services), **config}
+
+
 @pytest.fixture
 def make_app(tmp_path):
     """Build an app with only the services a test needs: ``make_app(services=[...], **config)``."""
 
     def _make(services=("species",), **config):
-        cfg = {
-            "TESTING": True,
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-            "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
-            "SERVICES": list(services),
-        }
-        cfg.update(config)
-        return create_app(cfg)
+        return create_app(app_config(tmp_path / "instance", services, **config))
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def make_module_app(tmp_path_factory):
+    """``make_app`` for module-scoped fixtures (slow services built once per file): a fresh instance folder unless
+    ``instance`` names one (a restart), and one exported ONNX detector shared by the whole session."""
+
+    def _make(services=("species",), instance: Path | None = None, **config):
+        config.setdefault("DETECTOR_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-cache"))
+        return create_app(app_config(instance or tmp_path_factory.mktemp("instance"), services, **config))
+
+    return _make
+
+
+@pytest.fixture
+def app(make_app, request):
+    """The app a test module describes in ``APP = {"services": [...], "KEY": value}`` (default: species only)."""
+    return make_app(**getattr(request.module, "APP", {}))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -17,10 +17,9 @@ import urllib.request
 
 import pytest
 
-from birdsdao import create_app
-from birdsdao.config import PROJECT_ROOT
+from birdsdao.config import DEFAULTS, PROJECT_ROOT
 
-from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
+from .conftest import BIRDS525, NATURAL
 
 pytestmark = pytest.mark.slow
 
@@ -68,20 +67,18 @@ class live_app:  # noqa: N801 - a namespace: the app behind live_server, for tes
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
+def live_server(make_module_app):
     """The real app with every service, served by Werkzeug in a background thread."""
     from werkzeug.serving import make_server
 
-    app = create_app({
-        "TESTING": True,
-        "INSTANCE_PATH": str(tmp_path_factory.mktemp("browser") / "instance"),
-        "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
+    app = make_module_app(
+        DEFAULTS["SERVICES"],
         # The tests make their own small knowledge bases; building the bundled species one would only
         # compete for the 2 CPU cores.
-        "KB_SPECIES_BUILD": "off",
+        KB_SPECIES_BUILD="off",
         # A real generative backend too (SmolLM2-135M via llama.cpp), so a reply can be stopped mid-stream.
-        "LLAMA_MODEL": _smollm2_gguf(),
-    })
+        LLAMA_MODEL=_smollm2_gguf(),
+    )
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -221,7 +218,10 @@ def test_markdown_renderer_builds_only_whitelisted_nodes(page):
     assert '<img src=x onerror="window.__pwned=1">' in result["text"]
     assert "<script>window.__pwned=2</script>" in result["text"]
     assert result["cites"] == ["1"]  # [7] is beyond the two sources: left as plain text
-    time.sleep(0.2)
+    # Before checking that the hostile <img onerror> never ran: a broken image made now has reported its error,
+    # so one the renderer had let through would have too.
+    driver.execute_script("const probe = new Image(); probe.onerror = () => { window.__probe = true; }; probe.src = 'x';")
+    wait_for(driver, lambda d: d.execute_script("return window.__probe === true"), message="no error from the probe")
     assert_page_clean(driver)
 
 
@@ -259,9 +259,14 @@ def test_text_contrast_and_keyboard_order(page):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    for path in ("/", "/kb"):
+    from selenium.webdriver.common.by import By
+
+    # The modules have filled in the page (chat.js the prompt help, kb.js the KB list) before it is measured.
+    filled = {"/": lambda d: d.find_element(By.ID, "prompt-help").text != "",
+              "/kb": lambda d: d.find_elements(By.CSS_SELECTOR, "#kb-rows tr")}
+    for path, ready in filled.items():
         driver = page(path)
-        time.sleep(0.5)  # let the modules fill in the lists and help texts
+        wait_for(driver, ready, message=f"{path} not filled in")
         assert driver.execute_script(CONTRAST) == [], path
     driver = page("/")
     order = []

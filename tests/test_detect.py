@@ -11,9 +11,7 @@ import pytest
 from PIL import Image
 from werkzeug.test import EnvironBuilder
 
-from birdsdao import create_app
-
-from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
+from .conftest import BIRDS525, NATURAL
 
 
 # scikit-image's bundled sample photos, found without importing the package (its import leaves a file open).
@@ -31,15 +29,8 @@ def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    app = create_app({
-        "TESTING": True,
-        "INSTANCE_PATH": str(tmp_path_factory.mktemp("detect-instance")),
-        "DETECTOR_CACHE": str(tmp_path_factory.getbasetemp() / "onnx-cache"),
-        "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
-        "SERVICES": ["species", "vision"],
-    })
-    return app.test_client()
+def client(make_module_app):
+    return make_module_app(["species", "vision"]).test_client()
 
 
 def post(client, data: bytes, name="photo.jpg", path="/detect", field="image", **fields):

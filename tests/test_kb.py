@@ -27,14 +27,7 @@ QA = "\n".join(json.dumps(r, ensure_ascii=False) for r in [
 ])
 
 
-@pytest.fixture
-def app(make_app):
-    return make_app(services=KB_SERVICES, KB_SPECIES_BUILD="off", KB_MAX_FILES=5, KB_MAX_FILE_BYTES=200_000)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+APP = {"services": KB_SERVICES, "KB_SPECIES_BUILD": "off", "KB_MAX_FILES": 5, "KB_MAX_FILE_BYTES": 200_000}
 
 
 def _upload(client, kb_name, files, **fields):

@@ -22,11 +22,8 @@ class _CountingEngine:
 
 
 @pytest.fixture(scope="module")
-def seeded_app(tmp_path_factory):
-    from birdsdao import create_app
-
-    return create_app({"INSTANCE_PATH": str(tmp_path_factory.mktemp("seed")), "SERVICES": ["species", "embedder", "kb"],
-                       "KB_SPECIES_BUILD": "off"})
+def seeded_app(make_module_app):
+    return make_module_app(["species", "embedder", "kb"], KB_SPECIES_BUILD="off")
 
 
 def test_seed_from_another_model_version_is_ignored(tmp_path):

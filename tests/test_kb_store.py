@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from birdsdao.config import PROJECT_ROOT
+from birdsdao.config import DEFAULTS, PROJECT_ROOT
 from birdsdao.errors import APIError
 from birdsdao.kb import KnowledgeBaseService, Limits
 from birdsdao.kb.embeddings import EmbedderRegistry
@@ -561,7 +561,7 @@ def test_species_cards_feed_the_species_kb_builder():
     from birdsdao.kb.species_kb import card_documents
     from birdsdao.species import build as build_catalog
 
-    catalog = build_catalog({}, None)
+    catalog = build_catalog(DEFAULTS, None)
     docs = card_documents(catalog)
     assert len(docs) == len(catalog) and len({name for name, _ in docs}) == len(docs)
     assert all(name.endswith(".md") and text.strip() for name, text in docs)

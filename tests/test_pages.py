@@ -40,9 +40,7 @@ def _parse(html: str) -> _Collector:
     return collector
 
 
-@pytest.fixture
-def client(make_app):
-    return make_app(services=[]).test_client()
+APP = {"services": []}
 
 
 @pytest.mark.parametrize("path", PAGES)

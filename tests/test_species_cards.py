@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from birdsdao.species import SpeciesCatalog
-from birdsdao.species.build_data import DATA_DIR, DEFAULT_SHARED_DATA
-from birdsdao.species.build_eval import build_questions
-from birdsdao.species.cards import doc_name, iter_card_documents
+from birdsdao.tools.build_species_data import DATA_DIR, DEFAULT_SHARED_DATA
+from birdsdao.tools.build_species_eval import build_questions
+from birdsdao.kb.species_kb import iter_card_documents
+from birdsdao.species.cards import doc_name
 
 SHARED_DATA = Path(os.environ.get("BIRDSDAO_SHARED", DEFAULT_SHARED_DATA.parent)) / "data"
 REQUIRED = ("id", "label", "scientific_name", "english_name", "chinese_name", "order", "order_zh", "family",
@@ -146,7 +147,7 @@ def test_kb_documents_one_per_species_with_safe_unique_names(catalog):
 def test_eval_set_covers_every_species_and_matches_the_generator(catalog):
     with open(DATA_DIR / "eval_questions.jsonl", encoding="utf-8") as fh:
         bundled = [json.loads(line) for line in fh]
-    assert bundled == build_questions(catalog), "eval set is stale: run python -m birdsdao.species.build_eval"
+    assert bundled == build_questions(catalog), "eval set is stale: run python -m birdsdao.tools.build_species_eval"
     per_species: dict[str, list[dict]] = {}
     for q in bundled:
         per_species.setdefault(q["species_id"], []).append(q)

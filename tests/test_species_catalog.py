@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from birdsdao.config import DEFAULTS
 from birdsdao.species import SpeciesCatalog, build
-from birdsdao.species.build_data import DEFAULT_SHARED_DATA, build_records
 from birdsdao.species.catalog import DATA_FILE, normalize
+from birdsdao.tools.build_species_data import DEFAULT_SHARED_DATA, build_records
 
 # Same place conftest looks for ../shared (imported by value: tests may or may not be a package).
 SHARED_DATA = Path(os.environ.get("BIRDSDAO_SHARED", DEFAULT_SHARED_DATA.parent)) / "data"
@@ -33,7 +34,7 @@ def test_bundled_data_file_is_what_the_generator_makes_from_the_shared_tables():
         pytest.skip("../shared/data not present")
     with open(DATA_FILE, encoding="utf-8") as fh:
         bundled = [json.loads(line) for line in fh]
-    assert build_records(SHARED_DATA) == bundled, "species.jsonl is stale: run python -m birdsdao.species.build_data"
+    assert build_records(SHARED_DATA) == bundled, "species.jsonl is stale: run python -m birdsdao.tools.build_species_data"
 
 
 def test_catalogue_merges_both_tables_into_about_1270_species(catalog):
@@ -154,7 +155,7 @@ def test_service_builder_loads_the_bundled_catalogue(make_app):
     catalog = services.get("species")
     assert isinstance(catalog, SpeciesCatalog) and len(catalog) > 1000
     assert catalog.describe()["species"] == len(catalog)
-    assert build({}, None).get(BALD_EAGLE) is not None
+    assert build(DEFAULTS, None).get(BALD_EAGLE) is not None
 
 
 def test_published_inline_alternatives_and_project_aliases_resolve(catalog):

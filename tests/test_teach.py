@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from birdsdao import create_app
 from birdsdao.vision.taught import TaughtStore
 
-from .conftest import BIRDS525, NATURAL, SHARED, YOLO_WEIGHTS
+from .conftest import BIRDS525, NATURAL, SHARED
 from .test_detect import post
 
 SPECIES = BIRDS525 / "ALEXANDRINE PARAKEET"
@@ -42,17 +41,15 @@ def instance(tmp_path_factory):
     return tmp_path_factory.mktemp("teach-instance")
 
 
-def make(instance, tmp_path_factory):
-    return create_app({
-        "TESTING": True, "INSTANCE_PATH": str(instance), "API_TOKEN": TOKEN,
-        "DETECTOR_CACHE": str(tmp_path_factory.getbasetemp() / "onnx-cache"),
-        "YOLO_WEIGHTS": str(YOLO_WEIGHTS), "SERVICES": ["species", "vision"],
-    }).test_client()
+@pytest.fixture(scope="module")
+def make(make_module_app):
+    """A client of a new app (a new worker, or a restart) on the instance folder given."""
+    return lambda instance: make_module_app(["species", "vision"], instance=instance, API_TOKEN=TOKEN).test_client()
 
 
 @pytest.fixture(scope="module")
-def client(instance, tmp_path_factory):
-    return make(instance, tmp_path_factory)
+def client(instance, make):
+    return make(instance)
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -86,7 +83,7 @@ def test_bad_teach_requests_are_refused(client, instance, label, images, code):
     assert client.get("/species/taught").get_json()["species"] == []
 
 
-def test_taught_species_is_named_then_survives_restart_then_is_forgotten(client, instance, tmp_path_factory):
+def test_taught_species_is_named_then_survives_restart_then_is_forgotten(client, instance, make):
     images, query = views_of_one_bird()
     assert "GARDEN PARROT" not in labels_for(client, query)
     before = teach(client, images, label="garden  parrot", chinese_name="花园鹦鹉", english_name="Garden Parrot")
@@ -102,7 +99,7 @@ def test_taught_species_is_named_then_survives_restart_then_is_forgotten(client,
     assert (instance / "taught" / "index.json").exists()
     assert not list((instance / "taught").glob("*.pkl")) and not list((instance / "taught").glob(".tmp-*"))
 
-    restarted = make(instance, tmp_path_factory)  # a second app on the same instance folder
+    restarted = make(instance)  # a second app on the same instance folder
     assert "GARDEN PARROT" in labels_for(restarted, query)[:3]
     assert [s["label"] for s in restarted.get("/species/taught").get_json()["species"]] == ["GARDEN PARROT"]
 
@@ -146,11 +143,11 @@ def test_teaching_a_species_only_the_inat_head_knows_raises_it_on_a_new_photo(cl
     assert post(client, [], path="/species/forget", field="images", headers=AUTH, label="Fish Crow").status_code == 200
 
 
-def test_empty_index_keeps_vision_up_and_taught_species_are_rebuilt_from_feature_files(tmp_path_factory, caplog):
+def test_empty_index_keeps_vision_up_and_taught_species_are_rebuilt_from_feature_files(tmp_path_factory, make, caplog):
     """A power cut between rename and data reaching the disk leaves an empty index.json: the service must
     still start, keep the bad file for a human, and get the taught species back from the .npz files."""
     instance = tmp_path_factory.mktemp("empty-index")
-    client = make(instance, tmp_path_factory)
+    client = make(instance)
     images, query = views_of_one_bird()
     assert teach(client, images, label="Garden Parrot", chinese_name="花园鹦鹉").status_code == 200
     assert teach(client, IMAGES, label="alexandrine parakeet").status_code == 200
@@ -159,7 +156,7 @@ def test_empty_index_keeps_vision_up_and_taught_species_are_rebuilt_from_feature
     index.write_bytes(b"")
 
     with caplog.at_level(logging.ERROR, logger="birdsdao.vision.taught"):
-        restarted = make(instance, tmp_path_factory)
+        restarted = make(instance)
     assert restarted.get("/healthz").status_code == 200
     taught = {s["label"]: s for s in restarted.get("/species/taught").get_json()["species"]}
     assert sorted(taught) == ["ALEXANDRINE PARAKEET", "GARDEN PARROT"]
@@ -258,10 +255,10 @@ def test_two_processes_teaching_at_once_lose_nothing(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_a_species_taught_in_one_app_is_ranked_by_another_on_its_next_detect(tmp_path_factory):
+def test_a_species_taught_in_one_app_is_ranked_by_another_on_its_next_detect(tmp_path_factory, make):
     """Two apps on one instance folder stand for two gunicorn workers: each has its own classifier."""
     instance = tmp_path_factory.mktemp("two-workers")
-    first, second = make(instance, tmp_path_factory), make(instance, tmp_path_factory)
+    first, second = make(instance), make(instance)
     images, query = views_of_one_bird()
     assert "GARDEN PARROT" not in labels_for(second, query)
     taught = teach(first, images, label="Garden Parrot")

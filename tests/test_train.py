@@ -58,14 +58,22 @@ def test_split_holds_out_image_4_of_each_species_as_symlinks(birds, tmp_path):
         assert (root / "val" / s / "4.jpg").is_symlink()
 
 
-def test_train_writes_model_labels_metrics_and_loads_weights_only(trained):
+def test_train_writes_model_labels_metrics_and_loads_weights_only(trained, birds):
+    from PIL import Image
+
     run, metrics = trained
     assert (run / "labels.txt").read_text(encoding="utf-8").splitlines() == SPECIES
     assert json.loads((run / "labels.json").read_text(encoding="utf-8")) == SPECIES
     saved = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    assert saved["val_images"] == 3 and saved["train_images"] == 9 and 0.0 <= saved["top1"] <= 1.0
     torch.load(run / "model.pt", weights_only=True)  # no pickled code inside
     model, ckpt = load_classifier(run / "model.pt")
+    # top-1 is the share of the 3 held-out photos (4.jpg) that the saved model names right, recomputed here.
+    with contextlib.ExitStack() as stack:
+        held_out = [stack.enter_context(Image.open(birds / s / "4.jpg")) for s in SPECIES]
+        with torch.inference_mode():
+            predicted = logits_of(model, torch.from_numpy(eval_batch(held_out, ckpt["imgsz"]))).argmax(1).tolist()
+    right = sum(p == i for i, p in enumerate(predicted))
+    assert saved["val_images"] == 3 and saved["train_images"] == 9 and saved["top1"] == pytest.approx(right / 3)
     assert ckpt["names"] == SPECIES and logits_of(model, torch.rand(2, 3, 32, 32)).shape == (2, 3)
 
 
@@ -231,6 +239,13 @@ def test_server_names_species_with_a_configured_trained_model(trained, make_app,
     assert {s["label"] for s in species[:3]} == set(SPECIES)
     assert sum(s["confidence"] for s in species[:3]) == pytest.approx(1.0, abs=2e-3)
     assert all(s["confidence"] == 0 for s in species[3:])
+
+
+def test_a_mistyped_species_model_answers_503_with_its_reason_instead_of_stopping_the_server(make_app):
+    app = make_app(services=["species", "vision"], SPECIES_MODEL="model.bin")
+    r = app.test_client().post("/detect", data={"image": ((BIRDS525 / "AMERICAN ROBIN" / "4.jpg").open("rb"), "a.jpg")})
+    assert r.status_code == 503 and r.get_json()["code"] == "model_unavailable"
+    assert "unknown species model type" in r.get_json()["error"]
 
 
 # Odd shapes on purpose: a square BIRDS-525 crop, two off-square ones, and two large field photos (portrait

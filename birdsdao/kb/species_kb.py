@@ -1,9 +1,5 @@
-"""The bundled ``species`` knowledge base, built from the species cards into <instance>/kb/species.
-
-Built once and reused: the manifest records a hash of the cards (plus splitter and model settings); at
-start-up a matching hash means nothing to do. A stale KB is updated incrementally (changed cards replaced,
-vanished ones deleted; unchanged chunk texts reuse their stored vectors), so a new card costs one card.
-"""
+"""The bundled species knowledge base, in one place: its name, its documents (the species cards), the map from a
+card document back to its species, the card fallback while it is not built, and its build (see README.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +7,10 @@ import json
 import logging
 import threading
 import time
+from typing import Iterator
 
 from ..fileio import exclusive_lock
+from ..species.cards import doc_name, render_card
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +18,38 @@ SPECIES_KB = "species"
 _BATCH = 200  # documents per committed version while building (progress survives a restart)
 
 
-def card_documents(catalog) -> list[tuple[str, str]]:
-    """(doc_name, markdown) per species card; doc names come safe from ``species.cards.doc_name``."""
-    from ..species.cards import iter_card_documents
+def iter_card_documents(catalog) -> Iterator[tuple[str, str, dict]]:
+    """(doc_name, Markdown text, metadata) for every species: the input of this KB."""
+    seen: set[str] = set()
+    for species in catalog.all():
+        record = catalog.record(species.id)
+        name = doc_name(record)
+        if name in seen:  # labels are unique, but keep the guarantee local
+            raise ValueError(f"two species map to document {name}")
+        seen.add(name)
+        metadata = {
+            "kb": SPECIES_KB, "doc_name": name, "species_id": species.id, "label": species.label,
+            "scientific_name": species.scientific_name, "english_name": species.english_name,
+            "chinese_name": species.chinese_name,
+            "description_kind": (record.get("description") or {}).get("kind"),
+        }
+        yield name, render_card(record, "zh"), metadata
 
+
+def card_documents(catalog) -> list[tuple[str, str]]:
+    """(doc_name, markdown) per species card that has text."""
     return [(name, text) for name, text, _meta in iter_card_documents(catalog) if text]
+
+
+def card_species(catalog) -> dict:
+    """Card document name (``BALD_EAGLE.md``) → species, so a hit in this KB knows its species."""
+    return {doc_name(catalog.record(sp.id)): sp for sp in catalog.all()}
+
+
+def card_of(catalog, species, lang: str) -> tuple[str, str] | None:
+    """(doc_name, card text) of one species: what this KB holds on it, read straight from the cards."""
+    text = catalog.card_text(species.id, lang)
+    return (doc_name(catalog.record(species.id)), text) if text else None
 
 
 def source_hash(documents: list[tuple[str, str]], service) -> str:
@@ -71,11 +96,7 @@ def start_species_kb(service, services, mode: str) -> None:
     if catalog is None:
         log.warning("species knowledge base not built: the species service is not loaded")
         return
-    try:
-        documents = card_documents(catalog)
-    except ImportError:
-        log.warning("species knowledge base not built: birdsdao.species.cards is not available")
-        return
+    documents = card_documents(catalog)
 
     def run():
         try:

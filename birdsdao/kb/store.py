@@ -1,24 +1,5 @@
-"""One knowledge base on disk and in memory: a FAISS index (inner product over normalised vectors, fp16
-codes, wrapped in ``IndexIDMap2`` so a document's chunk ids can be removed and its vectors reused), the
-chunks as JSON lines and a BM25 count matrix as ``.npz`` (loaded with ``allow_pickle=False``).
-
-Crash safety: every write builds a new versioned folder ``vNNNNNN/`` beside the old one, fsyncs it, then
-switches the one-line pointer file ``CURRENT`` with ``os.replace``. A kill -9 at any moment leaves either
-the old or the new version current, both complete; a loader that finds a damaged version (manifest hashes
-disagree) falls back to the newest intact one. Nothing is ever unpickled.
-
-Concurrency: readers take ``kb.snapshot`` (an immutable object swapped in one assignment), so a search
-during an upload answers from the old or the new index, never a half-built one. Writers hold a per-KB
-thread lock plus an ``flock`` on ``<kb>/.lock`` (gunicorn workers are processes), reload what another
-process committed, apply their change, commit. Embedding happens before the lock is taken.
-
-Identity: each KB's manifest carries a ``kb_id`` (a uuid given at create) that every later version keeps. A
-``KnowledgeBase`` remembers the identity it opened, and under the write lock checks that its folder still
-holds that KB: a KB deleted, or deleted and created again under the same name, while a request was embedding
-for it raises ``KnowledgeBaseChanged`` (409 ``kb_changed``) instead of writing into nothing (a 500) or into
-the new KB (mixing its documents and, with another embedding model, its vectors). A delete renames the folder
-while holding the same file lock, so it never happens in the middle of a commit.
-"""
+"""One knowledge base on disk and in memory: FAISS index, chunks and BM25 in versioned folders switched
+atomically (crash safety, snapshots, locks and identity: see README.md)."""
 from __future__ import annotations
 
 import functools

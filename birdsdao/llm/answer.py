@@ -1,9 +1,5 @@
-"""The "llm" service: one request -> species resolution + retrieval + prompt + backend -> an Answer.
-
-``answer()`` returns the whole Answer; ``stream()`` returns an iterator of events ({"delta"} ... then
-{"done": true, ...}) that stops generating as soon as it is closed. Everything that can be refused (bad
-history, unknown model or KB, a full queue) is refused before the first event, so streaming routes can
-still answer with a proper 4xx/503."""
+"""The "llm" service: one request → species resolution + retrieval + prompt + backend → an Answer, whole
+(``answer()``) or streamed (``stream()``, refusals raised before the first event)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import APIError
+from ..kb.species_kb import SPECIES_KB, card_of, card_species
 from . import entities as ent
 from .base import Limits, Passage, Prompt, has_cjk
 from .extractive import NOTHING
@@ -79,19 +76,14 @@ class AnswerService:
         self._services = services
         self.registry = Registry(config, services)
         self.recognizer = ent.EntityRecognizer(self.catalog)
-        self.max_input_chars = int(config.get("LLM_MAX_INPUT_CHARS", 2000))
-        self.max_history_turns = int(config.get("LLM_MAX_HISTORY_TURNS", 6))
-        self.max_history_chars = int(config.get("LLM_MAX_HISTORY_CHARS", 6000))
-        self.max_new_tokens = int(config.get("LLM_MAX_NEW_TOKENS", 512))
-        self.timeout_s = float(config.get("LLM_TIMEOUT_S", 120))
-        self.top_k = int(config.get("LLM_TOP_K", 4))
-        self.default_kb = config.get("KB_DEFAULT") or "species"
-        # Species KB document name (BALD_EAGLE.md) -> species, so KB hits on cards know their species.
-        self.card_docs = {}
-        if self.catalog is not None:
-            from ..species.cards import doc_name
-
-            self.card_docs = {doc_name(self.catalog.record(sp.id)): sp for sp in self.catalog.all()}
+        self.max_input_chars = int(config["LLM_MAX_INPUT_CHARS"])
+        self.max_history_turns = int(config["LLM_MAX_HISTORY_TURNS"])
+        self.max_history_chars = int(config["LLM_MAX_HISTORY_CHARS"])
+        self.max_new_tokens = int(config["LLM_MAX_NEW_TOKENS"])
+        self.timeout_s = float(config["LLM_TIMEOUT_S"])
+        self.top_k = int(config["LLM_TOP_K"])
+        self.default_kb = config["KB_DEFAULT"]
+        self.card_docs = card_species(self.catalog) if self.catalog is not None else {}
         self.stats = {"answers": 0, "cancelled": 0, "timeouts": 0}
         self._stats_lock = threading.Lock()
 
@@ -224,20 +216,21 @@ class AnswerService:
     def _card_passages(self, focus, lang) -> list[Passage]:
         passages = []
         for sp in focus:
-            text = self.catalog.card_text(sp.id, lang)
-            if text:
-                passages.append(self._card_passage(sp, text, len(passages) + 1, lang))
+            passage = self._card_passage(sp, len(passages) + 1, lang)
+            if passage:
+                passages.append(passage)
         return passages
 
-    def _card_passage(self, sp, text, number, lang) -> Passage:
-        from ..species.cards import doc_name
-
-        name = doc_name(self.catalog.record(sp.id))
-        return Passage(number=number, text=text, kb_name=self.default_kb, doc_name=name, chunk_id=f"{name}#card",
+    def _card_passage(self, sp, number, lang) -> Passage | None:
+        card = card_of(self.catalog, sp, lang)
+        if card is None:
+            return None
+        name, text = card
+        return Passage(number=number, text=text, kb_name=SPECIES_KB, doc_name=name, chunk_id=f"{name}#card",
                        score=1.0, heading=ent.display_name(sp, lang), species_id=sp.id)
 
     def _kb_passages(self, kb_name, query, focus, lang) -> list[Passage]:
-        is_species_kb = kb_name == self.default_kb and self.catalog is not None
+        is_species_kb = kb_name == SPECIES_KB and self.catalog is not None
         if self.kb is None:
             if is_species_kb:
                 return self._card_passages(focus, lang)  # the bundled species KB, straight from its cards
@@ -262,7 +255,9 @@ class AnswerService:
             passages = [p for p in passages if p.species_id in ids]
         if is_species_kb and focus and all(p.species_id != focus[0].id for p in passages):
             # The photo's / named species must be in the sources even when the words missed its card.
-            passages.insert(0, self._card_passage(focus[0], self.catalog.card_text(focus[0].id, lang), 0, lang))
+            card = self._card_passage(focus[0], 0, lang)
+            if card:
+                passages.insert(0, card)
         passages = passages[: max(self.top_k, 1)]
         for i, p in enumerate(passages, start=1):
             p.number = i

@@ -1,8 +1,5 @@
-"""The one interface every answer backend implements, plus what they share: the prompt object handed to
-them, per-call limits, cooperative cancellation and the one-generation-at-a-time gate with a bounded queue.
-
-A backend never imports Flask; ``answer.py`` composes retrieval + prompt + backend.
-"""
+"""The interface every answer backend implements and what they share: the prompt, per-call limits, cooperative
+cancellation and the one-generation-at-a-time gate with a bounded queue."""
 from __future__ import annotations
 
 import re
@@ -11,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ..config import DEFAULTS
 from ..errors import APIError
 from ..species.catalog import _CJK as CJK, has_cjk  # noqa: F401 - has_cjk is re-exported for the backends
 
@@ -118,7 +116,8 @@ class Gate:
     once (503 + Retry-After) when the queue is full, so a worker never hangs behind a busy model; a
     waiter gives up with 503 when its wait would outlast the request's timeout."""
 
-    def __init__(self, name: str, concurrency: int = 1, queue_size: int = 4, retry_after_s: int = 5):
+    def __init__(self, name: str, concurrency: int = 1, queue_size: int = DEFAULTS["LLM_QUEUE_SIZE"],
+                 retry_after_s: int = DEFAULTS["LLM_RETRY_AFTER_S"]):
         self.name = name
         self.concurrency = concurrency
         self.queue_size = queue_size

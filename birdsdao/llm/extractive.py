@@ -1,7 +1,5 @@
-"""The default answer backend, needing no weights: it answers from the retrieved passages (KB hits or
-species cards) by choosing and ordering their most relevant sentences, each cited as [n]. It never writes
-a claim of its own, so it cannot be talked into one by a poisoned document; sentences that address the
-assistant ("ignore previous instructions...") are never quoted."""
+"""The default, weight-free backend: answers by quoting the most relevant sentences of the sources, each cited
+[n]; it writes no claim of its own and never quotes sentences that address the assistant."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +8,7 @@ import re
 import threading
 from typing import Iterator
 
+from ..config import DEFAULTS
 from .. import segment
 from ..segment import search_words
 from .base import Backend, Limits, Passage, Prompt, has_cjk
@@ -122,7 +121,8 @@ class ExtractiveBackend(Backend):
     generative = False
     local = False  # pure Python over a few passages: no model to serialise on
 
-    def __init__(self, name: str, embedder=None, max_sentences: int = 4, max_chars: int = 600):
+    def __init__(self, name: str, embedder=None, max_sentences: int = DEFAULTS["EXTRACTIVE_MAX_SENTENCES"],
+                 max_chars: int = 600):
         super().__init__(name, context_window=0)
         self.embedder = embedder
         self.max_sentences = max_sentences
@@ -235,5 +235,5 @@ class ExtractiveBackend(Backend):
 
 
 def create(name: str, config, services) -> ExtractiveBackend:
-    return ExtractiveBackend(name, embedder=services.optional("embedder") if config.get("EXTRACTIVE_EMBEDDER") else None,
-                             max_sentences=int(config.get("EXTRACTIVE_MAX_SENTENCES", 4)))
+    return ExtractiveBackend(name, embedder=services.optional("embedder") if config["EXTRACTIVE_EMBEDDER"] else None,
+                             max_sentences=int(config["EXTRACTIVE_MAX_SENTENCES"]))

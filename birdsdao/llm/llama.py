@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
+from ..config import DEFAULTS
 from .base import Backend, Limits, Prompt
 
 
@@ -13,8 +14,8 @@ class LlamaBackend(Backend):
     generative = True
     local = True
 
-    def __init__(self, name: str, model_path: str, n_ctx: int = 4096, n_threads: int | None = None,
-                 temperature: float = 0.2, seed: int = 0):
+    def __init__(self, name: str, model_path: str, n_ctx: int = DEFAULTS["LLAMA_CONTEXT"], n_threads: int | None = None,
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"], seed: int = 0):
         from llama_cpp import Llama  # imported here: the server runs without llama-cpp-python
 
         if not os.path.isfile(model_path):
@@ -55,5 +56,5 @@ class LlamaBackend(Backend):
 
 def create(name: str, config, services, path: str | None = None) -> LlamaBackend:
     """The ``llama`` backend (LLAMA_MODEL), or any other GGUF ``path`` served the same way."""
-    return LlamaBackend(name, path or config["LLAMA_MODEL"], n_ctx=int(config.get("LLAMA_CONTEXT") or 4096),
-                        n_threads=config.get("LLAMA_THREADS"), temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+    return LlamaBackend(name, path or config["LLAMA_MODEL"], n_ctx=int(config["LLAMA_CONTEXT"]),
+                        n_threads=config["LLAMA_THREADS"], temperature=float(config["LLM_TEMPERATURE"]))

@@ -7,6 +7,7 @@ from typing import Iterator
 
 import httpx
 
+from ..config import DEFAULTS
 from ..errors import APIError
 from .base import Backend, Limits, Prompt
 
@@ -17,7 +18,8 @@ class OpenAIBackend(Backend):
     local = False  # the remote server queues for itself; we only bound our own concurrency
 
     def __init__(self, name: str, base_url: str, model: str | None, api_key: str | None = None,
-                 context_window: int = 8192, timeout_s: float = 120, temperature: float = 0.2):
+                 context_window: int = DEFAULTS["OPENAI_CONTEXT"], timeout_s: float = DEFAULTS["LLM_TIMEOUT_S"],
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"]):
         super().__init__(name, context_window=context_window)
         self.base_url = base_url.rstrip("/")
         self.model = model or "default"
@@ -57,7 +59,7 @@ class OpenAIBackend(Backend):
 
 
 def create(name: str, config, services) -> OpenAIBackend:
-    return OpenAIBackend(name, config["OPENAI_BASE_URL"], config.get("OPENAI_MODEL"), config.get("OPENAI_API_KEY"),
-                         context_window=int(config.get("OPENAI_CONTEXT") or 8192),
-                         timeout_s=float(config.get("LLM_TIMEOUT_S") or 120),
-                         temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+    return OpenAIBackend(name, config["OPENAI_BASE_URL"], config["OPENAI_MODEL"], config["OPENAI_API_KEY"],
+                         context_window=int(config["OPENAI_CONTEXT"]),
+                         timeout_s=float(config["LLM_TIMEOUT_S"]),
+                         temperature=float(config["LLM_TEMPERATURE"]))

@@ -45,19 +45,19 @@ class Entry:
 
 class Registry:
     def __init__(self, config, services):
-        self.default = config.get("DEFAULT_MODEL") or "extractive"
+        self.default = config["DEFAULT_MODEL"]
         self.entries: dict[str, Entry] = {}
-        queue = int(config.get("LLM_QUEUE_SIZE", 4))
+        queue = int(config["LLM_QUEUE_SIZE"])
         for name, (target, key) in FACTORIES.items():
-            if key is not None and not config.get(key):
+            if key is not None and not config[key]:
                 continue
             entry = Entry(name)
             start = time.perf_counter()
             try:
                 entry.backend = pkgutil.resolve_name(target)(name, config, services)
-                concurrency = 1 if entry.backend.local else int(config.get("LLM_REMOTE_CONCURRENCY", 4))
+                concurrency = 1 if entry.backend.local else int(config["LLM_REMOTE_CONCURRENCY"])
                 entry.gate = Gate(name, concurrency=concurrency, queue_size=queue,
-                                  retry_after_s=int(config.get("LLM_RETRY_AFTER_S", 5)))
+                                  retry_after_s=int(config["LLM_RETRY_AFTER_S"]))
             except Exception as exc:  # one broken model must not take the others down
                 log.exception("answer backend %s failed to load", name)
                 entry.error = f"{type(exc).__name__}: {exc}"

@@ -1,9 +1,5 @@
-"""Chat models through Hugging Face transformers: a generic backend (AutoModelForCausalLM + the tokenizer's
-chat template, streamed with TextIteratorStreamer) and ChatGLM2 (trust_remote_code, its own
-``stream_chat``, the original recipe's P-tuning v2 prefix checkpoints, 4/8-bit on CUDA).
-
-Checkpoints are loaded from local paths only; P-tuning weights are read with safetensors or
-``torch.load(weights_only=True)``, never with a full unpickler."""
+"""Chat models through Hugging Face transformers: a generic backend (chat template, streamed) and ChatGLM2
+(``stream_chat``, P-tuning v2 prefixes); local paths only, no full unpickling."""
 from __future__ import annotations
 
 import json
@@ -12,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from ..config import DEFAULTS
 from .base import Backend, Limits, Prompt
 
 PREFIX_KEY = "transformer.prefix_encoder."
@@ -39,8 +36,8 @@ class TransformersChatBackend(Backend):
     generative = True
     local = True
 
-    def __init__(self, name: str, path: str, quantize: int | None = None, temperature: float = 0.2,
-                 context_window: int | None = None):
+    def __init__(self, name: str, path: str, quantize: int | None = None,
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"], context_window: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = path
@@ -153,7 +150,7 @@ class ChatGLM2Backend(TransformersChatBackend):
     after each token, so closing our generator stops decoding at the next token."""
 
     def __init__(self, name: str, path: str, ptuning: str | None = None, quantize: int | None = None,
-                 temperature: float = 0.2):
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"]):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -205,8 +202,8 @@ class ChatGLM2Backend(TransformersChatBackend):
 
 
 def create(name: str, config, services) -> TransformersChatBackend:
-    return TransformersChatBackend(name, config["TRANSFORMERS_MODEL"], quantize=config.get("TRANSFORMERS_QUANTIZE"),
-                                   temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+    return TransformersChatBackend(name, config["TRANSFORMERS_MODEL"], quantize=config["TRANSFORMERS_QUANTIZE"],
+                                   temperature=float(config["LLM_TEMPERATURE"]))
 
 
 def create_chatglm2(name: str, config, services) -> Backend:
@@ -216,5 +213,5 @@ def create_chatglm2(name: str, config, services) -> Backend:
         from . import llama
 
         return llama.create(name, config, services, path=path)
-    return ChatGLM2Backend(name, path, ptuning=config.get("CHATGLM2_PTUNING"), quantize=config.get("CHATGLM2_QUANTIZE"),
-                           temperature=float(config.get("LLM_TEMPERATURE", 0.2)))
+    return ChatGLM2Backend(name, path, ptuning=config["CHATGLM2_PTUNING"], quantize=config["CHATGLM2_QUANTIZE"],
+                           temperature=float(config["LLM_TEMPERATURE"]))

@@ -8,4 +8,4 @@ __all__ = ["Species", "SpeciesCatalog", "build"]
 
 def build(config, services) -> SpeciesCatalog:
     """Load the generated catalogue once per process (``SPECIES_DATA`` overrides the bundled file)."""
-    return SpeciesCatalog.load(config.get("SPECIES_DATA") or DATA_FILE)
+    return SpeciesCatalog.load(config["SPECIES_DATA"] or DATA_FILE)

@@ -1,13 +1,8 @@
-"""Species cards: the structured card of a species and its Markdown rendering, which is what the bundled
-knowledge base ``species`` indexes and what the extractive answer backend quotes. Sentences are written to
-stand alone (each repeats the species' name) because retrieval cuts cards into chunks.
-"""
+"""Species cards: the structured card of a species and its Markdown rendering (what the bundled species KB,
+``kb/species_kb.py``, indexes). Sentences stand alone, each naming its species, as retrieval cuts cards into chunks."""
 from __future__ import annotations
 
 import re
-from typing import Iterator
-
-KB_NAME = "species"
 
 # Fields whose value comes straight from the reference tables whenever it is present.
 _TABLE_FIELDS = ("scientific_name", "english_name", "label")
@@ -125,21 +120,3 @@ def _render_en(r: dict) -> str:
         heading = "Family overview" if desc.get("kind") == "family" else "Description"
         lines += ["", f"## {heading} (written by the project)", "", text]
     return "\n".join(lines).strip() + "\n"
-
-
-def iter_card_documents(catalog) -> Iterator[tuple[str, str, dict]]:
-    """(doc_name, Markdown text, metadata) for every species: the input of the bundled ``species`` KB."""
-    seen: set[str] = set()
-    for species in catalog.all():
-        record = catalog.record(species.id)
-        name = doc_name(record)
-        if name in seen:  # labels are unique, but keep the guarantee local
-            raise ValueError(f"two species map to document {name}")
-        seen.add(name)
-        metadata = {
-            "kb": KB_NAME, "doc_name": name, "species_id": species.id, "label": species.label,
-            "scientific_name": species.scientific_name, "english_name": species.english_name,
-            "chinese_name": species.chinese_name,
-            "description_kind": (record.get("description") or {}).get("kind"),
-        }
-        yield name, render_card(record, "zh"), metadata

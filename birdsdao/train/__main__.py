@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
-    return args._run(args)
+    try:
+        return args._run(args)
+    except ValueError as exc:  # library code raises; only this entry point turns it into an exit code
+        raise SystemExit(str(exc)) from exc
 
 
 if __name__ == "__main__":

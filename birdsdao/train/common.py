@@ -9,9 +9,11 @@ from pathlib import Path
 
 from birdsdao.config import PROJECT_ROOT
 from birdsdao.fileio import write_atomic
+from birdsdao.vision.species_model import read_labels  # noqa: F401 (the server reads labels the same way)
 
 SHARED = Path(os.environ.get("BIRDSDAO_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 # The server's own setting first (BIRDSDAO_YOLO_WEIGHTS), so train and evaluate seed from the same detector.
+INAT_REFERENCE = SHARED / "data" / "inat_bird_species_reference.csv"
 DEFAULT_DETECTOR = Path(os.environ.get("BIRDSDAO_YOLO_WEIGHTS") or SHARED / "weights" / "yolov8n.pt")
 
 
@@ -44,13 +46,6 @@ def write_labels(out: Path, names: list[str]) -> None:
     """labels.txt (line i = output i, what the server reads) and labels.json (the same list)."""
     atomic_write_text(Path(out) / "labels.txt", "".join(f"{n}\n" for n in names))
     write_json(Path(out) / "labels.json", list(names))
-
-
-def read_labels(path: Path) -> list[str]:
-    path = Path(path)
-    if path.suffix == ".json":
-        return list(json.loads(path.read_text(encoding="utf-8")))
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def pick_device(name: str | None):

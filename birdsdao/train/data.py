@@ -1,6 +1,6 @@
 """Folder-per-species data sets (BIRDS-525 layout: ``<root>/<LABEL>/<n>.jpg``): species selection, the
 held-out split (as an Ultralytics-compatible ``train/ val/`` tree of symlinks), in-memory torch datasets and
-their loaders, and ``eval_view``: the one view of a photo that validation and prediction share."""
+their loaders (the held-out view of a photo, ``eval_view``, lives with the models in ``vision.species_model``)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from ..vision.species_model import eval_batch, eval_view, model_input  # noqa: F401 (shared with the server)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -21,7 +23,7 @@ def list_species(root: Path, species: int | None = None, names: list[str] | None
     ``names`` an explicit list."""
     root = Path(root)
     if not root.is_dir():
-        raise SystemExit(f"data set folder not found: {root}")
+        raise ValueError(f"data set folder not found: {root}")
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         imgs = sorted((f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
@@ -30,12 +32,12 @@ def list_species(root: Path, species: int | None = None, names: list[str] | None
     if names:
         missing = [n for n in names if n not in found]
         if missing:
-            raise SystemExit(f"species not in {root}: {', '.join(missing[:5])}")
+            raise ValueError(f"species not in {root}: {', '.join(missing[:5])}")
         found = {n: found[n] for n in names}
     if species:
         found = dict(list(found.items())[:species])
     if not found:
-        raise SystemExit(f"no species folders with images in {root}")
+        raise ValueError(f"no species folders with images in {root}")
     return found
 
 
@@ -71,33 +73,6 @@ def load_split_tree(root: Path) -> tuple[dict, dict, list[str]]:
     val = list_species(val_dir) if val_dir.is_dir() else {}
     names = sorted(set(train) | set(val))
     return train, val, names
-
-
-def eval_view(img, size: int) -> np.ndarray:
-    """The one held-out view of a photo, ``size``×``size`` RGB uint8: the short side resized to ``size``
-    (bilinear, long side rounded), then the centre crop. Both the validation set of ``train``/``prune`` and
-    every predictor in ``classifiers`` (``evaluate``, the server's SPECIES_MODEL) go through it, so a model
-    scores an image identically wherever it is scored."""
-    from PIL import Image
-
-    img = img.convert("RGB")
-    w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-def model_input(views: np.ndarray) -> np.ndarray:
-    """uint8 ``…×H×W×3`` views (one or a batch) → float32 ``…×3×H×W`` in 0..1, what the classifiers take
-    (Ultralytics' classify convention: no mean/std)."""
-    return np.ascontiguousarray(np.moveaxis(views, -1, -3), dtype=np.float32) / np.float32(255)
-
-
-def eval_batch(images, size: int) -> np.ndarray:
-    """PIL images → the float32 N×3×S×S batch a classifier scores: their ``eval_view`` as ``model_input``."""
-    return model_input(np.stack([eval_view(im, size) for im in images]))
 
 
 def train_transforms(imgsz: int):

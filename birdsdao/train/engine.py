@@ -1,7 +1,5 @@
-"""The one training loop behind ``train`` (classifier), ``prune`` (sparsity phase and fine-tuning): AdamW with
-cosine decay, an optional L1 penalty on BatchNorm scales, optional knowledge distillation from a frozen
-teacher, a resumable checkpoint every epoch, and top-1 / top-5 on the held-out split after each epoch.
-Small and explicit so it runs the same on a 2-core CPU and on a GPU (``--device``)."""
+"""The one training loop behind ``train`` and ``prune``: AdamW + cosine decay, optional L1 on BatchNorm scales
+and distillation, a resumable checkpoint and held-out top-1/top-5 every epoch."""
 from __future__ import annotations
 
 import math
@@ -57,12 +55,10 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float, d
         resume: bool = False, desc: str = "train", bn_lr_scale: float = 1.0,
         teacher: nn.Module | None = None, distill_temperature: float = 4.0, distill_weight: float = 0.5,
         on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train ``model`` in place; returns the per-epoch history. The last epoch's weights are kept: picking
-    the best epoch by the held-out split would tune on the test images (there is no third split here).
-
-    With a ``teacher`` the loss is ``(1 - distill_weight) · CE + distill_weight · KD`` where KD is
-    :func:`distillation_loss` against the teacher's logits on the same augmented batch (teacher frozen, in
-    eval mode)."""
+    """Train ``model`` in place and return the per-epoch history; with a ``teacher`` (frozen) the loss is
+    ``(1 - distill_weight) · CE + distill_weight · distillation_loss`` on the same augmented batch."""
+    # The last epoch's weights are kept: picking the best epoch by the held-out split would tune on the test
+    # images (there is no third split here).
     model.to(device)
     if teacher is not None:
         teacher = teacher.to(device).eval()

@@ -12,7 +12,7 @@ import numpy as np
 
 from birdsdao.config import DEFAULTS
 
-from .common import DEFAULT_DETECTOR, summary, write_json, write_jsonl
+from .common import DEFAULT_DETECTOR, INAT_REFERENCE, summary, write_json, write_jsonl
 
 HELP = "top-1/top-5, per-species accuracy, confusions, calibration (or detector mAP50)"
 
@@ -140,12 +140,12 @@ def run(args) -> dict:
     from PIL import Image
     from tqdm import tqdm
 
-    from .classifiers import open_species_model
+    from ..vision.species_model import open_species_model
 
     items = dataset_images(args.data, args.index, args.species)
     if not items:
-        raise SystemExit(f"no images selected in {args.data}")
-    model = open_species_model(args.model, args.labels, args.device)
+        raise ValueError(f"no images selected in {args.data}")
+    model = open_species_model(args.model, args.labels, args.device, reference=INAT_REFERENCE)
     t0 = time.perf_counter()
     chunks = []
     for i in tqdm(range(0, len(items), args.batch), desc="evaluate"):

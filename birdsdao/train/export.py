@@ -28,7 +28,7 @@ def run(args) -> dict:
     from .models import load_classifier, logits_of
 
     if args.opset < 12:
-        raise SystemExit("--opset must be >= 12")
+        raise ValueError("--opset must be >= 12")
     model, ckpt = load_classifier(args.model)
     imgsz, names = ckpt["imgsz"], ckpt["names"]
     out = Path(args.out) / args.name
@@ -63,7 +63,7 @@ def run(args) -> dict:
     diff = float(np.abs(ref - got).max())
     same_top1 = bool((ref.argmax(1) == got.argmax(1)).all())
     if diff > args.atol or not same_top1:
-        raise SystemExit(f"onnxruntime differs from torch: max |Δp| {diff:.2e} (allowed {args.atol:.0e})")
+        raise ValueError(f"onnxruntime differs from torch: max |Δp| {diff:.2e} (allowed {args.atol:.0e})")
     info = {"onnx": str(onnx_path), "labels": str(out / "labels.txt"), "imgsz": imgsz, "classes": len(names),
             "opset": args.opset, "max_abs_diff": diff, "bytes": onnx_path.stat().st_size}
     write_json(out / "export.json", info)

@@ -1,8 +1,5 @@
-"""``finetune-llm``: build an Alpaca-format bird Q&A set (``instruction / input / output``) from the species
-reference tables — the original's question forms ("请告诉我些关于X的知识吧？") plus variations — then train
-a P-tuning v2 (peft prefix tuning) or LoRA adapter on any ``transformers`` causal LM and save it with
-``save_pretrained`` (loadable with ``peft.PeftModel.from_pretrained`` by the chatglm2/transformers backend).
-Loss is on the answer tokens only."""
+"""``finetune-llm``: an Alpaca-format bird Q&A set from the species reference tables, then a P-tuning v2 or LoRA
+adapter on a ``transformers`` causal LM (loss on the answer tokens only)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +8,7 @@ import random
 import time
 from pathlib import Path
 
-from ..species.build_data import IUCN_ZH
+from ..tools.build_species_data import IUCN_ZH
 from .common import SHARED, summary, write_json, write_jsonl
 
 HELP = "build Alpaca bird Q&A from the species tables, then P-tuning v2 / LoRA a causal LM (peft)"

@@ -1,12 +1,5 @@
-"""``score``: BLEU-4, ROUGE-L and chrF of answers or captions against references, with Chinese tokenisation
-(characters, or jieba words), from JSONL files — one table row per hypothesis file, so answer backends can
-be compared on the same questions. The metrics are implemented here (short, exact, unit-tested):
-
-- char tokens are lower-cased (jieba keeps case); BLEU: corpus-level (Papineni et al. 2002), clipped n-gram precisions n=1..4, brevity penalty, no smoothing;
-- ROUGE-L: mean over items of the LCS F1 (best reference per item);
-- chrF: character n-grams n=1..6 without spaces, precision and recall averaged over n, F-β with β=2,
-  statistics summed over the corpus (as sacrebleu's chrF).
-"""
+"""``score``: BLEU-4, ROUGE-L and chrF of answers against references, with Chinese tokenisation (characters or
+jieba words), one row per hypothesis file (metric definitions: README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -133,12 +126,12 @@ def read_jsonl(path: Path, key: str | None) -> list[tuple[str | None, list[str]]
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"{path}:{n}: not JSON ({e.msg})") from None
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
         if isinstance(obj, str):
             obj = {"text": obj}
         field = key or next((k for k in TEXT_KEYS if k in obj), None)
         if field is None or field not in obj:
-            raise SystemExit(f"{path}:{n}: no text field (looked for {key or ', '.join(TEXT_KEYS)})")
+            raise ValueError(f"{path}:{n}: no text field (looked for {key or ', '.join(TEXT_KEYS)})")
         texts = obj[field] if isinstance(obj[field], list) else [obj[field]]
         rows.append((None if obj.get("id") is None else str(obj["id"]), [str(t) for t in texts]))
     return rows
@@ -150,10 +143,10 @@ def pair_up(refs, hyps, hyp_path) -> tuple[list[str], list[list[str]]]:
         by_id = {i: t for i, t in hyps}
         missing = [i for i, _ in refs if i not in by_id]
         if missing:
-            raise SystemExit(f"{hyp_path}: no answer for ids {', '.join(missing[:5])}")
+            raise ValueError(f"{hyp_path}: no answer for ids {', '.join(missing[:5])}")
         return [by_id[i][0] for i, _ in refs], [t for _, t in refs]
     if len(refs) != len(hyps):
-        raise SystemExit(f"{hyp_path}: {len(hyps)} lines but {len(refs)} references (and no ids to match by)")
+        raise ValueError(f"{hyp_path}: {len(hyps)} lines but {len(refs)} references (and no ids to match by)")
     return [t[0] for _, t in hyps], [t for _, t in refs]
 
 

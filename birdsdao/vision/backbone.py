@@ -15,7 +15,7 @@ LOGITS_BIAS = "Logits/biases"  # (965,) int32 bias, scale = input scale * weight
 INPUT_SIZE = 224
 
 
-def _dequantize(tensor: np.ndarray, detail: dict) -> np.ndarray:
+def dequantize(tensor: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero = detail["quantization"]
     if not scale:
         return tensor.astype(np.float32)
@@ -55,8 +55,8 @@ class INatBackbone:
         details = {d["name"]: d for d in self.interp.get_tensor_details()}
         self.emb_detail = details[EMBEDDING_TENSOR]
         weights = next(d for name, d in details.items() if name.startswith("Logits/MatMul;" + LOGITS_WEIGHTS_PREFIX))
-        w = _dequantize(self.interp.get_tensor(weights["index"]), weights)
-        bias = _dequantize(self.interp.get_tensor(details[LOGITS_BIAS]["index"]), details[LOGITS_BIAS])
+        w = dequantize(self.interp.get_tensor(weights["index"]), weights)
+        bias = dequantize(self.interp.get_tensor(details[LOGITS_BIAS]["index"]), details[LOGITS_BIAS])
         self.w = w.T.copy()  # (1280, 965)
         self.b = bias
         self.num_outputs = w.shape[0]
@@ -77,7 +77,7 @@ class INatBackbone:
                 self.interp.set_tensor(self.input["index"], chunk)
                 self.interp.invoke()
                 raw = self.interp.get_tensor(self.emb_detail["index"]).reshape(len(chunk), -1)
-                out.append(_dequantize(raw, self.emb_detail))
+                out.append(dequantize(raw, self.emb_detail))
         return np.concatenate(out) if out else np.zeros((0, 1280), np.float32)
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
@@ -122,8 +122,8 @@ class ImageNetModel:
             for crop in crops:
                 self.interp.set_tensor(self.input["index"], np.ascontiguousarray(crop[None], dtype=np.uint8))
                 self.interp.invoke()
-                embs.append(_dequantize(self.interp.get_tensor(self.emb_detail["index"]).reshape(-1), self.emb_detail))
-                logits = _dequantize(self.interp.get_tensor(self.logit_detail["index"]).reshape(-1), self.logit_detail)
+                embs.append(dequantize(self.interp.get_tensor(self.emb_detail["index"]).reshape(-1), self.emb_detail))
+                logits = dequantize(self.interp.get_tensor(self.logit_detail["index"]).reshape(-1), self.logit_detail)
                 probs = softmax(logits)
                 birds.append(float(probs[self.bird_idx].sum()))
         return (np.stack(embs) if embs else np.zeros((0, 1280), np.float32)), np.asarray(birds, np.float32)
@@ -131,7 +131,7 @@ class ImageNetModel:
 
 def load_backbones(config: dict) -> tuple[INatBackbone, ImageNetModel]:
     """Both MobileNets as the config names them: the one place the server and build_prototypes open them."""
-    threads = config.get("LITERT_THREADS")
+    threads = config["LITERT_THREADS"]
     return INatBackbone(config["INAT_MODEL"], threads), ImageNetModel(config["IMAGENET_MODEL"], threads)
 
 

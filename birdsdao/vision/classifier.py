@@ -85,8 +85,9 @@ class SpeciesClassifier:
     def __init__(self, inat: INatBackbone, imagenet: ImageNetModel, vocab: Vocabulary, base: Prototypes,
                  label_to_key: dict[str, str], fusion: Fusion, *, mirror: bool = True,
                  trained=None, trained_entries: list[Entry] = ()):
-        """``trained``: a configured species model (``predict(images) -> probs``); when given, it names the
-        species and the fusion is not used. ``trained_entries``: one vocabulary entry per output of it."""
+        """``trained``: a configured species model (``predict(images) -> probs``, see vision/species_model.py);
+        when given, it names the species and the fusion is not used. ``trained_entries``: one vocabulary entry
+        per output of it."""
         self.inat, self.imagenet = inat, imagenet
         self.trained, self.trained_entries = trained, list(trained_entries)
         self.fusion, self.mirror = fusion, mirror

@@ -1,7 +1,5 @@
-"""Bird boxes with YOLOv8 (COCO class 14 = bird), following Ultralytics' preprocess → inference →
-postprocess template. Fast path: the weights exported once to ONNX and run with ONNX Runtime (cached
-beside the instance, keyed by the weights' sha256 and the input size). Fallback: Ultralytics' own torch
-predictor, used when export or ONNX Runtime is not available."""
+"""Bird boxes with YOLOv8 (COCO class 14): ONNX Runtime on a cached export, Ultralytics' torch predictor as
+the fallback (see README.md)."""
 from __future__ import annotations
 
 import hashlib

@@ -81,7 +81,7 @@ class VisionPipeline:
         self.classifier = classifier
         self.catalog = catalog
         self.store = store
-        self.font_path = annotate.find_font(config.get("ANNOTATION_FONT"))
+        self.font_path = annotate.find_font(config["ANNOTATION_FONT"])
         self.write_lock = threading.Lock()  # teach/forget/reload: store + vocabulary change together
         # store.index_key() of the index the classifier's taught species came from, and how many there were
         self._taught_key, self._taught_count = None, 0
@@ -94,8 +94,8 @@ class VisionPipeline:
         detector = build_detector(
             str(config["YOLO_WEIGHTS"]), imgsz=int(config["DETECTOR_IMGSZ"]), conf=float(config["DETECTOR_CONF"]),
             iou=float(config["DETECTOR_IOU"]), backend=config["DETECTOR_BACKEND"],
-            cache_dir=Path(config.get("DETECTOR_CACHE") or instance / "cache"),
-            threads=config.get("DETECTOR_THREADS"),
+            cache_dir=Path(config["DETECTOR_CACHE"] or instance / "cache"),
+            threads=config["DETECTOR_THREADS"],
         )
         inat, imagenet = load_backbones(config)
         vocab = Vocabulary.from_catalog(catalog, inat.num_outputs)
@@ -259,7 +259,7 @@ class VisionPipeline:
             "detector_imgsz": self.detector.imgsz,
             "ultralytics": ultralytics.__version__,
             "species_vocabulary": self.classifier.vocabulary_size(),
-            "species_model": str(self.config.get("SPECIES_MODEL") or "") or "litert+prototypes",
+            "species_model": str(self.config["SPECIES_MODEL"] or "") or "litert+prototypes",
             "taught_species": self._taught_count,  # as loaded by the refresh above: no second read of the index
             "catalog": type(self.catalog).__name__,
             "annotation_font": self.font_path,
@@ -274,12 +274,12 @@ def _trained_species_model(config, catalog):
     """SPECIES_MODEL (a .pt from ``train``/``prune`` or an .onnx from ``export``, labels.txt beside it or
     SPECIES_LABELS) → (model, one vocabulary entry per output), or (None, []) when not configured. Labels the
     catalogue knows (BIRDS-525 folder names) get its names; others are shown as the label itself."""
-    path = str(config.get("SPECIES_MODEL") or "")
+    path = str(config["SPECIES_MODEL"] or "")
     if not path:
         return None, []
-    from ..train.classifiers import open_species_model
+    from .species_model import open_species_model
 
-    model = open_species_model(Path(path), Path(config["SPECIES_LABELS"]) if config.get("SPECIES_LABELS") else None)
+    model = open_species_model(Path(path), Path(config["SPECIES_LABELS"]) if config["SPECIES_LABELS"] else None)
     entries = []
     for label in model.labels:
         species = catalog.by_label(label)

@@ -1,13 +1,5 @@
-"""Species the user taught, stored under ``<instance>/taught/``: ``index.json`` (names, which vocabulary
-species each label improves or adds) and one ``<sha1>.npz`` per label holding the photo features and a copy
-of that label's index record. Plain arrays and JSON only (no pickle); every write is temp file + fsync +
-``os.replace`` + folder fsync; the index is written last, so a crash leaves the previous consistent state.
-Writers (teach, forget, index recovery) hold a thread lock plus an ``flock`` on ``taught/.lock``, because
-gunicorn workers are separate processes sharing the folder; ``index_key`` tells a worker when another one
-changed the index.
-An unparsable index is copied aside (``index.json.corrupt-<time>``) and rebuilt from the records in the
-.npz files, so a damaged file neither takes the vision service down nor loses the taught species (except
-those whose feature file predates the record copy: they cannot be named again and are left unused)."""
+"""Species the user taught, stored crash-safely under ``<instance>/taught/`` (JSON index + one ``.npz`` per
+label, no pickle) and shared between worker processes (see README.md)."""
 from __future__ import annotations
 
 import hashlib

@@ -1,11 +1,5 @@
-"""Build ``weights/species_kb_e5_small.npz``: the e5-small vectors of every species-card chunk.
-
-    python -m birdsdao.kb.build_seed_vectors [--out weights/species_kb_e5_small.npz]
-
-Builds the bundled ``species`` knowledge base once in a temporary folder exactly as the server does and
-keeps every passage vector it embedded, keyed by the chunk text's hash. A server that finds this file
-embeds only chunks whose text changed since (one card, not 1,265). Re-run it after editing the cards.
-"""
+"""``python -m birdsdao.tools.build_seed_vectors [--out FILE]``: the e5-small vectors of every species-card
+chunk, so a fresh server builds the bundled species KB without embedding (re-run after editing the cards)."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +18,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from .. import create_app
-    from .species_kb import card_documents, ensure_species_kb
+    from ..kb.species_kb import card_documents, ensure_species_kb
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app({"INSTANCE_PATH": tmp, "SERVICES": ["species", "embedder", "kb"],

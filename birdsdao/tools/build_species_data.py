@@ -1,13 +1,5 @@
-"""Generate ``birdsdao/species/data/species.jsonl``, the one file the species catalogue loads.
-
-Run ``python -m birdsdao.species.build_data [SHARED_DATA_DIR]`` (default ``<project>/../shared/data``).
-It merges the two published reference tables (BIRDS-525 labels and iNat model outputs) into one record
-per species keyed by scientific name, keeps every other spelling as an alias, and adds what the project
-wrote itself (files beside this module in ``data/``): Chinese names of orders/families, Chinese names for
-species the published list lacks, taxonomy for rows the tables left unmatched, common aliases, and
-descriptions. Every field that can come from either side carries its source (``published``/``project``)
-so a card can say which facts are the project's own. The server never reads ``../shared`` at runtime.
-"""
+"""``python -m birdsdao.tools.build_species_data [SHARED_DATA_DIR]``: ``birdsdao/species/data/species.jsonl``
+from the published reference tables plus the project's own data, each field marked with its source."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +12,7 @@ from pathlib import Path
 
 from ..fileio import write_atomic
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 BIRDS525_TABLE = "birds525_species_reference.csv"

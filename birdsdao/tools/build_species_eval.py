@@ -1,18 +1,14 @@
-"""Generate ``birdsdao/species/data/eval_questions.jsonl``: for every species, a few Chinese and English
-questions whose expected source is that species' card. Used to measure retrieval recall@k of the bundled
-``species`` knowledge base and the quality of ``/get_response`` answers.
-
-Run ``python -m birdsdao.species.build_eval`` after ``build_data``.
-"""
+"""``python -m birdsdao.tools.build_species_eval``: ``birdsdao/species/data/eval_questions.jsonl``, questions per
+species whose expected source is its card (run after ``build_species_data``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .build_data import DATA_DIR, write_jsonl
-from .cards import doc_name
-from .catalog import SpeciesCatalog
+from .build_species_data import DATA_DIR, write_jsonl
+from ..species.cards import doc_name
+from ..species.catalog import SpeciesCatalog
 
 # (kind, template). The first is the seed question of the original project.
 ZH_TEMPLATES = (

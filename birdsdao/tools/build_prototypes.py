@@ -1,8 +1,5 @@
-"""Build the few-shot prototype artifact from a folder of labelled bird photos (one sub-folder per
-BIRDS-525 label): ``python -m birdsdao.vision.build_prototypes [--data DIR] [--out FILE]``.
-
-Each photo and its mirror image count as two samples; a class prototype is their mean feature. The output
-is a float16 ``.npz`` (no pickle) with ``labels``, ``vectors``, ``counts`` and the source models' sha256."""
+"""``python -m birdsdao.tools.build_prototypes [--data DIR] [--out FILE]``: few-shot class prototypes (mean
+features of each label's photos and their mirrors) as a float16 ``.npz``, no pickle."""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 from ..config import DEFAULTS, PROJECT_ROOT
-from .backbone import ImageNetModel, INatBackbone, load_backbones, prototype_features
-from .classifier import Prototypes
-from .detector import sha256_of
-from .imaging import to_model_input, to_rgb
+from ..vision.backbone import ImageNetModel, INatBackbone, load_backbones, prototype_features
+from ..vision.classifier import Prototypes
+from ..vision.detector import sha256_of
+from ..vision.imaging import to_model_input, to_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 

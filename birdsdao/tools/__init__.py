@@ -1,0 +1,1 @@
+"""Build and maintenance commands (``python -m birdsdao.tools.<name>``); the server never imports them."""
