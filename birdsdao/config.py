@@ -57,7 +57,7 @@ DEFAULTS: dict = {
     "FLOCK_MIN_SIMILARITY": 0.6,
     "FLOCK_STRENGTH": 2.0,
     # "Not a bird": with no confident bird box, a photo is a bird only when ImageNet's bird classes hold at
-    # least this probability mass (measured on non-bird and bird photos, bench/bench_accuracy.py).
+    # least this probability mass (measured on non-bird and bird photos, bench/bench_gate.py).
     "BIRD_BOX_CONF": 0.5,
     "IMAGENET_BIRD_MIN": 0.2,
     "ANNOTATION_FONT": None,  # a .ttf/.ttc with CJK glyphs; None: the first of vision.annotate.FONT_CANDIDATES

@@ -15,6 +15,27 @@ function percent(x) {
   return typeof x === "number" ? `${(x * 100).toFixed(x >= 0.995 || x < 0.1 ? 1 : 0)}%` : "";
 }
 
+/** The server's answer when it is not a confident species: "一种鸥 a gull (Larus) 93%, most likely …". */
+export function describeAnswer(answer) {
+  if (!answer) return "";
+  if (answer.rank === "species") {
+    return answer.uncertain ? `不太确定，最可能是 ${speciesName(answer)} · Not sure; most likely ${answer.english_name || answer.label} ${percent(answer.confidence)}` : "";
+  }
+  const zh = answer.chinese_name ? `一种${answer.chinese_name.replace(/[属科]$/, "")}（${answer.chinese_name}）` : `${answer.scientific_name} 的一种`;
+  const en = answer.english_name ? `a ${answer.english_name.toLowerCase()} (${answer.scientific_name})` : `a member of ${answer.scientific_name}`;
+  const likely = answer.most_likely;
+  return `${zh} ${percent(answer.confidence)}，最可能是 ${speciesName(likely)} ${percent(likely.confidence)} · ${en}, most likely ${likely.english_name || likely.label}`;
+}
+
+function lookalikeBox(pair) {
+  const [a, b] = pair.species;
+  const box = h("div", "lookalike");
+  box.append(h("strong", null, `易混淆 Look-alikes: ${speciesName(a)} ${percent(a.confidence)} / ${speciesName(b)} ${percent(b.confidence)}`));
+  const how = pair.how_to_tell;
+  if (how) box.append(h("p", null, how.zh || ""), h("p", "muted", how.en || ""));
+  return box;
+}
+
 export function initPhoto({ onAsk, onResult }) {
   const zone = document.getElementById("drop-zone");
   const inputs = [document.getElementById("photo-input"), document.getElementById("camera-input")];
@@ -81,6 +102,9 @@ export function initPhoto({ onAsk, onResult }) {
         title.append(h("span", "muted", ` · 检测置信度 ${percent(det.box_confidence)}`));
       }
       card.append(title);
+      const answer = describeAnswer(det.answer);
+      if (answer) card.append(h("p", "answer", answer));
+      if (det.lookalike) card.append(lookalikeBox(det.lookalike));
       const ol = h("ol", "species-list");
       for (const sp of det.species || []) {
         const li = h("li", "species");
