@@ -172,10 +172,13 @@ class VisionPipeline:
         enough, look-alikes; birds in one photo are read together (flock context)."""
         probs, state = self.classifier.probabilities(feats, prior)
         cfg = self.config
-        probs = flock_context(probs, feats.proto, areas, confident=float(cfg["FLOCK_CONFIDENT"]),
+        flock = flock_context(probs, feats.proto, areas, confident=float(cfg["FLOCK_CONFIDENT"]),
                               min_similarity=float(cfg["FLOCK_MIN_SIMILARITY"]), strength=float(cfg["FLOCK_STRENGTH"]))
-        return [read_detection(row, state, top_k, self.catalog, answer_min=float(cfg["ANSWER_MIN_CONFIDENCE"]),
-                               lookalike_gap=float(cfg["LOOKALIKE_GAP"])) for row in probs]
+        readings = [read_detection(row, state, top_k, self.catalog, answer_min=float(cfg["ANSWER_MIN_CONFIDENCE"]),
+                                   lookalike_gap=float(cfg["LOOKALIKE_GAP"])) for row in flock]
+        for reading, before, after in zip(readings, probs, flock):
+            reading.flock_adjusted = not np.array_equal(before, after)
+        return readings
 
     def _decode(self, data: bytes):
         return decode_image(data, max_pixels=int(self.config["MAX_IMAGE_PIXELS"]),
