@@ -32,7 +32,7 @@ from birdsdao.vision.naming import answer_at_rank, flock_context  # noqa: E402
 from birdsdao.vision.classifier import top_guesses  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
-FORMER = Fusion(alpha=0.5, power=2.0, scale=40.0, generic_min_share=float("inf"), sharpen=1.0)
+FORMER = Fusion(alpha=0.5, power=2.0, scale=40.0, generic_min_share=float("inf"), sharpen=1.0, spread=0.0)
 
 
 def species_level(entry) -> str:
@@ -231,7 +231,7 @@ def main():
     bench = Bench()
     s = bench.server
     print(f"server rule: alpha {s.alpha}, power {s.power}, prototype scale {s.scale}, coarse-class share "
-          f"{s.generic_min_share}, sharpen {s.sharpen}, mirror view on the iNat model")
+          f"{s.generic_min_share}, sharpen {s.sharpen}, spread {s.spread}, mirror view on the iNat model")
     b525, per_fold, calib = bench.birds525()
     nat = {}
     for split in ("natural-dev", "natural-val"):

@@ -72,13 +72,14 @@ class _State:
 @dataclass(frozen=True)
 class Fusion:
     """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_POWER, PROTOTYPE_SCALE,
-    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN), chosen in bench/bench_species.py."""
+    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD), chosen in bench/bench_species.py."""
 
     alpha: float = 0.7
     power: float = 2.0
     scale: float = 40.0
     generic_min_share: float = 0.05
-    sharpen: float = 1.5
+    sharpen: float = 1.7
+    spread: float = 0.02
 
 
 class SpeciesClassifier:
@@ -138,7 +139,8 @@ class SpeciesClassifier:
             probs = probs * prior
         f = self.fusion
         probs = probs ** f.sharpen
-        return probs / probs.sum(1, keepdims=True), state
+        probs = probs / probs.sum(1, keepdims=True)
+        return (1 - f.spread) * probs + f.spread / probs.shape[1], state
 
     def _fuse(self, feats: CropFeatures, state: _State) -> np.ndarray:
         """w * p_inat + (1 - w) * p_proto, w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k)."""
