@@ -206,3 +206,53 @@ def test_names_with_brackets_and_hybrid_sign_are_found_in_text(catalog):
     assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Circus cyaneus hudsonius"]
     text = "What does the Pacific Black Duck × Mallard hybrid eat?"
     assert [s.id for s, _, _ in catalog.find_mentions(text)] == ["Anas superciliosa × platyrhynchos"]
+
+
+def test_generic_classes_are_genus_or_family_with_their_vocabulary_members(catalog):
+    classes = {s.id: s for s in catalog.all() if s.is_class}
+    # every one-word scientific name is a BIRDS-525 coarse class: a genus, or a family (-idae)
+    assert set(classes) == {s.id for s in catalog.all() if len(s.id.split()) == 1}
+    assert catalog.rank("Corvus") == "genus" and catalog.rank("Diomedeidae") == "family"
+    assert catalog.rank("Paradisaeidae") == "family" and catalog.get("Paradisaeidae").family == "Paradisaeidae"
+    crows = {s.id for s in catalog.members("Corvus")}
+    assert {"Corvus brachyrhynchos", "Corvus corax", "Corvus ossifragus", "Corvus corone"} <= crows
+    assert all(s.rank == "species" and s.genus == "Corvus" for s in catalog.members("Corvus"))
+    tits = catalog.members("Paridae")
+    assert "Poecile atricapillus" in {s.id for s in tits} and all(s.family == "Paridae" for s in tits)
+    assert {s.id for s in catalog.members("Haematopus")} >= {"Haematopus palliatus", "Haematopus ostralegus"}
+    assert catalog.members("Corvus brachyrhynchos") == [] and catalog.members("Nonexistent bird") == []
+
+
+def test_species_know_the_classes_that_contain_them(catalog):
+    assert [s.id for s in catalog.classes_of("Corvus brachyrhynchos")] == ["Corvus"]
+    assert [s.id for s in catalog.classes_of("Poecile atricapillus")] == ["Paridae"]
+    assert catalog.classes_of("Haliaeetus leucocephalus") == []
+    assert catalog.genus_of("Corvus corax") == "Corvus" and catalog.genus_of("Corvus") == "Corvus"
+    assert catalog.genus_of("Paridae") is None and catalog.genus_of("Nonexistent bird") is None
+
+
+def test_subspecies_and_domestic_forms_point_to_their_parent_species(catalog):
+    swallow = catalog.get("Hirundo rustica erythrogaster")
+    assert swallow.rank == "subspecies" and catalog.parent(swallow.id) is catalog.get("Hirundo rustica")
+    assert catalog.parent("Columba livia domestica").id == "Columba livia"
+    assert catalog.rank("Gallus gallus domesticus") == "subspecies"
+    assert catalog.parent("Serinus canaria domestica") is None  # wild canary is not in the vocabulary
+    assert catalog.parent("Hirundo rustica") is None
+    assert [s.id for s in catalog.classes_of("Hirundo rustica erythrogaster")] == []
+    for s in catalog.all():
+        if s.parent:
+            assert s.rank == "subspecies" and catalog.get(s.parent).rank == "species", s.id
+
+
+def test_hybrids_and_non_taxa_are_not_species(catalog):
+    olympic = catalog.get("Larus glaucescens × occidentalis")
+    assert olympic.rank == "hybrid" and olympic.hybrid_of == ("Larus glaucescens", "Larus occidentalis")
+    assert catalog.rank("Lunaticus americonis") == "not_a_taxon"
+    assert {s.rank for s in catalog.all()} == {"species", "subspecies", "hybrid", "genus", "family", "not_a_taxon"}
+    assert catalog.get("Corvus").to_dict()["members"] == [s.id for s in catalog.members("Corvus")]
+
+
+def test_no_plant_names_left_in_the_species_data():
+    for path in DATA_FILE.parent.iterdir():
+        if path.is_file():
+            assert "strelitzia" not in path.read_text(encoding="utf-8").lower(), path

@@ -158,6 +158,7 @@ def load_project_tables() -> dict:
         "zh_names": {r["scientific_name"]: r["chinese_name"] for r in _read_project_csv("project_zh_names.csv")
                      if r.get("chinese_name")},
         "taxonomy": {r["scientific_name"]: r for r in _read_project_csv("taxonomy_fixes.csv")},
+        "ranks": {r["scientific_name"]: r["rank"] for r in _read_project_csv("taxonomy_fixes.csv") if r.get("rank")},
         "aliases": aliases,
         "merges": {r["scientific_name"]: r["into"] for r in _read_project_csv("project_merges.csv")},
         "descriptions": descriptions,
@@ -259,6 +260,53 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
     return record
 
 
+RANKS = ("species", "subspecies", "hybrid", "genus", "family", "not_a_taxon")
+
+
+def name_rank(scientific_name: str) -> str:
+    """What a scientific name names, from its form: one word is a genus, or a family when it ends in
+    -idae (BIRDS-525's coarse classes: CROW = Corvus, ALBATROSS = Diomedeidae); two words a species; three
+    a subspecies or domestic form (Hirundo rustica erythrogaster, Gallus gallus domesticus); a name with
+    the hybrid sign a hybrid."""
+    words = scientific_name.split()
+    if "×" in words:
+        return "hybrid"
+    if len(words) == 1:
+        return "family" if scientific_name.endswith("idae") else "genus"
+    return "species" if len(words) == 2 else "subspecies"
+
+
+def add_ranks(records: list[dict], ranks: dict[str, str]) -> None:
+    """Fill ``rank``, ``genus``, ``parent`` (a subspecies' species, when in the vocabulary), ``hybrid_of``
+    and, for genus/family classes, ``members`` (the species-rank ids of that genus or family). ``ranks``
+    are the project's overrides (taxonomy_fixes.csv) for names whose form misleads."""
+    by_id = {r["id"]: r for r in records}
+    for r in records:
+        sid = r["id"]
+        rank = ranks.get(sid) or name_rank(sid)
+        if rank not in RANKS:
+            raise ValueError(f"{sid}: unknown rank {rank!r}")
+        words = sid.split()
+        r["rank"] = rank
+        r["genus"] = words[0] if rank not in ("family", "not_a_taxon") else None
+        parent = " ".join(words[:2]) if rank == "subspecies" else None
+        r["parent"] = parent if parent in by_id else None
+        # "Larus glaucescens × occidentalis": the second parent is written with its genus left out.
+        hybrid_of = []
+        if rank == "hybrid":
+            left, _, right = sid.partition(" × ")
+            right = right if " " in right else f"{words[0]} {right}"
+            hybrid_of = [x for x in (left, right) if x in by_id]
+        r["hybrid_of"] = hybrid_of
+        r["members"] = []
+        r["sources"]["rank"] = "project" if sid in ranks else None
+    for r in records:
+        if r["rank"] == "genus":
+            r["members"] = sorted(m["id"] for m in records if m["rank"] == "species" and m["genus"] == r["id"])
+        elif r["rank"] == "family":
+            r["members"] = sorted(m["id"] for m in records if m["rank"] == "species" and m["family"] == r["id"])
+
+
 def build_records(shared_data: Path) -> list[dict]:
     rows = read_tables(shared_data)
     project = load_project_tables()
@@ -272,6 +320,7 @@ def build_records(shared_data: Path) -> list[dict]:
         by_sci[record["id"]] = record
         records.append(record)
     records.sort(key=lambda r: r["id"])
+    add_ranks(records, project["ranks"])
     return records
 
 
@@ -296,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(records)} species -> {args.out}; Chinese names: {n_pub} published, {n_proj} project, "
           f"{len(records) - n_pub - n_proj} missing; descriptions: {kinds.count('species')} species-level, "
           f"{kinds.count('family')} family-level", file=sys.stderr)
+    ranks = [r["rank"] for r in records]
+    print("ranks: " + ", ".join(f"{ranks.count(k)} {k}" for k in RANKS if k in ranks), file=sys.stderr)
     return 0
 
 
