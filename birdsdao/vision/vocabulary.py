@@ -14,8 +14,13 @@ class Entry:
     names: dict
     inat_indices: tuple[int, ...] = ()
     taught: bool = False
+    # From the catalogue (species data): species | subspecies | hybrid | genus | family | not_a_taxon
+    rank: str = "species"
+    genus: str | None = None
     family: str | None = None
     family_zh: str | None = None
+    parent: str | None = None  # a subspecies' species key
+    members: tuple[str, ...] = ()  # a genus/family class's species keys
 
     def to_dict(self) -> dict:
         return {**self.names, "taught": self.taught}
@@ -23,19 +28,6 @@ class Entry:
     @property
     def scientific(self) -> str:
         return self.names.get("scientific_name") or ""
-
-    @property
-    def rank(self) -> str:
-        """species | subspecies (a trinomial or domestic form) | genus | family (BIRDS-525's coarse classes)."""
-        words = self.scientific.split()
-        if len(words) == 1:
-            return "family" if words[0].endswith("idae") else "genus"
-        return "subspecies" if len(words) > 2 and "×" not in self.scientific else "species"
-
-    @property
-    def genus(self) -> str | None:
-        words = self.scientific.split()
-        return words[0] if words and not words[0].endswith("idae") else None
 
 
 @dataclass
@@ -49,7 +41,8 @@ class Vocabulary:
     def from_catalog(cls, catalog, num_inat: int) -> "Vocabulary":
         vocab = cls()
         for sp in catalog.all():
-            vocab.add(Entry(sp.id, sp.names(), tuple(sp.inat_indices), family=sp.family, family_zh=sp.family_zh))
+            vocab.add(Entry(sp.id, sp.names(), tuple(sp.inat_indices), rank=sp.rank, genus=sp.genus, family=sp.family,
+                            family_zh=sp.family_zh, parent=sp.parent, members=sp.members))
         return vocab
 
     def add(self, entry: Entry) -> int:
@@ -84,30 +77,23 @@ class Taxonomy:
 
     @classmethod
     def of(cls, vocab: Vocabulary) -> "Taxonomy":
-        entries = vocab.entries
-        species_rows = {e.key: i for i, e in enumerate(entries) if e.rank == "species" and not e.taught}
-        parent = np.arange(len(entries))
+        entries, index = vocab.entries, vocab.index
+        parent = np.array([index.get(e.parent, i) if e.parent else i for i, e in enumerate(entries)], dtype=np.int64)
         genus, family = {}, {}
         for i, e in enumerate(entries):
-            if e.rank == "subspecies":
-                parent[i] = species_rows.get(" ".join(e.scientific.split()[:2]), i)
             if e.rank == "species" and not e.taught:
                 genus.setdefault(e.genus, []).append(i)
                 if e.family:
                     family.setdefault(e.family, []).append(i)
-        members = {}
-        for i, e in enumerate(entries):
-            if e.rank in ("genus", "family"):
-                rows = (genus if e.rank == "genus" else family).get(e.scientific, [])
-                if rows:
-                    members[i] = np.asarray(rows, dtype=np.int64)
+        members = {i: np.asarray([index[m] for m in e.members if m in index], dtype=np.int64)
+                   for i, e in enumerate(entries) if e.members}
         as_arrays = lambda d: {k: np.asarray(v, dtype=np.int64) for k, v in d.items()}  # noqa: E731
-        return cls(parent, members, as_arrays(genus), as_arrays(family))
+        return cls(parent, {k: v for k, v in members.items() if len(v)}, as_arrays(genus), as_arrays(family))
 
     def group_of(self, vocab: Vocabulary, row: int, rank: str) -> tuple[str | None, np.ndarray]:
         """(the genus or family name of ``row``, the species rows in it)."""
         entry = vocab.entries[row]
-        name = entry.genus if rank == "genus" else entry.family
+        name = entry.genus if rank == "genus" and entry.rank == "species" else entry.family if rank == "family" else None
         table = self.genus_rows if rank == "genus" else self.family_rows
         return name, table.get(name, np.zeros(0, np.int64))
 
