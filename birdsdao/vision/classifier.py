@@ -105,7 +105,14 @@ class SpeciesClassifier:
         return CropFeatures(inat.logits, prototype_features(inat.embeddings, imnet_emb), imnet_bird, trained)
 
     # -- ranking ------------------------------------------------------------------------------------------
-    def probabilities(self, feats: CropFeatures) -> tuple[np.ndarray, _State]:
+    def probabilities(self, feats: CropFeatures, prior: np.ndarray | None = None) -> tuple[np.ndarray, _State]:
+        """``prior``: location weights per base-vocabulary entry (species/ranges.py), or None."""
+        probs, state = self._fused(feats)
+        if prior is not None:
+            probs = _apply_prior(probs, prior)
+        return probs, state
+
+    def _fused(self, feats: CropFeatures) -> tuple[np.ndarray, _State]:
         state = self.state  # one snapshot for the whole call
         n, v = len(feats.proto), len(state.vocab)
         probs = np.zeros((n, v), dtype=np.float64)
@@ -126,8 +133,8 @@ class SpeciesClassifier:
         np.add.at(probs.T, state.proto_rows, ((1 - w) * p_proto).T)
         return probs, state
 
-    def rank(self, feats: CropFeatures, top_k: int) -> list[list[Guess]]:
-        probs, state = self.probabilities(feats)
+    def rank(self, feats: CropFeatures, top_k: int, prior: np.ndarray | None = None) -> list[list[Guess]]:
+        probs, state = self.probabilities(feats, prior)
         out = []
         for row in probs:
             best = np.argsort(-row)[:top_k]
@@ -165,3 +172,15 @@ class SpeciesClassifier:
 
     def vocabulary_size(self) -> int:
         return len(self.state.vocab)
+
+
+def _apply_prior(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """THE place where the location prior meets the ranking (issue #15; the fusion owner tunes this rule):
+    each row times the prior, renormalised. The prior covers the base vocabulary, whose entries always come
+    first; species taught since have no range data and get 1.0."""
+    weights = np.ones(probs.shape[1], dtype=np.float64)
+    n = min(len(prior), len(weights))
+    weights[:n] = prior[:n]
+    out = probs * weights
+    total = out.sum(1, keepdims=True)
+    return np.divide(out, total, out=probs.copy(), where=total > 0)
