@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from birdsdao import create_app
 from birdsdao.species.ranges import FLOOR, REGIONS, LocationPrior, RangeTable
 from birdsdao.vision.classifier import _apply_prior
 from birdsdao.vision.location import read_exif
 
-from .conftest import BIRDS525, NATURAL, YOLO_WEIGHTS
-from .test_detect import post
+from .conftest import BIRDS525, NATURAL
+from .test_detect import client, post  # noqa: F401 - client: the module-scoped /detect app
 
 CHINA = (31.2, 114.0)  # Wuhan
 NEW_YORK = (40.7, -74.0)
@@ -57,26 +56,16 @@ def robin() -> bytes:
     return next((NATURAL / "American_Robin").iterdir()).read_bytes()
 
 
-def make(tmp_path_factory, **config):
-    app = create_app({
-        "TESTING": True,
-        "INSTANCE_PATH": str(tmp_path_factory.mktemp("location-instance")),
-        "DETECTOR_CACHE": str(tmp_path_factory.getbasetemp() / "onnx-cache"),
-        "YOLO_WEIGHTS": str(YOLO_WEIGHTS),
-        "SERVICES": ["species", "vision"],
-        **config,
-    })
-    return app
+@pytest.fixture
+def vision_app(make_app, tmp_path_factory):
+    """An app of its own for a test that changes the configuration (REGION)."""
+    cache = str(tmp_path_factory.getbasetemp() / "onnx-cache")
+    return lambda **config: make_app(services=["species", "vision"], DETECTOR_CACHE=cache, **config)
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    return make(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return app.test_client()
+def app(client):
+    return client.application
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +121,13 @@ def test_json_true_or_nested_lat_is_refused(client):
         assert r.status_code == 400  # JSON bodies carry no image: refused either way, never a 500
 
 
-def test_unknown_config_region_leaves_vision_unavailable_and_says_why(tmp_path_factory):
-    r = post(make(tmp_path_factory, REGION="atlantis").test_client(), robin())
+def test_unknown_config_region_leaves_vision_unavailable_and_says_why(vision_app):
+    r = post(vision_app(REGION="atlantis").test_client(), robin())
     assert r.status_code == 503 and "REGION must be one of" in r.json["error"], r.json
 
 
-def test_precedence_form_position_then_region_then_exif_then_default(tmp_path_factory):
-    client = make(tmp_path_factory, REGION="europe").test_client()
+def test_precedence_form_position_then_region_then_exif_then_default(vision_app):
+    client = vision_app(REGION="europe").test_client()
     chinese_photo = with_exif(robin(), *CHINA, date="2023:10:02 08:00:00")
 
     def where(data, **fields):

@@ -2,13 +2,18 @@
 range facts in ``data/ranges.csv`` (AVONET, see data/README.md), and the allowlisted regions a client may name.
 
 Rule (per range row; a genus/family class has one row per member species and takes the best):
-    reach = SPREAD x sqrt(range_km2 / pi) + PAD_KM      (the radius of a disc as large as the range, widened)
-    out   = max(0, distance to the centroid - reach, distance outside [min_lat, max_lat] in km)
+    south = MIGRANT_SOUTH_DEG for AVONET Migration 3, x PARTIAL_SHARE for 2, else 0  (min_lat moves south)
+    reach = SPREAD x sqrt(range_km2 / pi) + PAD_KM + south in km   (a disc as large as the range, widened)
+    band  = |longitude difference| in km at the place - (SPREAD x range_km2 / latitude span / 2 + PAD_KM)
+    out   = max(0, min(distance to the centroid - reach, band), km outside [min_lat, max_lat])
     w     = FLOOR + (1 - FLOOR) x exp(-(out / FALLOFF_KM)^2)
-so a species whose range covers the place gets 1.0, one placed far away decays smoothly to FLOOR (never 0:
-vagrants and escaped cage birds happen), and a species without data keeps 1.0. Ranges are not discs, so
-the reach is generous; the latitude limits then cut the disc where the range ends north or south. Season:
-AVONET's ranges are not per season, so the photo's date is reported but not used here.
+A species whose range covers the place gets 1.0; one placed far away decays smoothly to FLOOR (never 0:
+vagrants and escaped cage birds happen); a species without data keeps 1.0. The band catches ranges long
+from north to south (coasts) that the disc misses; the latitude limits cut both where the range ends.
+Known limits of centroid data: a Holarctic species whose centroid lies in Eurasia (Common Tern, Greater
+Scaup) and introduced populations (Starling and House Sparrow in America) are down-weighted where they do
+live. Season: AVONET's ranges are not per season, so the photo's date is reported but not used here.
+Parameters measured on natural-val/natural-dev and BIRDS-525 Asian species (bench/bench_location.py).
 """
 from __future__ import annotations
 
@@ -25,9 +30,12 @@ RANGES_FILE = Path(__file__).resolve().parent / "data" / "ranges.csv"
 EARTH_KM = 6371.0
 KM_PER_DEGREE = math.pi * EARTH_KM / 180
 
-SPREAD = 1.6
+SPREAD = 2.0
 PAD_KM = 500.0
-MIGRANT_SOUTH_DEG = 20.0  # AVONET Migration 3 (migratory): also found this far south of the mapped range
+# AVONET Migration 3 (migratory) birds are also found this far south of the mapped range (passage, winter);
+# Migration 2 (partial migrants) for PARTIAL_SHARE of it.
+MIGRANT_SOUTH_DEG = 20.0
+PARTIAL_SHARE = 0.5
 FALLOFF_KM = 1000.0
 FLOOR = 0.05
 
@@ -79,8 +87,8 @@ class RangeTable:
         ids = [species_ids[i] for i in order]
         self.min_lat, self.max_lat, self.lat, self.lon, self.km2, migration = (
             np.asarray(a, dtype=np.float64)[order] for a in (min_lat, max_lat, lat, lon, km2, migration))
-        migrant = migration == 3
-        self.min_lat = self.min_lat - MIGRANT_SOUTH_DEG * migrant
+        south = MIGRANT_SOUTH_DEG * np.where(migration == 3, 1.0, np.where(migration == 2, PARTIAL_SHARE, 0.0))
+        self.min_lat = self.min_lat - south
         self.species: list[str] = []
         starts = []
         for i, sid in enumerate(ids):
@@ -93,7 +101,7 @@ class RangeTable:
         # as wide as area / length, reaches places the disc misses.
         span_km = np.maximum(self.max_lat - self.min_lat, 1.0) * KM_PER_DEGREE
         self.half_width = SPREAD * self.km2 / span_km / 2 + PAD_KM
-        self.reach = SPREAD * np.sqrt(self.km2 / math.pi) + PAD_KM + MIGRANT_SOUTH_DEG * KM_PER_DEGREE * migrant
+        self.reach = SPREAD * np.sqrt(self.km2 / math.pi) + PAD_KM + south * KM_PER_DEGREE
 
     @classmethod
     def load(cls, path: str | Path = RANGES_FILE) -> "RangeTable":
