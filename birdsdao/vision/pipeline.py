@@ -85,8 +85,8 @@ class VisionPipeline:
         self._taught_key, self._taught_count = None, 0
         self._load_taught()
         # Location prior over the base vocabulary (taught species appended later stay neutral).
-        self.default_location = geo.default_location(config.get("REGION"))
-        ranges = RangeTable.load(config.get("SPECIES_RANGES") or RANGES_FILE)
+        self.default_location = geo.default_location(config["REGION"])
+        ranges = RangeTable.load(config["SPECIES_RANGES"] or RANGES_FILE)
         self.location_prior = LocationPrior(ranges, [e.key for e in classifier.base_vocab.entries])
 
     @classmethod
