@@ -65,6 +65,11 @@ DEFAULTS: dict = {
     "IMAGENET_BIRD_MIN": 0.2,
     "ANNOTATION_FONT": None,  # a .ttf/.ttc with CJK glyphs; None: the first of vision.annotate.FONT_CANDIDATES
     "TAUGHT_MIN_IMAGES": 3,
+    # Location prior (issue #15): where a photo comes from when neither the request nor its EXIF says: one of
+    # birdsdao.species.ranges.REGIONS ("china", "north-america-east", ...), None for no prior. Ranges:
+    # None = bundled birdsdao/species/data/ranges.csv (AVONET, see its README).
+    "REGION": None,
+    "SPECIES_RANGES": None,
     "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- security / limits ---
     "API_TOKEN": None,

@@ -381,6 +381,48 @@ def test_photo_upload_draws_a_box_and_names_the_species(page):
     assert_page_clean(driver)
 
 
+def test_photo_location_region_or_clicked_geolocation_is_sent_and_the_used_one_shown(page, live_server):
+    """The region picker sends ``region``; the browser position is asked for only on the button's click (a
+    CDP-emulated position stands in for the device's GPS) and then wins; the text shows what the server used."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = page("/")
+    photo = str(NATURAL / "American_Robin" / "American_Robin.jpg")
+    where = driver.find_element(By.ID, "photo-location")
+    driver.execute_script("""
+        window.__geoCalls = 0;
+        const real = navigator.geolocation.getCurrentPosition.bind(navigator.geolocation);
+        navigator.geolocation.getCurrentPosition = (...args) => { window.__geoCalls++; return real(...args); };
+    """)
+    Select(driver.find_element(By.ID, "photo-region")).select_by_value("china")
+    driver.find_element(By.ID, "photo-input").send_keys(photo)
+    wait_for(driver, lambda d: "Location" in where.text, message="no location shown")
+    fields = driver.execute_script("return window.__requests.filter(r => r[0].endsWith('/detect')).at(-1)[1]")
+    assert fields["region"] == "china" and "lat" not in fields, fields
+    assert "中国" in where.text and "chosen region" in where.text, where.text
+    assert driver.execute_script("return window.__geoCalls") == 0  # no position asked for without the click
+
+    origin = live_server.rstrip("/")
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": origin, "permissions": ["geolocation"]})
+    driver.execute_cdp_cmd("Emulation.setGeolocationOverride", {"latitude": 40.7128, "longitude": -74.006, "accuracy": 10})
+    try:
+        driver.find_element(By.ID, "photo-geolocate").click()
+        wait_for(driver, lambda d: "40.7128" in where.text, message="position not taken")
+        assert driver.execute_script("return window.__geoCalls") == 1
+        assert Select(driver.find_element(By.ID, "photo-region")).first_selected_option.get_attribute("value") == ""
+        driver.find_element(By.ID, "photo-input").send_keys(photo)
+        wait_for(driver, lambda d: "your position" in where.text, message="used position not shown")
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearGeolocationOverride", {})
+        driver.execute_cdp_cmd("Browser.resetPermissions", {})
+    fields = driver.execute_script("return window.__requests.filter(r => r[0].endsWith('/detect')).at(-1)[1]")
+    assert (fields.get("lat"), fields.get("lon"), fields.get("region")) == ("40.7128", "-74.0060", None), fields
+    assert "40.71, -74.01" in where.text, where.text
+    screenshot(driver, "chat-photo-location", scroll_to="#photo-location")
+    assert_page_clean(driver)
+
+
 def test_tell_me_about_this_bird_asks_with_the_species_label(page):
     from selenium.webdriver.common.by import By
 

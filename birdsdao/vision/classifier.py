@@ -136,7 +136,7 @@ class SpeciesClassifier:
         probs = self._fuse(feats, state)
         probs = self._fold(probs, state.taxonomy)
         if prior is not None:
-            probs = probs * prior
+            probs = _apply_prior(probs, prior)
         f = self.fusion
         probs = probs ** f.sharpen
         probs = probs / probs.sum(1, keepdims=True)
@@ -226,3 +226,15 @@ class SpeciesClassifier:
 def top_guesses(row: np.ndarray, vocab: Vocabulary, top_k: int) -> list[Guess]:
     best = np.argsort(-row)[:top_k]
     return [Guess(vocab.entries[i], float(row[i])) for i in best]
+
+
+def _apply_prior(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Where the location prior meets the ranking (vision/README.md, step 5):
+    each row times the prior, renormalised. The prior covers the base vocabulary, whose entries always come
+    first; species taught since have no range data and get 1.0."""
+    weights = np.ones(probs.shape[1], dtype=np.float64)
+    n = min(len(prior), len(weights))
+    weights[:n] = prior[:n]
+    out = probs * weights
+    total = out.sum(1, keepdims=True)
+    return np.divide(out, total, out=probs.copy(), where=total > 0)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import APIError
-from . import annotate
+from ..species.ranges import RANGES_FILE, LocationPrior, RangeTable
+from . import annotate, location as geo
 from .backbone import load_backbones
 from .classifier import Fusion, Guess, Prototypes, SpeciesClassifier
 from .detector import Box, build_detector
@@ -47,6 +48,7 @@ class DetectResult:
     is_bird: bool
     annotated_image: str | None = None
     timings_ms: dict = field(default_factory=dict)
+    location: geo.Location | None = None  # the place whose prior ranked the species (None: no prior)
 
     def to_dict(self) -> dict:
         out = {
@@ -54,6 +56,7 @@ class DetectResult:
             "detections": [d.to_dict() for d in self.detections],
             "is_bird": self.is_bird,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "location": self.location.to_dict() if self.location else None,
         }
         if self.annotated_image is not None:
             out["annotated_image"] = self.annotated_image
@@ -86,6 +89,10 @@ class VisionPipeline:
         # store.index_key() of the index the classifier's taught species came from, and how many there were
         self._taught_key, self._taught_count = None, 0
         self._load_taught()
+        # Location prior over the base vocabulary (taught species appended later stay neutral).
+        self.default_location = geo.default_location(config["REGION"])
+        ranges = RangeTable.load(config["SPECIES_RANGES"] or RANGES_FILE)
+        self.location_prior = LocationPrior(ranges, [e.key for e in classifier.base_vocab.entries])
 
     @classmethod
     def from_config(cls, config, services) -> "VisionPipeline":
@@ -125,7 +132,10 @@ class VisionPipeline:
         self.classifier.features(np.stack([to_model_input(blank)]))
 
     # -- /detect -----------------------------------------------------------------------------------------
-    def detect(self, data: bytes, *, top_k: int = 5, annotate_image: bool = True) -> DetectResult:
+    def detect(self, data: bytes, *, top_k: int = 5, annotate_image: bool = True,
+               location: geo.Location | None = None) -> DetectResult:
+        """``location``: the place the request named (form lat/lon or region); None lets the photo's EXIF
+        GPS, then the configured REGION, decide (``location.resolve``)."""
         clock = _Clock()
         self._refresh_taught()
         image, scale = self._decode(data)
@@ -133,7 +143,9 @@ class VisionPipeline:
         clock.lap("decode")
         boxes, feats = self.observe(image, clock)
         out_boxes = [b.scaled(1 / scale) if b else None for b in boxes]
-        readings = self.read(feats, [b.area if b else None for b in out_boxes], top_k) if boxes else []
+        where = geo.resolve(location, data, self.default_location)
+        prior = self.location_prior.vector(where.lat, where.lon) if where else None
+        readings = self.read(feats, [b.area if b else None for b in out_boxes], top_k, prior) if boxes else []
         detections = [Detection(b, r, (width, height)) for b, r in zip(out_boxes, readings)]
         clock.lap("classify")
         annotated = None
@@ -145,7 +157,7 @@ class VisionPipeline:
                 items.append((box, annotate.caption(g.entry.names, g.confidence) if g else "?"))
             annotated = annotate.draw(image, items, self.font_path)
             clock.lap("annotate")
-        return DetectResult(width, height, detections, bool(detections), annotated, clock.done())
+        return DetectResult(width, height, detections, bool(detections), annotated, clock.done(), where)
 
     def observe(self, image, clock: _Clock | None = None) -> tuple[list[Box | None], object]:
         """The birds of a decoded image: their boxes (None: the whole image) and crop features, in one

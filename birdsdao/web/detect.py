@@ -1,8 +1,10 @@
 """POST /detect: a photo in, every bird boxed and named out (contract in shared/API.md)."""
 from flask import Blueprint
 
+from ..errors import APIError
 from ..services import get_service
-from .forms import bool_field, int_field, upload_bytes
+from ..vision.location import Location, check_position, region_location
+from .forms import bool_field, int_field, raw_field, text_field, upload_bytes
 
 bp = Blueprint("detect", __name__)
 
@@ -12,4 +14,19 @@ def detect():
     data = upload_bytes("image")
     top_k = int_field("top_k", 5, lo=1, hi=20)
     annotate = bool_field("annotate", True)
-    return get_service("vision").detect(data, top_k=top_k, annotate_image=annotate).to_dict()
+    location = _location_fields()
+    return get_service("vision").detect(data, top_k=top_k, annotate_image=annotate, location=location).to_dict()
+
+
+def _location_fields() -> Location | None:
+    """Optional ``lat`` + ``lon`` (both or neither) and ``region`` (an allowlisted name); every field given
+    is checked even when another wins, so a bad one is a 400 and never silently dropped."""
+    lat, lon = raw_field("lat"), raw_field("lon")
+    region = text_field("region", max_len=64)
+    if (lat is None) != (lon is None):
+        missing = "lon" if lon is None else "lat"
+        raise APIError(400, "bad_field", f"'lat' and 'lon' go together: '{missing}' is missing")
+    named = region_location(region, "region") if region is not None else None
+    if lat is not None:
+        return Location(*check_position(lat, lon), "form")
+    return named

@@ -35,6 +35,14 @@ def text_field(name: str, *, required: bool = False, default: str | None = None,
     return value
 
 
+def raw_field(name: str):
+    """A field as sent (a string from a form, any JSON value from a JSON body), None when absent or blank."""
+    value = _payload().get(name)
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return value
+
+
 def int_field(name: str, default: int, *, lo: int, hi: int) -> int:
     raw = _payload().get(name)
     if raw is None or raw == "":

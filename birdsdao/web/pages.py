@@ -7,13 +7,14 @@ from flask import Blueprint, jsonify, render_template
 
 from .. import __version__
 from ..services import services
+from ..species.ranges import REGIONS
 
 bp = Blueprint("pages", __name__)
 
 
 @bp.get("/")
 def chat_page():
-    return render_template("chat.html")
+    return render_template("chat.html", regions=list(REGIONS.values()))
 
 
 @bp.get("/kb")

@@ -1,5 +1,6 @@
 // The photo panel of the chat page: pick / drop / camera, preview, POST /detect, boxes and names drawn on a
-// canvas laid over the preview, top-k species with confidences, and "tell me about this bird".
+// canvas laid over the preview, top-k species with confidences, and "tell me about this bird". Where the photo was taken: a region
+// picked from the list, or the browser's position asked for only when "use my location" is clicked.
 import { postForm, describeError } from "./api.js";
 import { h } from "./ui.js";
 
@@ -45,9 +46,52 @@ export function initPhoto({ onAsk, onResult }) {
   const canvas = document.getElementById("photo-canvas");
   const caption = document.getElementById("photo-caption");
   const list = document.getElementById("detections");
+  const regionSelect = document.getElementById("photo-region");
+  const geoButton = document.getElementById("photo-geolocate");
+  const whereText = document.getElementById("photo-location");
   let result = null;
   let controller = null;
   let objectUrl = null;
+  let coords = null; // {lat, lon} from the browser, set only by a click on geoButton
+
+  // The latest choice wins: a region clears the browser position, and the other way round.
+  regionSelect.addEventListener("change", () => {
+    coords = null;
+    whereText.textContent = "";
+  });
+  geoButton.addEventListener("click", () => {
+    if (!navigator.geolocation) {
+      whereText.textContent = "这个浏览器不能定位。This browser cannot tell its location.";
+      return;
+    }
+    whereText.textContent = "正在定位… Locating…";
+    navigator.geolocation.getCurrentPosition(
+      (pos) => {
+        coords = { lat: pos.coords.latitude.toFixed(4), lon: pos.coords.longitude.toFixed(4) };
+        regionSelect.value = "";
+        whereText.textContent = `将使用 Will use ${coords.lat}, ${coords.lon}`;
+      },
+      (err) => { whereText.textContent = `定位失败 Location failed: ${err.message || err.code}`; },
+      { maximumAge: 600000, timeout: 20000 },
+    );
+  });
+
+  function whereFields() {
+    if (coords) return { lat: coords.lat, lon: coords.lon };
+    return regionSelect.value ? { region: regionSelect.value } : {};
+  }
+
+  function showWhere(loc) {
+    if (!loc) {
+      whereText.textContent = "未用位置 No location used.";
+      return;
+    }
+    const option = [...regionSelect.options].find((o) => o.value && o.value === loc.region);
+    const place = option ? option.textContent : `${Number(loc.lat).toFixed(2)}, ${Number(loc.lon).toFixed(2)}`;
+    const source = { form: "你的位置 your position", region: "所选地区 chosen region", exif: "照片 EXIF photo EXIF",
+                     default: "服务器默认 server default" }[loc.source] || String(loc.source);
+    whereText.textContent = `位置 Location: ${place}（${source}）${loc.date ? ` · ${loc.date}` : ""}`;
+  }
 
   function draw() {
     const ctx = canvas.getContext("2d");
@@ -150,8 +194,10 @@ export function initPhoto({ onAsk, onResult }) {
     status.textContent = "正在识别… Identifying…";
     draw();
     try {
-      const body = await postForm("/detect", { image: file, top_k: 5, annotate: 0 }, { signal: controller.signal });
+      const fields = { image: file, top_k: 5, annotate: 0, ...whereFields() };
+      const body = await postForm("/detect", fields, { signal: controller.signal });
       result = body;
+      showWhere(body.location);
       const n = body.is_bird ? body.detections.length : 0;
       status.dataset.kind = "done";
       status.textContent = body.is_bird ? `找到 ${n} 只鸟。Found ${n} bird${n === 1 ? "" : "s"}.` : "没有找到鸟。No bird found.";
