@@ -11,12 +11,13 @@ server's fusion (FUSION_ALPHA from config) and for the iNat head alone (alpha=1)
   location vs eastern North America (lat 40.7, lon -74.0: where these field photos come from).
 - birds525-dev, image 4 of the Asian species in ASIAN below: no location vs a Chinese position (31.2, 114.0),
   and for each its North American look-alike: rank of both. (The shipped prototypes were built from all four
-  images, so this shows what the prior does to look-alikes, not held-out accuracy; that is bench_accuracy's.)
+  images, so this shows what the prior does to look-alikes, not held-out accuracy; that is bench_species.py's.)
 Only natural-val, natural-dev and birds525-dev are used: the photos kept back are never tuned on.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import sys
 import time
@@ -53,34 +54,24 @@ def species_level(names: dict) -> str:
     return " ".join((names.get("scientific_name") or "").split()[:2]).lower()
 
 
-class Capture:
-    """Keeps the features ``rank`` was called with (the birds /detect kept), in the order of detections."""
-
-    def __init__(self, clf):
-        self.clf, self.orig, self.feats = clf, clf.rank, None
-        clf.rank = self
-
-    def __call__(self, feats, top_k, prior=None):
-        self.feats = feats
-        return self.orig(feats, top_k, prior=prior)
-
-
-def main_bird_features(vision, capture, path: Path):
-    capture.feats = None
-    result = vision.detect(path.read_bytes(), top_k=5, annotate_image=False)
-    if not result.detections or capture.feats is None:
+def main_bird_features(vision, path: Path):
+    """The crop features of the most confident bird, through the server's own decode → observe path."""
+    image, _ = vision._decode(path.read_bytes())
+    boxes, feats = vision.observe(image)
+    if not boxes:
         return None
-    confs = [d.box.confidence if d.box is not None else 0.0 for d in result.detections]
-    return capture.feats.take([int(np.argmax(confs))])
+    confs = [b.confidence if b is not None else 0.0 for b in boxes]
+    return feats.take([int(np.argmax(confs))])
 
 
 def ranked_species(vision, feats, alpha: float, prior, k: int = 5) -> list[str]:
     clf = vision.classifier
-    saved, clf.alpha = clf.alpha, alpha
+    saved = clf.fusion
+    clf.fusion = dataclasses.replace(saved, alpha=alpha)
     try:
         probs, state = clf.probabilities(feats, prior)
     finally:
-        clf.alpha = saved
+        clf.fusion = saved
     order = np.argsort(-probs[0])[:k]
     return [species_level(state.vocab.entries[i].names) for i in order]
 
@@ -116,7 +107,6 @@ def main() -> int:
     with app.app_context():
         vision = get_service("vision")
     alpha = float(app.config["FUSION_ALPHA"])
-    capture = Capture(vision.classifier)
     prior_na = vision.location_prior.vector(*NA_EAST)
     prior_cn = vision.location_prior.vector(*CHINA)
     table = []
@@ -124,7 +114,7 @@ def main() -> int:
         start = time.perf_counter()
         hits = {}
         for path, truth in items:
-            feats = main_bird_features(vision, capture, path)
+            feats = main_bird_features(vision, path)
             for head, a in (("server fusion", alpha), ("iNat head alone", 1.0)):
                 for where, prior in (("none", None), ("E North America", prior_na)):
                     top = ranked_species(vision, feats, a, prior) if feats is not None else []
@@ -143,7 +133,7 @@ def main() -> int:
         if sp is None or other is None:
             print(f"skipped {label} / {lookalike}: not in the catalogue", file=sys.stderr)
             continue
-        feats = main_bird_features(vision, capture, SHARED / "datasets" / "birds525-dev" / label / "4.jpg")
+        feats = main_bird_features(vision, SHARED / "datasets" / "birds525-dev" / label / "4.jpg")
         if feats is None:
             continue
         row = [label, lookalike]

@@ -51,6 +51,9 @@ DEFAULTS: dict = {
     # this share of probability spread over the whole vocabulary ("something else"; caps the top near 98%).
     "CONFIDENCE_SHARPEN": 1.7,
     "CONFIDENCE_SPREAD": 0.02,
+    # The location prior (species/ranges.py) enters as prior^k: 0.5 halves its log-weight, because AVONET's
+    # native-range centroids misplace some birds that are common here (Glossy Ibis, Herring Gull in the east).
+    "LOCATION_PRIOR_POWER": 0.5,
     "TEST_TIME_MIRROR": True,  # the iNat model also reads each crop mirrored (one batch), the two averaged
     "ANSWER_MIN_CONFIDENCE": 0.5,  # below it, answer at the genus or family that holds this much ("a gull")
     "LOOKALIKE_GAP": 0.15,  # top two species closer than this: name both and say how to tell them apart

@@ -72,7 +72,8 @@ class _State:
 @dataclass(frozen=True)
 class Fusion:
     """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_POWER, PROTOTYPE_SCALE,
-    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD), chosen in bench/bench_species.py."""
+    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD, LOCATION_PRIOR_POWER), chosen in bench/bench_species.py
+    and bench/bench_location.py."""
 
     alpha: float = 0.7
     power: float = 2.0
@@ -80,6 +81,7 @@ class Fusion:
     generic_min_share: float = 0.05
     sharpen: float = 1.7
     spread: float = 0.02
+    prior_power: float = 0.5
 
 
 class SpeciesClassifier:
@@ -136,7 +138,7 @@ class SpeciesClassifier:
         probs = self._fuse(feats, state)
         probs = self._fold(probs, state.taxonomy)
         if prior is not None:
-            probs = _apply_prior(probs, prior)
+            probs = _apply_prior(probs, prior ** self.fusion.prior_power)
         f = self.fusion
         probs = probs ** f.sharpen
         probs = probs / probs.sum(1, keepdims=True)

@@ -115,7 +115,8 @@ class VisionPipeline:
         trained, trained_entries = _trained_species_model(config, catalog)
         fusion = Fusion(alpha=float(config["FUSION_ALPHA"]), power=float(config["FUSION_POWER"]),
                         scale=float(config["PROTOTYPE_SCALE"]), generic_min_share=float(config["GENERIC_MIN_SHARE"]),
-                        sharpen=float(config["CONFIDENCE_SHARPEN"]), spread=float(config["CONFIDENCE_SPREAD"]))
+                        sharpen=float(config["CONFIDENCE_SHARPEN"]), spread=float(config["CONFIDENCE_SPREAD"]),
+                        prior_power=float(config["LOCATION_PRIOR_POWER"]))
         classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key, fusion,
                                        mirror=bool(config["TEST_TIME_MIRROR"]), trained=trained,
                                        trained_entries=trained_entries)
