@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from birdsdao.vision.naming import answer_at_rank, flock_context, lookalike, read_detection
-from birdsdao.vision.classifier import Guess, top_guesses
+from birdsdao.vision.classifier import Guess, _dominant_subspecies, top_guesses
 
 from .conftest import SHARED
 from .test_detect import post
@@ -129,3 +129,19 @@ def test_read_detection_reports_at_most_top_k_species(vision):
     row = np.full(len(state.vocab), 1.0 / len(state.vocab))
     reading = read_detection(row, state, 1, vision.catalog, answer_min=0.5, lookalike_gap=0.15)
     assert len(reading.species) == 1 and reading.answer.get("uncertain") and reading.lookalike is not None
+
+
+def test_subspecies_is_counted_once_under_its_species_and_shown_as_detail(client, vision):
+    """natural-val's American Barn Swallow is answered as the species Barn Swallow, counted once in top-k; when
+    the subspecies output holds a third or more of the species' probability it rides along as detail."""
+    det = main_species(client, next((FIELD / "American_Barn_Swallow").iterdir()))
+    names = [s["scientific_name"] for s in det["species"]]
+    assert names[0] == "Hirundo rustica" and "Hirundo rustica erythrogaster" not in names
+    assert len({" ".join(n.split()[:2]) for n in names}) == len(names)
+    state = vision.classifier.state
+    species, child = state.vocab.index["Hirundo rustica"], state.vocab.index["Hirundo rustica erythrogaster"]
+    fused = np.zeros((2, len(state.vocab)))
+    fused[0, [species, child]] = 0.5, 0.4  # the subspecies holds 44%: detail
+    fused[1, [species, child]] = 0.8, 0.1  # 11%: none
+    detail = _dominant_subspecies(fused, state.taxonomy)
+    assert detail == [{species: child}, {}]

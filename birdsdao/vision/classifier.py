@@ -45,13 +45,17 @@ class CropFeatures:
                             None if self.trained is None else self.trained[idx])
 
 
-@dataclass(frozen=True)
+@dataclass
 class Guess:
     entry: Entry
     confidence: float
+    subspecies: dict | None = None  # the subspecies that held most of this species' probability, if any
 
     def to_dict(self) -> dict:
-        return {**self.entry.names, "confidence": round(self.confidence, 4)}
+        out = {**self.entry.names, "confidence": round(self.confidence, 4)}
+        if self.subspecies:
+            out["subspecies"] = {k: self.subspecies.get(k) for k in ("scientific_name", "english_name", "chinese_name")}
+        return out
 
 
 class _State:
@@ -130,19 +134,26 @@ class SpeciesClassifier:
     def probabilities(self, feats: CropFeatures, prior: np.ndarray | None = None) -> tuple[np.ndarray, _State]:
         """(n, V) probabilities over the vocabulary (coarse classes and subspecies already folded into their
         species), and the snapshot they index. ``prior``: (V,) location weights, or None."""
+        probs, state, _ = self.probabilities_with_subspecies(feats, prior)
+        return probs, state
+
+    def probabilities_with_subspecies(self, feats: CropFeatures, prior: np.ndarray | None = None):
+        """``probabilities`` plus, per crop, {species row: its subspecies row that held at least a third of the
+        species' probability} (American Barn Swallow under Barn Swallow), for the answer's detail."""
         state = self.state  # one snapshot for the whole call
         if feats.trained is not None:  # a configured species model replaces the fusion
             probs = np.zeros((len(feats.trained), len(state.vocab)), dtype=np.float64)
             np.add.at(probs.T, state.trained_rows, feats.trained.T.astype(np.float64))
-            return probs, state
-        probs = self._fuse(feats, state)
-        probs = self._fold(probs, state.taxonomy)
+            return probs, state, [{} for _ in probs]
+        fused = self._fuse(feats, state)
+        probs = self._fold(fused, state.taxonomy)
         if prior is not None:
             probs = _apply_prior(probs, prior ** self.fusion.prior_power)
         f = self.fusion
         probs = probs ** f.sharpen
         probs = probs / probs.sum(1, keepdims=True)
-        return (1 - f.spread) * probs + f.spread / probs.shape[1], state
+        probs = (1 - f.spread) * probs + f.spread / probs.shape[1]
+        return probs, state, _dominant_subspecies(fused, state.taxonomy)
 
     def _fuse(self, feats: CropFeatures, state: _State) -> np.ndarray:
         """w * p_inat + (1 - w) * p_proto, w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k)."""
@@ -228,6 +239,17 @@ class SpeciesClassifier:
 def top_guesses(row: np.ndarray, vocab: Vocabulary, top_k: int) -> list[Guess]:
     best = np.argsort(-row)[:top_k]
     return [Guess(vocab.entries[i], float(row[i])) for i in best]
+
+
+def _dominant_subspecies(fused: np.ndarray, taxonomy: Taxonomy) -> list[dict[int, int]]:
+    out = [{} for _ in fused]
+    for species, children in taxonomy.children.items():
+        best = children[fused[:, children].argmax(1)]
+        total = fused[:, species] + fused[:, children].sum(1)
+        for i, child in enumerate(best):
+            if fused[i, child] * 3 >= total[i] > 0:
+                out[i][species] = int(child)
+    return out
 
 
 def _apply_prior(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:

@@ -26,8 +26,14 @@ class Reading:
         return out
 
 
-def read_detection(row: np.ndarray, state, top_k: int, catalog, *, answer_min: float, lookalike_gap: float) -> Reading:
+def read_detection(row: np.ndarray, state, top_k: int, catalog, *, answer_min: float, lookalike_gap: float,
+                   subspecies: dict[int, int] | None = None) -> Reading:
+    """``subspecies``: species row → the subspecies row that held most of it (shown as detail)."""
     species = top_guesses(row, state.vocab, max(top_k, 2))
+    for guess in species:
+        child = (subspecies or {}).get(state.vocab.index[guess.entry.key])
+        if child is not None:
+            guess.subspecies = state.vocab.entries[child].names
     best = species[0]
     return Reading(species[:top_k], answer_at_rank(row, state, best, answer_min),
                    lookalike(species[0], species[1], catalog, lookalike_gap))

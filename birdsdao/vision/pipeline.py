@@ -183,12 +183,13 @@ class VisionPipeline:
     def read(self, feats, areas: list, top_k: int, prior=None) -> list[Reading]:
         """Crops' features → one Reading per crop: ranked species, the answer at the rank that is sure
         enough, look-alikes; birds in one photo are read together (flock context)."""
-        probs, state = self.classifier.probabilities(feats, prior)
+        probs, state, subspecies = self.classifier.probabilities_with_subspecies(feats, prior)
         cfg = self.config
         flock = flock_context(probs, feats.proto, areas, confident=float(cfg["FLOCK_CONFIDENT"]),
                               min_similarity=float(cfg["FLOCK_MIN_SIMILARITY"]), strength=float(cfg["FLOCK_STRENGTH"]))
         readings = [read_detection(row, state, top_k, self.catalog, answer_min=float(cfg["ANSWER_MIN_CONFIDENCE"]),
-                                   lookalike_gap=float(cfg["LOOKALIKE_GAP"])) for row in flock]
+                                   lookalike_gap=float(cfg["LOOKALIKE_GAP"]), subspecies=sub)
+                    for row, sub in zip(flock, subspecies)]
         for reading, before, after in zip(readings, probs, flock):
             reading.flock_adjusted = not np.array_equal(before, after)
         return readings

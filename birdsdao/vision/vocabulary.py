@@ -72,6 +72,7 @@ class Taxonomy:
 
     parent: np.ndarray  # (V,) the row a row's probability is counted under (itself, or its parent species)
     members: dict[int, np.ndarray]  # coarse class row → rows of the species inside it
+    children: dict[int, np.ndarray]  # species row → rows of its subspecies / domestic forms
     genus_rows: dict[str, np.ndarray]
     family_rows: dict[str, np.ndarray]
 
@@ -87,8 +88,13 @@ class Taxonomy:
                     family.setdefault(e.family, []).append(i)
         members = {i: np.asarray([index[m] for m in e.members if m in index], dtype=np.int64)
                    for i, e in enumerate(entries) if e.members}
+        children = {}
+        for i, p in enumerate(parent):
+            if p != i:
+                children.setdefault(int(p), []).append(i)
         as_arrays = lambda d: {k: np.asarray(v, dtype=np.int64) for k, v in d.items()}  # noqa: E731
-        return cls(parent, {k: v for k, v in members.items() if len(v)}, as_arrays(genus), as_arrays(family))
+        return cls(parent, {k: v for k, v in members.items() if len(v)}, as_arrays(children), as_arrays(genus),
+                   as_arrays(family))
 
     def group_of(self, vocab: Vocabulary, row: int, rank: str) -> tuple[str | None, np.ndarray]:
         """(the genus or family name of ``row``, the species rows in it)."""
