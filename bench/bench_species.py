@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from birdsdao import create_app  # noqa: E402
-from birdsdao.vision.backbone import l2n  # noqa: E402
+from birdsdao.vision.backbone import l2n, softmax  # noqa: E402
 from birdsdao.vision.classifier import CropFeatures, Fusion  # noqa: E402
 from birdsdao.vision.imaging import decode_image, to_model_input, to_rgb  # noqa: E402
 from birdsdao.vision.naming import answer_at_rank, flock_context  # noqa: E402
@@ -80,18 +80,18 @@ def ece_table(probs, right, bins=10):
 
 def view_features(clf, crops):
     """Per image: single-view features of it and of its mirror (mirror off), as the prototype builder sees them."""
-    clf.mirror = False
-    a, b = clf.features(crops), clf.features(np.ascontiguousarray(crops[:, :, ::-1]))
-    clf.mirror = True
-    return a, b
+    return clf.features(crops, mirror_below=0.0), clf.features(np.ascontiguousarray(crops[:, :, ::-1]), mirror_below=0.0)
 
 
-def mirrored(a: CropFeatures, b: CropFeatures) -> CropFeatures:
-    """What classifier.features gives with the mirror view on, rebuilt from the two single views."""
+def mirrored(a: CropFeatures, b: CropFeatures, below: float) -> CropFeatures:
+    """What classifier.features gives with the mirror view (crops whose top iNat probability is below
+    ``below``), rebuilt from the two single views."""
+    unsure = (softmax(a.inat_logits[:, :-1]).max(1) < below)[:, None]
     half = a.proto.shape[1] // 2
-    inat = l2n(a.proto[:, :half]) + l2n(b.proto[:, :half])
+    inat = np.where(unsure, l2n(a.proto[:, :half]) + l2n(b.proto[:, :half]), a.proto[:, :half])
     proto = l2n(np.concatenate([l2n(inat), l2n(a.proto[:, half:])], 1)).astype(np.float32)
-    return CropFeatures((a.inat_logits + b.inat_logits) / 2, proto, a.imagenet_bird)
+    logits = np.where(unsure, (a.inat_logits + b.inat_logits) / 2, a.inat_logits)
+    return CropFeatures(logits, proto, a.imagenet_bird)
 
 
 class Bench:
@@ -125,7 +125,7 @@ class Bench:
         crops = np.stack([to_model_input(to_rgb(Image.open(p))) for p in files])
         start = time.perf_counter()
         single, flipped = view_features(self.clf, crops)
-        tta = mirrored(single, flipped)
+        tta = mirrored(single, flipped, self.clf.mirror_below)
         print(f"[birds525] features of {len(files)} photos + mirrors in {time.perf_counter() - start:.0f} s")
         keys = np.array([self.catalog.by_label(label).id for label in labels])
         self.b525 = (keys, fold, single, flipped, tta)
@@ -183,13 +183,14 @@ class Bench:
                 truth = by_english[norm(folder.replace("_", " "))]
             image, _ = decode_image(p.read_bytes(), max_pixels=40_000_000, max_side=1600)
             per_mirror = {}
+            below = self.clf.mirror_below
             for mirror in (False, True):
-                self.clf.mirror = mirror
+                self.clf.mirror_below = below if mirror else 0.0
                 start = time.perf_counter()
                 boxes, feats = self.vision.observe(image)
                 timings[mirror].append((time.perf_counter() - start) * 1000)
                 per_mirror[mirror] = (boxes, feats)
-            self.clf.mirror = True
+            self.clf.mirror_below = below
             out.append((folder, truth, per_mirror))
         return out, timings
 
@@ -231,7 +232,8 @@ def main():
     bench = Bench()
     s = bench.server
     print(f"server rule: alpha {s.alpha}, power {s.power}, prototype scale {s.scale}, coarse-class share "
-          f"{s.generic_min_share}, sharpen {s.sharpen}, spread {s.spread}, mirror view on the iNat model")
+          f"{s.generic_min_share}, sharpen {s.sharpen}, spread {s.spread}, location prior power {s.prior_power}, "
+          f"mirror view below iNat top probability {bench.clf.mirror_below}")
     b525, per_fold, calib = bench.birds525()
     nat = {}
     for split in ("natural-dev", "natural-val"):

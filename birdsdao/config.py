@@ -54,7 +54,9 @@ DEFAULTS: dict = {
     # The location prior (species/ranges.py) enters as prior^k: 0.5 halves its log-weight, because AVONET's
     # native-range centroids misplace some birds that are common here (Glossy Ibis, Herring Gull in the east).
     "LOCATION_PRIOR_POWER": 0.5,
-    "TEST_TIME_MIRROR": True,  # the iNat model also reads each crop mirrored (one batch), the two averaged
+    # Crops whose top iNat probability is below this are read again mirrored by the iNat model and the two
+    # views averaged (0: never, above 1: always); the sure ones (most field photos) skip the second call.
+    "TEST_TIME_MIRROR_BELOW": 0.8,
     "ANSWER_MIN_CONFIDENCE": 0.5,  # below it, answer at the genus or family that holds this much ("a gull")
     "LOOKALIKE_GAP": 0.15,  # top two species closer than this: name both and say how to tell them apart
     # Flock context: a bird named with at least FLOCK_CONFIDENT raises its species for uncertain birds of the

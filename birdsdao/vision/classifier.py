@@ -90,14 +90,14 @@ class Fusion:
 
 class SpeciesClassifier:
     def __init__(self, inat: INatBackbone, imagenet: ImageNetModel, vocab: Vocabulary, base: Prototypes,
-                 label_to_key: dict[str, str], fusion: Fusion, *, mirror: bool = True,
+                 label_to_key: dict[str, str], fusion: Fusion, *, mirror_below: float = 0.8,
                  trained=None, trained_entries: list[Entry] = ()):
         """``trained``: a configured species model (``predict(images) -> probs``, see vision/species_model.py);
         when given, it names the species and the fusion is not used. ``trained_entries``: one vocabulary entry
         per output of it."""
         self.inat, self.imagenet = inat, imagenet
         self.trained, self.trained_entries = trained, list(trained_entries)
-        self.fusion, self.mirror = fusion, mirror
+        self.fusion, self.mirror_below = fusion, mirror_below
         self.base_vocab = vocab
         # Base prototypes re-keyed from BIRDS-525 labels to vocabulary keys; labels the catalogue merges into
         # one species (JACOBIN PIGEON is a Rock Dove breed) pool their photos into one mean.
@@ -112,16 +112,18 @@ class SpeciesClassifier:
         self.state = self._build_state({}, [])
 
     # -- features ---------------------------------------------------------------------------------------
-    def features(self, crops: np.ndarray) -> CropFeatures:
-        """One batched iNat call for all crops (and their mirror images, averaged: test-time augmentation on
-        the batched model only), then the ImageNet model per crop."""
-        n = len(crops)
-        batch = np.concatenate([crops, np.ascontiguousarray(crops[:, :, ::-1])]) if self.mirror and n else crops
-        inat = self.inat.features(batch)
-        emb, logits = inat.embeddings, inat.logits
-        if self.mirror and n:
-            emb = l2n(emb[:n]) + l2n(emb[n:])
-            logits = (logits[:n] + logits[n:]) / 2
+    def features(self, crops: np.ndarray, mirror_below: float | None = None) -> CropFeatures:
+        """One batched iNat call for all crops; crops whose top iNat probability is below ``mirror_below``
+        (default: the configured one) are read again mirrored, in one more batch, and the two views averaged
+        (test-time augmentation where it pays: vision/README.md). Then the ImageNet model per crop."""
+        below = self.mirror_below if mirror_below is None else mirror_below
+        inat = self.inat.features(crops)
+        emb, logits = l2n(inat.embeddings), inat.logits
+        unsure = np.where(softmax(logits[:, :-1]).max(1) < below)[0] if len(crops) else np.zeros(0, np.int64)
+        if len(unsure):
+            mirrored = self.inat.features(np.ascontiguousarray(crops[unsure][:, :, ::-1]))
+            emb[unsure] = emb[unsure] + l2n(mirrored.embeddings)
+            logits[unsure] = (logits[unsure] + mirrored.logits) / 2
         imnet_emb, imnet_bird = self.imagenet.run(crops)
         trained = None
         if self.trained is not None:

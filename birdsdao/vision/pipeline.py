@@ -118,7 +118,7 @@ class VisionPipeline:
                         sharpen=float(config["CONFIDENCE_SHARPEN"]), spread=float(config["CONFIDENCE_SPREAD"]),
                         prior_power=float(config["LOCATION_PRIOR_POWER"]))
         classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key, fusion,
-                                       mirror=bool(config["TEST_TIME_MIRROR"]), trained=trained,
+                                       mirror_below=float(config["TEST_TIME_MIRROR_BELOW"]), trained=trained,
                                        trained_entries=trained_entries)
         pipeline = cls(config, detector, classifier, catalog, TaughtStore(instance / "taught"))
         pipeline.warm_up()
@@ -213,7 +213,8 @@ class VisionPipeline:
             boxes = self.detector(image)
             crop = self._crop(image, boxes[0]) if boxes else image
             crops.append(to_model_input(crop))
-        feats = self.classifier.features(np.stack(crops)).proto  # one (mirror-averaged) feature per photo
+        # one feature per photo, its mirror always averaged in (as the shipped prototypes hold both views)
+        feats = self.classifier.features(np.stack(crops), mirror_below=float("inf")).proto
         # The flock makes records → put one step across gunicorn workers (else two teaches lose one).
         with self.write_lock, self.store.locked():
             records = self.store.records()
