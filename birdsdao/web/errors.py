@@ -1,7 +1,9 @@
 """The one JSON error handler: APIError and every HTTPException become ``{"error": ..., "code": ...}``."""
 from __future__ import annotations
 
-from flask import jsonify
+import errno
+
+from flask import current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..errors import APIError
@@ -18,6 +20,14 @@ _HTTP_CODES = {
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
+}
+
+# The instance folder cannot take a write: answered as the server's state (507 / 503), not as a bug (500).
+# Every store writes a new file and renames it into place, so a refused write leaves what was stored intact.
+_STORAGE_ERRORS = {
+    errno.ENOSPC: (507, "storage_full", "the server's disk is full; nothing was changed (ask its operator)"),
+    errno.EDQUOT: (507, "storage_full", "the server's disk quota is used up; nothing was changed (ask its operator)"),
+    errno.EROFS: (503, "storage_read_only", "the server's data folder is read-only; nothing was changed (ask its operator)"),
 }
 
 
@@ -41,5 +51,32 @@ def register_error_handlers(app) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        known = _known_failure(exc)
+        if known is not None:
+            return known
         app.logger.exception("unhandled error")
         return error_response(500, "internal_error", "internal server error")
+
+
+def _causes(exc: BaseException):
+    """``exc`` and what it was raised from or during (stores may wrap the OSError that stopped them)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _known_failure(exc: Exception):
+    """A JSON answer for failures that are not bugs: a full or read-only disk, a malformed request body that
+    the WSGI server only noticed while the app read it (gunicorn's chunked/length parse errors)."""
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRORS:
+            status, code, message = _STORAGE_ERRORS[cause.errno]
+            current_app.logger.error("write refused by the instance disk: %s", cause)
+            return error_response(status, code, message, {"Retry-After": "60"} if status == 503 else None)
+        # Matched by module, not imported: the app runs under any WSGI server (and tests without gunicorn).
+        # gunicorn marks such a body failed and closes the connection after this answer.
+        if type(cause).__module__ == "gunicorn.http.errors":
+            return error_response(400, "bad_request", f"malformed request body ({type(cause).__name__})")
+    return None
