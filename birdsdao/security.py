@@ -6,7 +6,7 @@ import functools
 import hmac
 import ipaddress
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import current_app, request
 
@@ -54,6 +54,12 @@ def _is_local_client() -> bool:
     except ValueError:
         return False
     return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 from a [::] bind
+
+
+def is_operator() -> bool:
+    """The client may see what the server runs (software versions): the token holder or, with no token
+    configured, a client on this machine: the same people who may write."""
+    return has_valid_token() if current_app.config.get("API_TOKEN") else _is_local_client()
 
 
 def require_token(view):
@@ -104,4 +110,17 @@ def init_security(app) -> None:
     def _security_headers(response):
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
+        _relative_location(response)
         return response
+
+
+def _relative_location(response) -> None:
+    """Werkzeug's routing redirects (``//kb`` → ``/kb``, a missing trailing slash) are absolute URLs built
+    from the request's Host header, which any client sets: an attacker's host would come back in our
+    Location. The app redirects only within itself, so every redirect is sent as a path
+    (one leading slash: ``//host`` would name a host again)."""
+    location = response.headers.get("Location")
+    if location:
+        parts = urlsplit(location)
+        if parts.scheme or parts.netloc:
+            response.headers["Location"] = urlunsplit(("", "", "/" + parts.path.lstrip("/"), parts.query, parts.fragment))

@@ -115,3 +115,24 @@ def test_json_answers_carry_chinese_as_utf8_not_escapes(make_app):
     with app.app_context():
         body = app.json.dumps({"chinese_name": "白头海雕"})
     assert "白头海雕" in body and "\\u" not in body
+
+
+def test_healthz_tells_software_versions_only_to_the_operator(make_app):
+    client = make_app(services=["species"], API_TOKEN="s3cret").test_client()
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 200 and anonymous.json["status"] == "ok"
+    text = anonymous.get_data(as_text=True)
+    assert '"python"' not in text and '"version"' not in text
+    operator = client.get("/healthz", headers={"Authorization": "Bearer s3cret"}).json
+    assert operator["python"] and operator["version"]
+    remote = make_app(services=["species"]).test_client().get("/healthz", environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert '"python"' not in remote.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["//healthz", "//kb?x=1"])
+def test_redirects_never_carry_the_request_host(make_app, path):
+    client = make_app(services=[]).test_client()
+    r = client.get(path, headers={"Host": "evil.example"})
+    location = r.headers.get("Location", "")
+    assert r.status_code in (301, 308) and location.startswith("/") and not location.startswith("//"), location
+    assert "evil.example" not in location, location

@@ -6,6 +6,7 @@ import platform
 from flask import Blueprint, jsonify, render_template
 
 from .. import __version__
+from ..security import is_operator
 from ..services import services
 from ..species.ranges import REGIONS
 
@@ -32,4 +33,15 @@ def healthz():
         "python": platform.python_version(),
         "models": registry.to_dict(),
     }
+    if not is_operator():  # software versions tell an attacker which published flaws to try
+        body = _without_versions(body)
     return jsonify(body), 200 if healthy else 503
+
+
+def _without_versions(value):
+    if isinstance(value, dict):
+        return {k: _without_versions(v) for k, v in value.items()
+                if k not in ("version", "python") and not k.endswith("_version")}
+    if isinstance(value, list):
+        return [_without_versions(v) for v in value]
+    return value
