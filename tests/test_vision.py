@@ -193,3 +193,31 @@ def test_cjk_font_is_found_and_draws_real_glyphs():
     for g in glyphs:
         assert g.sum() > 0 and not np.array_equal(g, tofu)
     assert not np.array_equal(glyphs[0], glyphs[1])  # distinct shapes, not one fallback box
+
+
+_DECODE_PEAK = """
+import resource, sys, threading
+from birdsdao.vision.imaging import decode_image
+data = open(sys.argv[1], "rb").read()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+threads = [threading.Thread(target=decode_image, args=(data,), kwargs={"max_pixels": 40_000_000}) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def test_concurrent_large_png_decodes_share_one_memory_budget(tmp_path):
+    """Four 5000x5000 RGBA PNGs (100 MB of pixels each, under the pixel limit) decoded by four threads at once,
+    in a fresh process whose peak RSS is the measure: it used to grow by ~1.7 GB (every thread held several
+    full-size copies); now one large decode runs at a time and is scaled down before any copy."""
+    import subprocess
+    import sys
+
+    g = Image.linear_gradient("L").resize((5000, 5000))
+    r = Image.radial_gradient("L").resize((5000, 5000))
+    Image.merge("RGBA", (g, r, g, r)).save(tmp_path / "big.png", compress_level=1)
+    out = subprocess.run([sys.executable, "-c", _DECODE_PEAK, str(tmp_path / "big.png")], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    grown = int(out.stdout.strip().splitlines()[-1])
+    assert grown < 3 * 5000 * 5000 * 4, f"peak RSS grew by {grown / 2**20:.0f} MB"

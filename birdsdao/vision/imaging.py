@@ -2,10 +2,13 @@
 ``APIError`` with the contract's 4xx code. Also the crop/resize helpers the models share."""
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,6 +38,20 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SI
     so boxes found on the image map back to the uploaded image's pixels by dividing by it."""
     if not data:
         raise APIError(400, "no_image", "the uploaded image is empty")
+    image, size = _open(data, max_pixels, max_side)
+    pixels = image.size[0] * image.size[1]  # after a JPEG draft: what will really be decoded
+    with _DECODING.hold(pixels, max_pixels):
+        try:
+            result = _decode(image, size, max_side)
+        finally:
+            del image  # the full-size pixels go before the memory is handed back
+            if pixels > _TRIM_ABOVE_PIXELS:
+                _give_memory_back()
+    return result
+
+
+def _open(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The opened (not yet decoded) image and its size, after the format and pixel checks."""
     try:
         with warnings.catch_warnings():
             # Pillow warns (and above 2x the limit raises) on decompression bombs; we check ourselves.
@@ -50,23 +67,90 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int = DEFAULT_MAX_SI
             if fmt == "JPEG" and max(width, height) > 2 * max_side:
                 # JPEG can decode at 1/2, 1/4, 1/8 scale directly: far less memory and time for phone photos.
                 image.draft("RGB", (max_side, max_side))
-            image.load()
     except APIError:
         raise
-    except Image.DecompressionBombError:
-        raise APIError(400, "bad_image", "image dimensions are too large (decompression bomb)") from None
-    except UnidentifiedImageError:
-        raise APIError(400, "bad_image", "the upload is not a readable image") from None
-    except Exception as exc:  # truncated / corrupt data, or a plugin's failure: any failure here is the upload's.
-        # The exception stays in the log: naming it to the client tells nothing useful and leaks internals.
-        log.info("upload not decoded: %r", exc)
-        raise APIError(400, "bad_image", "the image could not be decoded") from None
-    orig_w, orig_h = _oriented_size(image, width, height)
+    except Exception as exc:
+        _refuse(exc)
+    return image, (width, height)
+
+
+def _decode(image: Image.Image, size: tuple[int, int], max_side: int) -> tuple[Image.Image, float]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except Exception as exc:
+        _refuse(exc)
+    orig_w, orig_h = _oriented_size(image, *size)
+    if max(image.size) > max_side and image.mode in _RESIZABLE_MODES:
+        # Scaled down before any rotation or conversion, each of which would copy the full-size pixels
+        # (a 6000x6000 PNG is 108 MB per copy). Scaling commutes with the EXIF rotation.
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     image = ImageOps.exif_transpose(image)
     image = to_rgb(image)
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return image, image.size[0] / orig_w
+
+
+def _refuse(exc: Exception):
+    """A failure to open or decode an upload, as the contract's 400."""
+    if isinstance(exc, Image.DecompressionBombError):
+        raise APIError(400, "bad_image", "image dimensions are too large (decompression bomb)") from None
+    if isinstance(exc, UnidentifiedImageError):
+        raise APIError(400, "bad_image", "the upload is not a readable image") from None
+    # Truncated / corrupt data, or a plugin's failure: any failure here is the upload's. The exception stays
+    # in the log: naming it to the client tells nothing useful and leaks internals.
+    log.info("upload not decoded: %r", exc)
+    raise APIError(400, "bad_image", "the image could not be decoded") from None
+
+
+# Modes Pillow resizes as they are (RGBA and LA with premultiplied alpha); others are converted first.
+_RESIZABLE_MODES = {"RGB", "RGBA", "L", "LA"}
+# After decoding more pixels than this, freed memory is handed back to the OS at once.
+_TRIM_ABOVE_PIXELS = 8_000_000
+
+
+class _PixelBudget:
+    """At most ``limit`` pixels being decoded at once, over all request threads; a single image larger than
+    that decodes alone. Eight 6000x6000 PNGs at a time used to hold eight full-size copies (the worker went
+    from 1.2 to 3.3 GB, bench/bench_large_png.py); with MAX_IMAGE_PIXELS as the budget it is one at a time,
+    while small photos go on decoding beside it."""
+
+    def __init__(self):
+        self._busy = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int, limit: int):
+        with self._changed:
+            while self._busy and self._busy + pixels > limit:
+                self._changed.wait()
+            self._busy += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy -= pixels
+                self._changed.notify_all()
+
+
+_DECODING = _PixelBudget()
+_libc = None
+
+
+def _give_memory_back() -> None:
+    """Return freed heap pages to the OS (glibc keeps large freed blocks in its arenas otherwise: the worker
+    stayed at 3.0 GB after the large-PNG load ended)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim  # noqa: B018 - only glibc has it
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
 
 
 def _oriented_size(image: Image.Image, width: int, height: int) -> tuple[int, int]:
