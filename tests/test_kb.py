@@ -6,6 +6,7 @@ import io
 import json
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -350,3 +351,38 @@ def test_a_proxy_that_is_not_configured_speaks_for_someone_else(make_app):
         assert (r.status_code, r.json["code"]) == (403, "token_required")
     client.environ_base["REMOTE_ADDR"] = "::ffff:127.0.0.1"
     assert client.post("/kb/create", data={"kb_name": "t"}).status_code == 201
+
+
+def test_async_upload_runs_as_a_job_and_reports_its_result(client):
+    assert client.post("/kb/create", data={"kb_name": "jobs"}).status_code == 201
+    r = _upload(client, "jobs", [("card.md", CARD.encode())], **{"async": "1"})
+    assert r.status_code == 202, r.json
+    job_id = r.json["job_id"]
+    for _ in range(600):
+        job = client.get(f"/kb/jobs/{job_id}").json
+        if job["state"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    assert job["result"][0]["status"] == "added" and job["progress"]["chunks_embedded"] == job["progress"]["chunks_to_embed"]
+    hits = client.post("/kb/search", data={"kb_name": "jobs", "query": "白头海雕吃什么"}).json["hits"]
+    assert hits and hits[0]["doc_name"] == "card.md"
+    assert client.get("/kb/jobs/no-such-job").json["code"] == "unknown_job"
+    r = _upload(client, "no-such-kb", [("card.md", CARD.encode())], **{"async": "1"})
+    assert (r.status_code, r.json["code"]) == (404, "unknown_kb")
+
+
+def test_a_search_does_not_wait_for_a_passage_batch_being_embedded(app, client):
+    """While an upload holds the passage model (a batch under way), a search embeds its query with its own
+    model handle: it used to wait for the upload's batches (up to 11 s behind a 345 KB document)."""
+    assert client.post("/kb/create", data={"kb_name": "busy"}).status_code == 201
+    assert _upload(client, "busy", [("card.md", CARD.encode())]).status_code == 200
+    model = app.extensions["birdsdao"].get("embedder").get()
+    answers = []
+    with model._lock:  # what an upload's batch holds while the engine embeds it
+        searcher = threading.Thread(target=lambda: answers.append(
+            client.post("/kb/search", data={"kb_name": "busy", "query": "白头海雕吃什么"})))
+        searcher.start()
+        searcher.join(timeout=60)
+        assert not searcher.is_alive(), "the search waited for the upload's batch"
+    assert answers[0].status_code == 200 and answers[0].json["hits"]

@@ -39,10 +39,10 @@ class CountingRegistry(EmbedderRegistry):
         if not getattr(model, "_counted", False):
             original = model.embed_array
 
-            def counted(texts, *, is_query=False):
+            def counted(texts, *, is_query=False, **kwargs):
                 if not is_query:
                     registry.embedded += len(texts)
-                return original(texts, is_query=is_query)
+                return original(texts, is_query=is_query, **kwargs)
 
             model.embed_array = counted
             model._counted = True
@@ -320,10 +320,10 @@ class HeldEmbeddingRegistry(EmbedderRegistry):
         model = super()._load(name)
         original, registry = model.embed_array, self
 
-        def held(texts, *, is_query=False):
+        def held(texts, *, is_query=False, **kwargs):
             if registry.hold and not is_query:
                 hold(registry.entered, registry.release, "embedding")
-            return original(texts, is_query=is_query)
+            return original(texts, is_query=is_query, **kwargs)
 
         model.embed_array = held
         return model

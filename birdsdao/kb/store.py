@@ -234,10 +234,11 @@ class KnowledgeBase:
         if self._pointer_key() not in (None, self._pointer_stat):
             self.snapshot = self._load()
 
-    def embed_documents(self, docs: list[tuple[str, list[Chunk]]]) -> list[np.ndarray]:
+    def embed_documents(self, docs: list[tuple[str, list[Chunk]]], progress=None) -> list[np.ndarray]:
         """Vectors for the chunks of several new documents in one batched pass. Boilerplate (a chunk text
         that other documents also carry: headers, licences) is indexed by its bare text, not prefixed with
-        this document's title, so it is embedded once for the whole knowledge base."""
+        this document's title, so it is embedded once for the whole knowledge base. ``progress``: see
+        ``embeddings.embed_array`` (it may raise to stop; nothing is written then)."""
         snap = self.current()
         owners: dict[str, set] = {}
         for doc_name, chunks in docs:
@@ -250,14 +251,14 @@ class KnowledgeBase:
                 if len(owners[key]) > 1 or (other_doc is not None and other_doc != doc_name):
                     chunk.index_text = chunk.text
         flat = [c for _, chunks in docs for c in chunks]
-        vectors = self.embed_chunks(flat)
+        vectors = self.embed_chunks(flat, progress)
         out, start = [], 0
         for _, chunks in docs:
             out.append(vectors[start:start + len(chunks)])
             start += len(chunks)
         return out
 
-    def embed_chunks(self, chunks: list[Chunk]) -> np.ndarray:
+    def embed_chunks(self, chunks: list[Chunk], progress=None) -> np.ndarray:
         """Vectors for new chunks: texts already in the index (same embedded text) reuse their stored
         vector, duplicates within the batch are embedded once, the rest go to the model in batches."""
         snap = self.current()
@@ -276,7 +277,8 @@ class KnowledgeBase:
             out[reuse_rows] = snap.index.reconstruct_batch(np.asarray(reuse_ids, np.int64))
         if todo:
             firsts = [rows[0] for rows in todo.values()]
-            vectors = self.embedder.embed_array([chunks[r].index_text or chunks[r].text for r in firsts])
+            vectors = self.embedder.embed_array([chunks[r].index_text or chunks[r].text for r in firsts],
+                                                progress=progress)
             for vector, rows in zip(vectors, todo.values()):
                 out[rows] = vector
         return out

@@ -2,11 +2,13 @@
 GET /kb lives in pages.py. Names are validated by the service (birdsdao/kb/names.py) before any file access."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
+from ..errors import APIError
 from ..kb.names import validate_doc_name, validate_kb_name
 from ..security import require_token
 from ..services import get_service
+from ..wsgi import client_gone
 from .forms import bool_field, files_field, int_field, read_upload, text_field
 
 bp = Blueprint("kb", __name__, url_prefix="/kb")
@@ -46,7 +48,29 @@ def upload():
     service = get_service("kb")
     replace = bool_field("replace", False)
     files = files_field("files", max_count=service.limits.max_files)
-    return {"kb_name": name, "files": service.upload(name, [(f.filename, read_upload(f)) for f in files], replace)}
+    uploads = [(f.filename, read_upload(f)) for f in files]
+    if bool_field("async", False):
+        job = service.upload_job(name, uploads, replace)
+        return jsonify({"kb_name": name, "job_id": job["job_id"], "state": job["state"]}), 202
+    return {"kb_name": name, "files": service.upload(name, uploads, replace, progress=_stop_if_client_gone())}
+
+
+def _stop_if_client_gone():
+    """A progress check that abandons the upload (nothing is written) once its client has hung up."""
+    gone = client_gone(request.environ)
+
+    def check(done: int, total: int) -> None:
+        if gone():
+            current_app.logger.info("upload to %s cancelled after %d of %d chunks: the client went away",
+                                    request.path, done, total)
+            raise APIError(499, "client_gone", "the client went away; the upload was cancelled")
+
+    return check
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str):
+    return get_service("kb").jobs.get(job_id)
 
 
 @bp.get("/docs")
