@@ -33,3 +33,30 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Trust X-Forwarded-* only from the local nginx.
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+# Requests gunicorn refuses itself (bad request line, a URI past limit_request_line, too many or too large
+# headers, malformed chunked bodies) get the API's JSON error shape instead of gunicorn's HTML page. gunicorn
+# has no setting for that page; every such refusal goes through util.write_error, replaced here (the workers
+# inherit it when they fork).
+def _write_json_error(sock, status_int, reason, mesg):
+    import json
+
+    from gunicorn import util
+
+    codes = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+             431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason,
+                       "code": codes.get(status_int, "http_error")}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin1")
+    util.write_nonblock(sock, head + body)
+
+
+def _use_json_errors():
+    from gunicorn import util
+
+    util.write_error = _write_json_error
+
+
+_use_json_errors()

