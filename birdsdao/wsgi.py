@@ -27,17 +27,18 @@ class DrainUnreadBody:
 
     def __call__(self, environ, start_response):
         result = self.app(environ, start_response)
-        if not _has_body(environ):
+        if not self._worth_draining(environ):
             return result
         return _ThenDrain(result, environ["wsgi.input"], self.limit)
 
-
-def _has_body(environ) -> bool:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return False
-    return length > 0 or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    def _worth_draining(self, environ) -> bool:
+        """A body is announced and not past the limit (nginx refuses larger ones; a direct client sending
+        one is answered 413 and its connection closed by gunicorn, no need to read it)."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return False
+        return 0 < length <= self.limit or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
 
 
 class _ThenDrain:
