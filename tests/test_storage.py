@@ -21,12 +21,13 @@ PHOTOS = [(BIRDS525 / "ALEXANDRINE PARAKEET" / f"{i}.jpg").read_bytes() for i in
 
 
 class Disk:
-    """A 48 MB tmpfs: ``fill()`` takes every free byte, ``read_only()`` remounts it so."""
+    """A small tmpfs: ``fill()`` takes every free byte, ``read_only()`` remounts it so (bench/bench_probe.py
+    uses it too)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, size: str = "48m"):
         self.path = path
         path.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(path)],
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True).returncode != 0:
             pytest.skip("mounting a tmpfs needs root")
         self.filler = path / "filler"
