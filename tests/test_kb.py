@@ -364,7 +364,7 @@ def test_async_upload_runs_as_a_job_and_reports_its_result(client):
             break
         time.sleep(0.1)
     assert job["state"] == "done", job
-    assert job["result"][0]["status"] == "added" and job["progress"]["chunks_embedded"] == job["progress"]["chunks_to_embed"]
+    assert job["result"]["files"][0]["status"] == "added" and job["progress"]["chunks_embedded"] == job["progress"]["chunks_to_embed"]
     hits = client.post("/kb/search", data={"kb_name": "jobs", "query": "白头海雕吃什么"}).json["hits"]
     assert hits and hits[0]["doc_name"] == "card.md"
     assert client.get("/kb/jobs/no-such-job").json["code"] == "unknown_job"

@@ -286,9 +286,11 @@ class KnowledgeBaseService:
         return [r if r is not None else next(committed) for r in results]
 
     def upload_job(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False) -> dict:
-        """``upload`` as a background job (404 for an unknown KB at once); the job's state (jobs.py)."""
+        """``upload`` as a background job (404 for an unknown KB at once); the job's state (jobs.py). Its
+        result is what the synchronous upload answers."""
         self.get(kb_name)
-        return self.jobs.submit(lambda progress: self.upload(kb_name, files, replace, progress=progress))
+        return self.jobs.submit(lambda progress: {"kb_name": kb_name,
+                                                  "files": self.upload(kb_name, files, replace, progress=progress)})
 
     def docs(self, kb_name: str) -> list[dict]:
         snap = self.get(kb_name).current()
