@@ -26,7 +26,7 @@ def create_app(config: dict | None = None) -> Flask:
     from .security import init_security
     from .services import init_services
     from .web.errors import register_error_handlers
-    from .wsgi import DrainUnreadBody
+    from .web.wsgi import DrainUnreadBody
 
     app = Flask(
         __name__,
@@ -38,7 +38,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.ensure_ascii = False  # Chinese names readable in every JSON answer (UTF-8), not \uXXXX
     app.instance_path = app.config["INSTANCE_PATH"]
     logging.basicConfig(level=app.config["LOG_LEVEL"])
-    # A body answered unread is read after the answer, so pooled keep-alive connections stay usable (wsgi.py).
+    # A body answered unread is read after the answer, so pooled keep-alive connections stay usable (web/wsgi.py).
     app.wsgi_app = DrainUnreadBody(app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"] or 0) + (1 << 20))
     if app.config["PROXY_HOPS"]:
         # Behind nginx: trust X-Forwarded-* from exactly that many proxies.

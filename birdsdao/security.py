@@ -59,7 +59,7 @@ def _is_local_client() -> bool:
 def is_operator() -> bool:
     """The client may see what the server runs (software versions): the token holder or, with no token
     configured, a client on this machine: the same people who may write."""
-    return has_valid_token() if current_app.config.get("API_TOKEN") else _is_local_client()
+    return has_valid_token() if current_app.config["API_TOKEN"] else _is_local_client()
 
 
 def require_token(view):

@@ -8,7 +8,7 @@ from ..errors import APIError
 from ..kb.names import validate_doc_name, validate_kb_name
 from ..security import require_token
 from ..services import get_service
-from ..wsgi import client_gone
+from .wsgi import client_gone
 from .forms import bool_field, files_field, int_field, read_upload, text_field
 
 bp = Blueprint("kb", __name__, url_prefix="/kb")
