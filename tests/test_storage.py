@@ -16,7 +16,10 @@ from .conftest import BIRDS525, YOLO_WEIGHTS
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CARD = "# 白头海雕\n白头海雕是北美洲的大型猛禽，主要以鱼类为食，也捕食水鸟。\n".encode()
-OTHER = "# 麻雀\n麻雀主要吃谷物和草籽，育雏期也吃昆虫。\n".encode()
+# Long enough that the new version's FAISS index is the first file that does not fit (FAISS raises a
+# RuntimeError naming ENOSPC, not an OSError).
+OTHER = "# 麻雀\n".encode() + "".join(f"第{i}条：麻雀主要吃谷物和草籽，育雏期也吃昆虫，常在村庄附近成群活动。\n" * 3
+                                   for i in range(40)).encode()
 PHOTOS = [(BIRDS525 / "ALEXANDRINE PARAKEET" / f"{i}.jpg").read_bytes() for i in (1, 2, 3)]
 
 

@@ -2,6 +2,7 @@
 atomically (crash safety, snapshots, locks and identity: see README.md)."""
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -442,9 +443,22 @@ def folder_lock(folder: Path):
         yield
 
 
+def _write_index(index, path: Path) -> None:
+    """``faiss.write_index``; a disk that refuses the write is reported as the OSError it is (FAISS raises a
+    RuntimeError carrying the C library's message), so the server answers 507/503, not 500."""
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:
+        refused = [code for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+                   if f"({os.strerror(code)})" in str(exc)]
+        if refused:
+            raise OSError(refused[0], os.strerror(refused[0]), str(path)) from exc
+        raise
+
+
 def _write_version(folder: Path, snap: Snapshot) -> None:
     """All files of one version, each fsynced; the manifest (with every file's hash) last."""
-    faiss.write_index(snap.index, str(folder / "index.faiss"))
+    _write_index(snap.index, folder / "index.faiss")
     with open(folder / "index.faiss", "rb+") as f:
         os.fsync(f.fileno())
     lines = []
