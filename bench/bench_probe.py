@@ -160,7 +160,7 @@ def step_unread(s: Server, rounds: int = 20):
 
 def step_errors(s: Server):
     def answer(port, data):
-        head, _, body = raw(port, data).partition(b"\r\n\r\n")
+        head, _, body = raw(port, data, close_write=port != s.nginx_port).partition(b"\r\n\r\n")
         ctype = next((ln.split(b":", 1)[1].strip().decode() for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-type")), "")
         return f"{head.split(b' ')[1].decode()} {ctype.split(';')[0]}"
 
