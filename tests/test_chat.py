@@ -110,10 +110,19 @@ def test_stream_sends_deltas_then_done_with_sources_matching_the_citations(clien
     ({"user_input": "hi", "max_new_tokens": "0"}, 400, "bad_field"),
     ({"user_input": "hi", "model_type": "gpt-17"}, 404, "unknown_model"),
     ({"user_input": "hi", "model_type": "openai"}, 503, "model_unavailable"),
+    # The seed page's form values name backends that are not configured here: 503 with the reason, not 404.
+    ({"user_input": "hi", "model_type": "Local-GLM"}, 503, "model_unavailable"),
+    ({"user_input": "hi", "model_type": "ChatGpt"}, 503, "model_unavailable"),
 ])
 def test_bad_requests_get_the_contract_errors(client, form, status, code):
     r = client.post("/get_response", data=form)
     assert r.status_code == status and r.get_json()["code"] == code
+    if form.get("model_type") == "Local-GLM":
+        assert "chatglm2" in r.get_json()["error"] and "CHATGLM2_PATH" in r.get_json()["error"]
+
+
+def test_models_lists_the_seed_form_aliases(client):
+    assert client.get("/models").get_json()["aliases"] == {"Local-GLM": "chatglm2", "ChatGpt": "openai"}
 
 
 @pytest.mark.parametrize("number", ["1e400", "Infinity", "-Infinity", "NaN"])

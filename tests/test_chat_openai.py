@@ -101,3 +101,11 @@ def test_openai_backend_with_no_server_answers_503_with_the_reason(make_app):
     r = app.test_client().post("/get_response", data={"user_input": "hi", "model_type": "openai"})
     assert r.status_code == 503
     assert r.get_json()["code"] == "model_unavailable" and "cannot reach" in r.get_json()["error"]
+
+
+def test_the_seed_form_value_chatgpt_reaches_the_openai_backend(make_app):
+    """The seed page posted model_type=ChatGpt: it is the openai backend (here its server is down, so the
+    answer is that backend's own 503, not 404 unknown_model)."""
+    app = make_app(services=["llm"], OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
+    r = app.test_client().post("/get_response", data={"user_input": "hi", "model_type": "ChatGpt"})
+    assert r.status_code == 503 and "cannot reach" in r.get_json()["error"]

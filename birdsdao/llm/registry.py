@@ -21,6 +21,8 @@ FACTORIES: dict[str, tuple[str, str | None]] = {
     "transformers": ("birdsdao.llm.transformers_chat:create", "TRANSFORMERS_MODEL"),
     "openai": ("birdsdao.llm.openai_api:create", "OPENAI_BASE_URL"),
 }
+# The seed web service's form values (its page posted these), answered by the backend they meant.
+ALIASES: dict[str, str] = {"Local-GLM": "chatglm2", "ChatGpt": "openai"}
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Registry:
             self.entries[name] = entry
 
     def get(self, name: str | None) -> Entry:
-        name = name or self.default
+        name = ALIASES.get(name, name) if name else self.default
         entry = self.entries.get(name)
         if entry is None:
             if name in FACTORIES:
@@ -79,4 +81,4 @@ class Registry:
     def to_dict(self) -> dict:
         return {"default": self.default,
                 "models": [e.to_dict(self.default) for e in self.entries.values()],
-                "not_configured": [n for n in FACTORIES if n not in self.entries]}
+                "not_configured": [n for n in FACTORIES if n not in self.entries], "aliases": dict(ALIASES)}
