@@ -99,6 +99,7 @@ DEFAULTS: dict = {
     "KB_CHUNK_OVERLAP": 80,
     "KB_SEARCH_MODE": "rrf",  # vector | bm25 | rrf | weighted: see bench/bench_kb_recall.py and search.py
     "KB_DEFAULT": "species",  # kb_name used by /get_response mode=kb when none is given
+    "KB_RETRY_AFTER_S": 10,  # Retry-After on 503 kb_building and on /readyz while the bundled KB is built
     "KB_SPECIES_BUILD": "background",  # startup | background | off: building the bundled species KB
     "KB_MAX_FILE_BYTES": 20 * 1024 * 1024,
     "KB_MAX_FILES": 20,  # files per upload

@@ -226,17 +226,22 @@ def test_healthz_describes_the_embedder_and_kb_service(client):
     assert models["kb"]["default_kb"] == "species" and models["kb"]["search_mode"] == "rrf"
 
 
-def test_a_kb_still_being_built_answers_503_then_unknown_names_404(app, client):
+def test_a_kb_still_being_built_answers_503_with_retry_after_and_readyz_waits_for_it(app, client):
     service = app.extensions["birdsdao"].get("kb")
+    assert client.get("/readyz").status_code == 200
     service.building.add("species")
     r = client.post("/kb/search", data={"kb_name": "species", "query": "白头海雕"})
-    assert (r.status_code, r.json["code"]) == (503, "kb_building")
+    assert (r.status_code, r.json["code"]) == (503, "kb_building") and r.headers["Retry-After"] == "10"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json == {"ready": False, "waiting_for": ["kb:species"]}
+    assert ready.headers["Retry-After"] == "10" and client.get("/healthz").status_code == 200  # alive, not ready
     service.create("species")  # the builder has created it but not filled it yet: still 503
     r = client.post("/kb/search", data={"kb_name": "species", "query": "白头海雕"})
     assert (r.status_code, r.json["code"]) == (503, "kb_building")
     service.delete("species")
     service.building.discard("species")
     assert client.post("/kb/search", data={"kb_name": "species", "query": "x"}).json["code"] == "unknown_kb"
+    assert client.get("/readyz").json == {"ready": True, "waiting_for": []}
 
 
 @pytest.mark.parametrize("number", ["1e400", "Infinity", "-1e400"])

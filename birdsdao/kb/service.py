@@ -46,7 +46,8 @@ class Limits:
 class KnowledgeBaseService:
     def __init__(self, root: Path, embedders, *, limits: Limits | None = None,
                  chunk_size: int = DEFAULTS["KB_CHUNK_SIZE"], chunk_overlap: int = DEFAULTS["KB_CHUNK_OVERLAP"],
-                 search_mode: str = DEFAULTS["KB_SEARCH_MODE"], default_kb: str = DEFAULTS["KB_DEFAULT"]):
+                 search_mode: str = DEFAULTS["KB_SEARCH_MODE"], default_kb: str = DEFAULTS["KB_DEFAULT"],
+                 retry_after_s: int = DEFAULTS["KB_RETRY_AFTER_S"]):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.embedders = embedders
@@ -56,6 +57,7 @@ class KnowledgeBaseService:
             raise ValueError(f"KB_SEARCH_MODE must be one of {MODES}")
         self.search_mode = search_mode
         self.default_kb = default_kb
+        self.retry_after_s = retry_after_s  # Retry-After of a 503 kb_building
         self._open: dict[str, KnowledgeBase] = {}
         self._opening: dict[str, Future] = {}  # KBs being opened: concurrent gets wait for that one open
         self.building: set[str] = set()   # KBs a background job is building (503 until ready)
@@ -98,7 +100,7 @@ class KnowledgeBaseService:
                 # cancels any open registered before, so no open of a deleted folder survives (_finish_open).
                 if not folder.is_dir():
                     if kb_name in self.building:
-                        raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
+                        raise self._building_error(kb_name)
                     raise APIError(404, "unknown_kb", f"no knowledge base named {kb_name!r}")
                 opening = self._opening[kb_name] = Future()
         if not opener:
@@ -308,8 +310,12 @@ class KnowledgeBaseService:
     def search(self, kb_name: str, query: str, top_k: int = 5, mode: str | None = None) -> list[Hit]:
         kb = self.get(kb_name)
         if kb_name in self.building:  # half-built: an answer from a few cards would mislead
-            raise APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon")
+            raise self._building_error(kb_name)
         return kb.search(query, top_k, mode or self.search_mode)
+
+    def _building_error(self, kb_name: str) -> APIError:
+        return APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon",
+                        headers={"Retry-After": str(self.retry_after_s)})
 
     def describe(self) -> dict:
         with self._lock:
@@ -324,7 +330,8 @@ def build(config, services) -> KnowledgeBaseService:
     service = KnowledgeBaseService(
         Path(config["INSTANCE_PATH"]) / "kb", embedders, limits=Limits.from_config(config),
         chunk_size=int(config["KB_CHUNK_SIZE"]), chunk_overlap=int(config["KB_CHUNK_OVERLAP"]),
-        search_mode=config["KB_SEARCH_MODE"], default_kb=config["KB_DEFAULT"])
+        search_mode=config["KB_SEARCH_MODE"], default_kb=config["KB_DEFAULT"],
+        retry_after_s=int(config["KB_RETRY_AFTER_S"]))
     from .species_kb import start_species_kb
 
     start_species_kb(service, services, config["KB_SPECIES_BUILD"])

@@ -1,4 +1,4 @@
-"""The two HTML pages and the health check."""
+"""The two HTML pages, the liveness check (/healthz) and the readiness check (/readyz)."""
 from __future__ import annotations
 
 import platform
@@ -36,6 +36,23 @@ def healthz():
     if not is_operator():  # software versions tell an attacker which published flaws to try
         body = _without_versions(body)
     return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 once every service is loaded and no knowledge base is still being built (the bundled species KB
+    on a first start); 503 with Retry-After and what it waits for until then. /healthz stays liveness."""
+    registry = services()
+    waiting = [name for name, slot in registry.slots.items() if slot.obj is None]
+    kb = registry.optional("kb")
+    if kb is not None:
+        waiting += [f"kb:{name}" for name in sorted(kb.building)]
+    ready = not waiting and registry.healthy
+    response = jsonify({"ready": ready, "waiting_for": waiting})
+    if not ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(kb.retry_after_s if kb is not None else 10)
+    return response
 
 
 def _without_versions(value):
