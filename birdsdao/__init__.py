@@ -25,6 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     from .security import init_security
     from .services import init_services
+    from .web import request_id
     from .web.errors import register_error_handlers
     from .web.wsgi import DrainUnreadBody
 
@@ -37,7 +38,7 @@ def create_app(config: dict | None = None) -> Flask:
     load_config(app, config)
     app.json.ensure_ascii = False  # Chinese names readable in every JSON answer (UTF-8), not \uXXXX
     app.instance_path = app.config["INSTANCE_PATH"]
-    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    logging.basicConfig(level=app.config["LOG_LEVEL"], format=request_id.LOG_FORMAT)  # no-op if logging is set up
     # A body answered unread is read after the answer, so pooled keep-alive connections stay usable (web/wsgi.py).
     app.wsgi_app = DrainUnreadBody(app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"] or 0) + (1 << 20))
     if app.config["PROXY_HOPS"]:
@@ -48,6 +49,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_services(app)
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"birdsdao.web.{name}").bp)
+    request_id.init_app(app)
     init_security(app)
     register_error_handlers(app)
     return app

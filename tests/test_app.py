@@ -136,3 +136,23 @@ def test_redirects_never_carry_the_request_host(make_app, path):
     location = r.headers.get("Location", "")
     assert r.status_code in (301, 308) and location.startswith("/") and not location.startswith("//"), location
     assert "evil.example" not in location, location
+
+
+def test_every_response_carries_a_request_id_that_its_log_lines_carry_too(make_app, caplog):
+    import logging
+
+    from birdsdao.web.request_id import RequestIdFilter
+
+    client = make_app().test_client()
+    made = client.get("/healthz").headers["X-Request-ID"]
+    assert len(made) == 32 and made != client.get("/healthz").headers["X-Request-ID"]
+    assert client.get("/no/such/route", headers={"X-Request-ID": "abc-123.x"}).headers["X-Request-ID"] == "abc-123.x"
+    hostile = client.get("/healthz", headers={"X-Request-ID": "a b\\r\\nSet-Cookie: x"}).headers["X-Request-ID"]
+    assert len(hostile) == 32 and " " not in hostile  # not a token: replaced, never echoed
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
+    app.add_url_rule("/fails", "fails", lambda: 1 / 0)  # a view that breaks: Flask logs the exception
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.ERROR):
+        r = app.test_client().get("/fails", headers={"X-Request-ID": "req-42"})
+    assert r.status_code == 500 and r.headers["X-Request-ID"] == "req-42"
+    assert [rec.request_id for rec in caplog.records if "ZeroDivisionError" in (rec.exc_text or "") or rec.exc_info] == ["req-42"]
