@@ -152,6 +152,9 @@ def test_request_passes_through_nginx(nginx_proxy):
     status, headers, body = _get(f"http://127.0.0.1:{nginx_proxy['port']}/no/such/page")
     assert status == 404 and json.loads(body)["code"] == "not_found"
     assert "nginx" in headers.get("Server", ""), "the answer did not come through nginx"
+    # Every answer through nginx names its request (nginx's $request_id, kept by the app, or the app's own).
+    rid = headers.get("X-Request-ID", "")
+    assert len(rid) == 32 and all(c in "0123456789abcdef" for c in rid), headers
 
 
 def _post(url: str, form: dict, headers: dict) -> tuple[int, dict]:
