@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import TYPE_CHECKING
 
 from . import environment  # noqa: F401  (first: sets what libraries read when they are imported)
@@ -38,7 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     load_config(app, config)
     app.json.ensure_ascii = False  # Chinese names readable in every JSON answer (UTF-8), not \uXXXX
     app.instance_path = app.config["INSTANCE_PATH"]
-    logging.basicConfig(level=app.config["LOG_LEVEL"], format=request_id.LOG_FORMAT)  # no-op if logging is set up
+    request_id.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     # A body answered unread is read after the answer, so pooled keep-alive connections stay usable (web/wsgi.py).
     app.wsgi_app = DrainUnreadBody(app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"] or 0) + (1 << 20))
     if app.config["PROXY_HOPS"]:

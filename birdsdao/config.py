@@ -141,6 +141,7 @@ DEFAULTS: dict = {
     # --- server ---
     "TORCH_THREADS": None,  # None: leave torch's own choice (gunicorn.conf.py sets it from the CPU count)
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",  # "json": one JSON object per log line (time, level, logger, request_id, message)
     "PROXY_HOPS": 0,  # trusted reverse proxies in front (X-Forwarded-*); 1 behind deploy/nginx.conf
 }
 

@@ -156,3 +156,26 @@ def test_every_response_carries_a_request_id_that_its_log_lines_carry_too(make_a
         r = app.test_client().get("/fails", headers={"X-Request-ID": "req-42"})
     assert r.status_code == 500 and r.headers["X-Request-ID"] == "req-42"
     assert [rec.request_id for rec in caplog.records if "ZeroDivisionError" in (rec.exc_text or "") or rec.exc_info] == ["req-42"]
+
+
+def test_json_logs_are_one_object_a_line_with_the_request_id(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from birdsdao.config import PROJECT_ROOT
+
+    script = (
+        "from birdsdao import create_app\n"
+        f"app = create_app({{'INSTANCE_PATH': {str(tmp_path)!r}, 'SERVICES': [], 'PROPAGATE_EXCEPTIONS': False}})\n"
+        "app.add_url_rule('/fails', 'fails', lambda: 1 / 0)\n"
+        "app.test_client().get('/fails', headers={'X-Request-ID': 'req-7'})\n"
+    )
+    env = {**__import__("os").environ, "BIRDSDAO_LOG_FORMAT": "json"}
+    run = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    failed = [rec for rec in lines if "ZeroDivisionError" in rec.get("exception", "")]
+    assert failed and failed[0]["request_id"] == "req-7" and failed[0]["level"] == "ERROR"
+    assert all(set(rec) >= {"time", "level", "logger", "request_id", "message"} for rec in lines)

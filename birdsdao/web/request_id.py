@@ -1,7 +1,8 @@
 """X-Request-ID: the request's own (nginx sets one) when it is a plain token, else a new one; sent back on
-every response and written into every log line of that request."""
+every response and written into every log line of that request (text, or JSON with LOG_FORMAT=json)."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -18,6 +19,25 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = g.get("request_id", "-") if has_request_context() else "-"
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request_id, message (and the traceback, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "request_id": getattr(record, "request_id", "-"), "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """The root logger's format (text with the request id, or JSON), unless logging was set up already."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 def init_app(app) -> None:
