@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # Each module exposes ``bp``; a newcomer finds every route by opening birdsdao/web/<name>.py.
-BLUEPRINTS = ("pages", "detect", "species", "chat", "kb")
+BLUEPRINTS = ("pages", "detect", "species", "chat", "kb", "metrics")
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -24,7 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     from .security import init_security
     from .services import init_services
-    from .web import request_id
+    from .web import metrics, request_id
     from .web.errors import register_error_handlers
     from .web.wsgi import DrainUnreadBody
 
@@ -49,6 +49,7 @@ def create_app(config: dict | None = None) -> Flask:
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"birdsdao.web.{name}").bp)
     request_id.init_app(app)
+    metrics.init_app(app)
     init_security(app)
     register_error_handlers(app)
     return app

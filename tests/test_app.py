@@ -9,6 +9,8 @@ from birdsdao import create_app, services as services_mod
 from birdsdao.errors import APIError
 from birdsdao.services import get_service
 
+from .conftest import NATURAL
+
 
 def test_instance_config_file_overrides_defaults_and_env_overrides_it(tmp_path, monkeypatch):
     instance = tmp_path / "inst"
@@ -179,3 +181,28 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(tmp_path):
     failed = [rec for rec in lines if "ZeroDivisionError" in rec.get("exception", "")]
     assert failed and failed[0]["request_id"] == "req-7" and failed[0]["level"] == "ERROR"
     assert all(set(rec) >= {"time", "level", "logger", "request_id", "message"} for rec in lines)
+
+
+def test_metrics_count_requests_by_route_and_status_for_the_operator_only(make_app):
+    app = make_app(services=["species", "vision"], API_TOKEN="t0ken")
+    client = app.test_client()
+    photo = next((NATURAL / "American_Robin").iterdir()).read_bytes()
+    assert client.post("/detect", data={"image": (io.BytesIO(photo), "robin.jpg"), "annotate": "0"}).status_code == 200
+    client.get("/no/such/route")
+    assert client.get("/metrics").status_code == 403  # versions and traffic are the operator's
+    r = client.get("/metrics", headers={"Authorization": "Bearer t0ken"})
+    text = r.get_data(as_text=True)
+    assert r.status_code == 200 and r.mimetype == "text/plain"
+    assert 'birdsdao_requests_total{method="POST",route="/detect",status="200"} 1.0' in text
+    assert 'birdsdao_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert 'birdsdao_requests_total{method="GET",route="/metrics",status="403"} 1.0' in text
+    assert 'birdsdao_detect_stage_seconds_count{stage="detect"} 1.0' in text
+    assert 'birdsdao_request_seconds_bucket{le="+Inf",route="/detect"} 1.0' in text
+
+
+def test_metrics_report_answer_queues_and_upload_jobs(make_app):
+    text = make_app(services=["species", "embedder", "kb", "llm"], KB_SPECIES_BUILD="off").test_client().get(
+        "/metrics").get_data(as_text=True)  # the test client is this machine: the operator when no token is set
+    assert 'birdsdao_llm_running{backend="extractive"} 0.0' in text
+    assert 'birdsdao_llm_waiting{backend="extractive"} 0.0' in text
+    assert 'birdsdao_upload_jobs{state="queued"} 0.0' in text

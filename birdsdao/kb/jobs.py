@@ -50,6 +50,14 @@ class Jobs:
                 raise APIError(404, "unknown_job", "no such upload job (jobs are forgotten when the server restarts)")
             return {**job, "progress": dict(job["progress"])}
 
+    def counts(self) -> dict[str, int]:
+        """Jobs remembered, by state (queued, running, done, failed), for /metrics."""
+        with self._lock:
+            out = {state: 0 for state in ("queued", "running", "done", "failed")}
+            for job in self._jobs.values():
+                out[job["state"]] += 1
+            return out
+
     def _forget_old(self) -> None:
         finished = [k for k, job in self._jobs.items() if job["state"] in ("done", "failed")]
         for job_id in finished[:max(0, len(finished) - self.keep)]:

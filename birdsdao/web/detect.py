@@ -5,6 +5,7 @@ from ..errors import APIError
 from ..services import get_service
 from ..vision.location import Location, check_position, region_location
 from .forms import bool_field, int_field, raw_field, text_field, upload_bytes
+from .metrics import observe_stages
 
 bp = Blueprint("detect", __name__)
 
@@ -15,7 +16,9 @@ def detect():
     top_k = int_field("top_k", 5, lo=1, hi=20)
     annotate = bool_field("annotate", True)
     location = _location_fields()
-    return get_service("vision").detect(data, top_k=top_k, annotate_image=annotate, location=location).to_dict()
+    result = get_service("vision").detect(data, top_k=top_k, annotate_image=annotate, location=location)
+    observe_stages(result.timings_ms)
+    return result.to_dict()
 
 
 def _location_fields() -> Location | None:
