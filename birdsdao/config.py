@@ -54,6 +54,9 @@ DEFAULTS: dict = {
     # The location prior (species/ranges.py) enters as prior^k: 0.5 halves its log-weight, because AVONET's
     # native-range centroids misplace some birds that are common here (Glossy Ibis, Herring Gull in the east).
     "LOCATION_PRIOR_POWER": 0.5,
+    # A species a user taught weighs this much more (a local checklist of one): bench_species.py's teaching
+    # check (left-out species taught from 3 photos) against natural-val with 50 species taught.
+    "TAUGHT_BOOST": 4.0,
     # Crops whose top iNat probability is below this are read again mirrored by the iNat model and the two
     # views averaged (0: never, above 1: always); the sure ones (most field photos) skip the second call.
     "TEST_TIME_MIRROR_BELOW": 0.8,

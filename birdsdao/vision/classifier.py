@@ -62,7 +62,7 @@ class _State:
     """An immutable snapshot: ranking reads one while teach/forget builds the next (swap under a lock)."""
 
     def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray,
-                 proto_known: np.ndarray, trained_rows: np.ndarray):
+                 proto_known: np.ndarray, trained_rows: np.ndarray, n_taught: int = 0):
         self.vocab, self.inat_rows, self.proto_rows, self.proto_vectors = vocab, inat_rows, proto_rows, proto_vectors
         # per prototype: False for photos a user taught to a species that already had one (left out of the
         # head weights, so teaching more photos of a known species can only raise it: see README)
@@ -71,12 +71,14 @@ class _State:
         self.column = np.searchsorted(self.entry_rows, proto_rows)  # prototype → its column in entry_rows
         self.taxonomy = Taxonomy.of(vocab)
         self.trained_rows = trained_rows  # vocabulary row of each output of the configured species model
+        self.taught_rows = np.unique(proto_rows[len(proto_known) - n_taught:]) if n_taught else np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
 class Fusion:
     """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_POWER, PROTOTYPE_SCALE,
-    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD, LOCATION_PRIOR_POWER), chosen in bench/bench_species.py
+    GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD, LOCATION_PRIOR_POWER, TAUGHT_BOOST), chosen in
+    bench/bench_species.py
     and bench/bench_location.py."""
 
     alpha: float = 0.7
@@ -86,6 +88,7 @@ class Fusion:
     sharpen: float = 1.7
     spread: float = 0.02
     prior_power: float = 0.5
+    taught_boost: float = 4.0
 
 
 class SpeciesClassifier:
@@ -153,6 +156,9 @@ class SpeciesClassifier:
             probs = _apply_prior(probs, prior ** self.fusion.prior_power)
         f = self.fusion
         probs = probs ** f.sharpen
+        if len(state.taught_rows) and f.taught_boost != 1:
+            # A species a user taught is one they meet: like a local checklist, it weighs more.
+            probs[:, state.taught_rows] *= f.taught_boost
         probs = probs / probs.sum(1, keepdims=True)
         probs = (1 - f.spread) * probs + f.spread / probs.shape[1]
         return probs, state, _dominant_subspecies(fused, state.taxonomy)
@@ -224,6 +230,7 @@ class SpeciesClassifier:
         for key, (vec, _count) in self.base.items():
             if key in vocab.index:
                 vectors.append(vec), rows.append(vocab.index[key]), known.append(True)
+        n_base = len(rows)
         for key, feats in taught.items():
             if key not in vocab.index:
                 continue
@@ -232,7 +239,8 @@ class SpeciesClassifier:
             is_new = key not in self.base and row not in has_inat
             vectors.append(l2n(np.asarray(feats, np.float32).mean(0))), rows.append(row), known.append(is_new)
         proto = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 1), np.float32)
-        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, np.asarray(known, bool), trained_rows)
+        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, np.asarray(known, bool), trained_rows,
+                      n_taught=len(rows) - n_base)
 
     def vocabulary_size(self) -> int:
         return len(self.state.vocab)

@@ -116,7 +116,7 @@ class VisionPipeline:
         fusion = Fusion(alpha=float(config["FUSION_ALPHA"]), power=float(config["FUSION_POWER"]),
                         scale=float(config["PROTOTYPE_SCALE"]), generic_min_share=float(config["GENERIC_MIN_SHARE"]),
                         sharpen=float(config["CONFIDENCE_SHARPEN"]), spread=float(config["CONFIDENCE_SPREAD"]),
-                        prior_power=float(config["LOCATION_PRIOR_POWER"]))
+                        prior_power=float(config["LOCATION_PRIOR_POWER"]), taught_boost=float(config["TAUGHT_BOOST"]))
         classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key, fusion,
                                        mirror_below=float(config["TEST_TIME_MIRROR_BELOW"]), trained=trained,
                                        trained_entries=trained_entries)
