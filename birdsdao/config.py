@@ -123,6 +123,7 @@ DEFAULTS: dict = {
     "CHATGLM2_QUANTIZE": None,  # 4 or 8: ChatGLM2's own int4/int8 kernels (CUDA only; CPU stays float32)
     # A local transformers chat model directory (AutoModelForCausalLM + chat template) -> model_type "transformers".
     "TRANSFORMERS_MODEL": None,
+    "TRANSFORMERS_ADAPTER": "",  # a `python -m birdsdao.train finetune-llm` adapter folder (LoRA / prefix, peft) on it
     "TRANSFORMERS_QUANTIZE": None,  # 4 or 8 with bitsandbytes on CUDA
     "LLAMA_CONTEXT": 4096,  # n_ctx for llama.cpp (capped by the model's trained context)
     "LLAMA_THREADS": None,  # None: llama.cpp's own choice

@@ -88,3 +88,31 @@ def test_finetune_llm_lowers_loss_and_adapter_loads_back(tiny_lm, tmp_path, meth
         with loaded.disable_adapter():
             plain = loaded(input_ids=ids).logits
     assert not torch.allclose(tuned, plain), "the saved adapter changed nothing"
+
+
+def test_a_trained_adapter_is_served_by_the_transformers_backend(tiny_lm, tmp_path, make_app):
+    """train → serve → answer: finetune-llm's LoRA adapter, named by TRANSFORMERS_ADAPTER, is what answers
+    /get_response (its chat template is the training format), and it answers differently from the base model."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    res = main(["finetune-llm", "--model", str(tiny_lm), "--method", "lora", "--species", "4", "--steps", "8",
+                "--max-len", "64", "--batch", "4", "--lr", "5e-2", "--device", "cpu", "--out", str(tmp_path)])
+    form = {"user_input": "白头海雕是什么鸟？", "model_type": "transformers", "max_new_tokens": "12"}
+
+    def answer(model, **config):
+        app = make_app(services=["llm"], TRANSFORMERS_MODEL=str(model), LLM_TEMPERATURE=0, **config)
+        r = app.test_client().post("/get_response", data=form)
+        assert r.status_code == 200, r.get_json()
+        models = app.test_client().get("/models").get_json()["models"]
+        return r.get_json(), next(m for m in models if m["name"] == "transformers")
+
+    tuned, described = answer(tiny_lm, TRANSFORMERS_ADAPTER=res["adapter"])
+    # The base model with the adapter's tokenizer and chat template: only the adapter's weights differ.
+    base = tmp_path / "base-with-template"
+    shutil.copytree(tiny_lm, base)
+    AutoTokenizer.from_pretrained(res["adapter"]).save_pretrained(base)
+    plain, _ = answer(base)
+    assert tuned["generative"] is True and described["adapter"] == "adapter"
+    assert tuned["response"] != plain["response"], "the served adapter changed nothing"

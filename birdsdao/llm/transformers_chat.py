@@ -37,13 +37,20 @@ class TransformersChatBackend(Backend):
     local = True
 
     def __init__(self, name: str, path: str, quantize: int | None = None,
-                 temperature: float = DEFAULTS["LLM_TEMPERATURE"], context_window: int | None = None):
+                 temperature: float = DEFAULTS["LLM_TEMPERATURE"], context_window: int | None = None,
+                 adapter: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.path, self.adapter = path, adapter or None
+        # A finetune-llm adapter folder carries the tokenizer (and chat template) it was trained with.
+        self.tokenizer = AutoTokenizer.from_pretrained(self.adapter or path, local_files_only=True)
         kwargs, self.note = _quantization_kwargs(quantize)
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+        if self.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter, local_files_only=True)
+        self.model = model.eval()
         window = context_window or getattr(self.model.config, "max_position_embeddings", None) or 2048
         super().__init__(name, context_window=int(window))
         self.temperature = temperature
@@ -93,6 +100,8 @@ class TransformersChatBackend(Backend):
 
     def describe(self) -> dict:
         info = {"model": os.path.basename(os.path.normpath(self.path))}
+        if getattr(self, "adapter", None):
+            info["adapter"] = os.path.basename(os.path.normpath(self.adapter))
         if self.note:
             info["note"] = self.note
         return info
@@ -203,7 +212,8 @@ class ChatGLM2Backend(TransformersChatBackend):
 
 def create(name: str, config, services) -> TransformersChatBackend:
     return TransformersChatBackend(name, config["TRANSFORMERS_MODEL"], quantize=config["TRANSFORMERS_QUANTIZE"],
-                                   temperature=float(config["LLM_TEMPERATURE"]))
+                                   temperature=float(config["LLM_TEMPERATURE"]),
+                                   adapter=config["TRANSFORMERS_ADAPTER"])
 
 
 def create_chatglm2(name: str, config, services) -> Backend:

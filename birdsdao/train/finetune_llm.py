@@ -19,6 +19,20 @@ TEMPLATES = {
     "chatglm2": "[Round 1]\n\n问：{instruction}{input}\n\n答：",
     "alpaca": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
 }
+# The same formats as chat templates, saved with the adapter's tokenizer when the base model has none, so the
+# server (BIRDSDAO_TRANSFORMERS_ADAPTER) prompts the tuned model as it was trained. A system message leads the
+# first user turn, as ChatGLM2 has no system role.
+CHAT_TEMPLATES = {
+    "chatglm2": ("{% set ns = namespace(round=1, system='') %}{% for m in messages %}"
+                 "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+                 "{% elif m['role'] == 'user' %}[Round {{ ns.round }}]\n\n问：{{ ns.system }}{{ m['content'] }}\n\n答："
+                 "{% set ns.system = '' %}{% else %}{{ m['content'] }}\n\n{% set ns.round = ns.round + 1 %}{% endif %}"
+                 "{% endfor %}"),
+    "alpaca": ("{% set ns = namespace(system='') %}{% for m in messages %}"
+               "{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}"
+               "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n### Input:\n{{ ns.system }}"
+               "\n\n### Response:\n{% set ns.system = '' %}{% else %}{{ m['content'] }}\n\n{% endif %}{% endfor %}"),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -178,6 +192,8 @@ def train_adapter(args, train_items: list[dict], out: Path) -> dict:
     loss_after = probe_loss()
     adapter = out / "adapter"
     model.save_pretrained(adapter)
+    if not tok.chat_template:
+        tok.chat_template = CHAT_TEMPLATES[args.template]
     tok.save_pretrained(adapter)
     k = max(1, len(losses) // 5)
     return {"adapter": str(adapter), "method": args.method, "trainable_params": trainable, "losses": losses,
