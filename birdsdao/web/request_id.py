@@ -32,12 +32,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """LOG_FORMAT, with "-" for records that never met the filter (logged before the handler had it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_id"):
+            record.request_id = "-"
+        return super().format(record)
+
+
 def configure_logging(level: str, fmt: str) -> None:
-    """The root logger's format (text with the request id, or JSON), unless logging was set up already."""
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    if fmt == "json":
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
+    """A stderr handler in LOG_FORMAT (or JSON) with the request id, unless logging was set up already (pytest,
+    an embedding program): then its handlers only gain the request-id filter."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(LOG_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(level)
+    _add_filter(root)
+
+
+def _add_filter(root: logging.Logger) -> None:
+    for handler in root.handlers:
+        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            handler.addFilter(RequestIdFilter())
 
 
 def init_app(app) -> None:
@@ -52,6 +71,4 @@ def init_app(app) -> None:
             response.headers["X-Request-ID"] = g.request_id
         return response
 
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
-            handler.addFilter(RequestIdFilter())
+    _add_filter(logging.getLogger())
