@@ -326,7 +326,8 @@ def teach(bench, field_items):
         clf.base = {k: v for k, v in bench.shipped_base.items() if k != key}
         clf.set_taught({key: feats}, [])
         taught_top1 += scorer.right(row, int(clf.probabilities(test)[0].argmax()))
-        proto_top1 += scorer.right(row, int(bench.probs(test, dataclasses.replace(bench.server, alpha=0.0)).argmax()))
+        proto_alone = dataclasses.replace(bench.server, alpha=0.0, taught_boost=1.0)  # the head, no teaching boost
+        proto_top1 += scorer.right(row, int(bench.probs(test, proto_alone).argmax()))
         # (2) shipped prototype kept: rank before vs after teaching
         clf.base = dict(bench.shipped_base)
         clf.set_taught({}, [])
