@@ -62,7 +62,7 @@ class _State:
     """An immutable snapshot: ranking reads one while teach/forget builds the next (swap under a lock)."""
 
     def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray,
-                 proto_known: np.ndarray, trained_rows: np.ndarray, n_taught: int = 0):
+                 proto_known: np.ndarray, trained_rows: np.ndarray, taught_rows: np.ndarray):
         self.vocab, self.inat_rows, self.proto_rows, self.proto_vectors = vocab, inat_rows, proto_rows, proto_vectors
         # per prototype: False for photos a user taught to a species that already had one (left out of the
         # head weights, so teaching more photos of a known species can only raise it: see README)
@@ -71,15 +71,14 @@ class _State:
         self.column = np.searchsorted(self.entry_rows, proto_rows)  # prototype → its column in entry_rows
         self.taxonomy = Taxonomy.of(vocab)
         self.trained_rows = trained_rows  # vocabulary row of each output of the configured species model
-        self.taught_rows = np.unique(proto_rows[len(proto_known) - n_taught:]) if n_taught else np.zeros(0, np.int64)
+        self.taught_rows = taught_rows  # vocabulary rows of the species users taught (boosted)
 
 
 @dataclass(frozen=True)
 class Fusion:
     """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_POWER, PROTOTYPE_SCALE,
     GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD, LOCATION_PRIOR_POWER, TAUGHT_BOOST), chosen in
-    bench/bench_species.py
-    and bench/bench_location.py."""
+    bench/bench_species.py and bench/bench_location.py."""
 
     alpha: float = 0.7
     power: float = 2.0
@@ -239,8 +238,9 @@ class SpeciesClassifier:
             is_new = key not in self.base and row not in has_inat
             vectors.append(l2n(np.asarray(feats, np.float32).mean(0))), rows.append(row), known.append(is_new)
         proto = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 1), np.float32)
+        taught_rows = np.unique(np.asarray(rows[n_base:], dtype=np.int64))
         return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, np.asarray(known, bool), trained_rows,
-                      n_taught=len(rows) - n_base)
+                      taught_rows)
 
     def vocabulary_size(self) -> int:
         return len(self.state.vocab)
