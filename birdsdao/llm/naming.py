@@ -27,7 +27,7 @@ def names_in(resolver: NameResolver, question: str) -> list[Resolution]:
     norm = normalize(question)
     if has_cjk(question):
         pos = 0
-        for word in segment.words(norm):
+        for word in _merge_heads(resolver, segment.words(norm)):
             start = norm.find(word, pos)
             pos = start + len(word) if start >= 0 else pos
             if len(word) < 2 or not has_cjk(word) or catalog.lookup(word) is not None:
@@ -43,6 +43,18 @@ def names_in(resolver: NameResolver, question: str) -> list[Resolution]:
         if not any(a <= start and end <= b for a, b in unknown_spans):
             found.append((start, resolver.resolve(group.name)))
     return [r for _p, r in sorted(found, key=lambda pr: pr[0])]
+
+
+def _merge_heads(resolver: NameResolver, words: list[str]) -> list[str]:
+    """jieba cuts names it does not know before a lone bird character (渡渡|鸟, 黑脸琵|鹭): join them again."""
+    out: list[str] = []
+    for word in words:
+        if (len(word) == 1 and out and has_cjk(out[-1]) and out[-1] not in STOPWORDS
+                and resolver.is_bird_word(out[-1] + word)):
+            out[-1] += word
+        else:
+            out.append(word)
+    return out
 
 
 def _original(question: str, window: list[str]) -> str | None:

@@ -86,6 +86,10 @@ class NameResolver:
         self.groups: dict[str, Group] = {}
         for row in read_groups() if groups is None else groups:
             members = self._members(row["members"])
+            named = catalog.lookup(row["name"])  # 麻雀, 白鹭 are also one species' name: that one first
+            if named in members:
+                members.remove(named)
+                members.insert(0, named)
             if members:  # a smaller catalogue may have none of a group
                 self.groups[normalize(row["name"])] = Group(row["name"], row["zh"], row["en"], tuple(members))
         self._genera = {s.genus for s in self._species if s.genus}
