@@ -68,11 +68,15 @@ def _english_names(resolver: NameResolver, norm: str, question: str) -> list[tup
     does not hold exactly; the longest such window not starting with a stop word is the name."""
     words = [(m.group(), m.start()) for m in _WORD.finditer(norm) if not has_cjk(m.group())]
     heads = resolver.head_words()
+    genera = resolver.genus_words()
     out = []
     for e, (word, _start) in enumerate(words):
-        if len(word) < 4 or word in STOPWORDS:
+        if len(word) < 3 or word in STOPWORDS:
             continue
-        if word not in heads and not difflib.get_close_matches(word, heads, n=1, cutoff=0.8):
+        latin = e > 0 and len(words[e - 1][0]) >= 4 and difflib.get_close_matches(words[e - 1][0], genera, n=1,
+                                                                                   cutoff=0.85)
+        if (not latin and word not in heads
+                and (len(word) < 4 or not difflib.get_close_matches(word, heads, n=1, cutoff=0.8))):
             continue
         for s in range(max(0, e - 3), e):
             window = [w for w, _p in words[s:e + 1]]

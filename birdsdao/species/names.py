@@ -230,6 +230,10 @@ class NameResolver:
         return sorted(kept, key=lambda g: g[1])
 
 
+    def genus_words(self) -> list[str]:
+        """Catalogue genus names, lower case (the first word of a Latin name)."""
+        return sorted(g.lower() for g in self._genera)
+
     def head_words(self) -> list[str]:
         """English head words of catalogue names ("crane", "eagle")."""
         return [h for h in self._heads if not has_cjk(h)]
