@@ -161,3 +161,11 @@ def test_an_exact_name_is_reported_as_exact_and_the_stream_carries_it(client):
     done = events[-1]
     assert done["done"] and done["name_resolution"]["status"] == "exact"
     assert done["name_resolution"]["species"]["english_name"] == "Bald Eagle"
+
+
+def test_words_for_kinds_of_bird_are_not_missing_names(client):
+    for question in ("这只鸟吃什么", "小鸟吃什么", "猛禽有哪些", "What does a big bird eat?"):
+        body = ask(client, user_input=question)
+        nr = body["name_resolution"]
+        assert nr is None or nr["status"] not in ("missing", "suggestions"), (question, nr)
+        assert not body["response"].startswith(("目录里没有", "big bird")), body["response"]

@@ -15,6 +15,10 @@ from .extractive import STOPWORDS
 MAX_CARDS = 4
 MAX_LISTED = 12
 _WORD = re.compile(r"[^\W\d_]+")
+# Words for kinds of bird, not names of one: never reported as "not in the catalogue".
+GENERIC_ZH = frozenset("鸟 小鸟 大鸟 鸟儿 水鸟 海鸟 候鸟 留鸟 飞鸟 益鸟 野鸟 雏鸟 幼鸟 成鸟 雄鸟 雌鸟 亲鸟 笼鸟 猛禽 鸣禽 "
+                       "涉禽 游禽 攀禽 陆禽 家禽 禽".split())
+_STOP_CHARS = frozenset("我你他她它些的了吗呢吧啊呀么是在有和与及或这那请给下只种个哪什")
 
 
 def names_in(resolver: NameResolver, question: str) -> list[Resolution]:
@@ -26,15 +30,16 @@ def names_in(resolver: NameResolver, question: str) -> list[Resolution]:
     unknown_spans: list[tuple[int, int]] = []
     norm = normalize(question)
     if has_cjk(question):
+        mentions = catalog.find_mentions(norm)
         pos = 0
         for word in _merge_heads(resolver, segment.words(norm)):
             start = norm.find(word, pos)
             pos = start + len(word) if start >= 0 else pos
             if len(word) < 2 or not has_cjk(word) or catalog.lookup(word) is not None:
                 continue
-            if normalize(word) in resolver.groups or not resolver.is_bird_word(word):
+            if word in GENERIC_ZH or normalize(word) in resolver.groups or not resolver.is_bird_word(word):
                 continue
-            if any(a <= start < b for _s, a, b in catalog.find_mentions(norm) if b - a >= len(word)):
+            if any(a <= start < b for _s, a, b in mentions if b - a >= len(word)):
                 continue
             found.append((start, resolver.resolve(word)))
             unknown_spans.append((start, start + len(word)))
@@ -49,7 +54,7 @@ def _merge_heads(resolver: NameResolver, words: list[str]) -> list[str]:
     """jieba cuts names it does not know before a lone bird character (渡渡|鸟, 黑脸琵|鹭): join them again."""
     out: list[str] = []
     for word in words:
-        if (len(word) == 1 and out and has_cjk(out[-1]) and out[-1] not in STOPWORDS
+        if (len(word) == 1 and out and has_cjk(out[-1]) and not set(out[-1]) & _STOP_CHARS
                 and resolver.is_bird_word(out[-1] + word)):
             out[-1] += word
         else:
@@ -85,7 +90,12 @@ def _english_names(resolver: NameResolver, norm: str, question: str) -> list[tup
             name = " ".join(window)
             if resolver.catalog.lookup(name) is not None or resolver.catalog.find_mentions(name):
                 break  # a catalogue name: find_mentions answers it
-            out.append((words[s][1], resolver.resolve(_original(question, window) or name)))
+            original = _original(question, window) or name
+            r = resolver.resolve(original)
+            # "a big bird" is no name: only a capitalised name is said to be missing; a typo above the
+            # threshold is taken either way.
+            if r.status in ("exact", "fuzzy") or original[:1].isupper():
+                out.append((words[s][1], r))
             break
     return out
 
