@@ -212,7 +212,8 @@ class AnswerService:
             found = [self.names.resolve(question)]
         if found:
             resolution = found[0]
-            named = naming.focus_of(resolution) + [sp for sp in named if sp not in naming.focus_of(resolution)]
+            # Species the question names exactly keep their place; the name's own species follow.
+            named = named + [sp for sp in naming.focus_of(resolution) if sp not in named]
         elif named:
             sp, start, end = mentions[0]
             resolution = Resolution(question[start:end], "exact", species=sp, confidence=1.0)
