@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 from ..errors import APIError
 from ..kb.species_kb import SPECIES_KB, card_of, card_species
+from ..species.names import NameResolver, Resolution
 from . import entities as ent
+from . import naming
 from .base import Limits, Passage, Prompt, has_cjk
 from .extractive import NOTHING
 from .prompts import KE_TYPES, PROMPT_TYPES, extraction_from_json, fit
@@ -52,12 +54,14 @@ class Answer:
     warnings: list[str] = field(default_factory=list)
     stopped: str | None = None  # "timeout" | "cancelled" when generation ended early
     extracted: dict = field(default_factory=dict)  # triples / entities / attributes for KE1-3
+    name_resolution: dict | None = None  # how the bird the question names was understood (naming.py)
 
     def to_dict(self, with_response: bool = True) -> dict:
         out = {"model_type": self.model_type, "prompt_type": self.prompt_type, "mode": self.mode,
                "generative": self.generative, "backend_kind": self.backend_kind,
                "sources": [p.to_source() for p in self.sources], "species": self.species,
-               "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()}, **self.extracted}
+               "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+               "name_resolution": self.name_resolution, **self.extracted}
         if with_response:
             out = {"response": self.response, **out}
         if self.kb_name:
@@ -76,6 +80,7 @@ class AnswerService:
         self._services = services
         self.registry = Registry(config, services)
         self.recognizer = ent.EntityRecognizer(self.catalog)
+        self.names = NameResolver(self.catalog) if self.catalog is not None else None
         self.max_input_chars = int(config["LLM_MAX_INPUT_CHARS"])
         self.max_history_turns = int(config["LLM_MAX_HISTORY_TURNS"])
         self.max_history_chars = int(config["LLM_MAX_HISTORY_CHARS"])
@@ -131,7 +136,8 @@ class AnswerService:
         lang = "zh" if has_cjk(question) else "en"
         warnings: list[str] = []
 
-        focus, label_species = self._focus_species(req, question, history, warnings)
+        focus, label_species, resolution = self._focus_species(req, question, history, warnings)
+        unknown_name = resolution is not None and resolution.status in ("suggestions", "missing")
         search_query = question
         if focus and label_species is not None and focus[0] is label_species:
             # A follow-up about the photo ("它吃什么？"): search with the bird's names too.
@@ -148,7 +154,8 @@ class AnswerService:
             passages = self._kb_passages(kb_name, search_query, focus, lang)
         else:
             passages = self._card_passages(focus, lang)
-            if not passages and not backend.generative and req.prompt_type == "chat" and self.kb is not None:
+            if (not passages and not backend.generative and req.prompt_type == "chat" and self.kb is not None
+                    and not unknown_name):
                 # No species named and no model to talk freely: the extractive answer needs documents.
                 try:
                     passages = self._kb_passages(self.default_kb, search_query, focus, lang)
@@ -165,8 +172,10 @@ class AnswerService:
             fit(prompt, backend.count_tokens, backend.context_window, max_new, species_name=name)
         ticket = entry.gate.enter()  # 503 + Retry-After right here when the queue is full
         limits = Limits(max_new_tokens=max_new, deadline=time.monotonic() + self.timeout_s)
-        return Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings, t0=t0,
-                   retrieve_ms=retrieve_ms)
+        job = Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings, t0=t0,
+                  retrieve_ms=retrieve_ms)
+        job.resolution = resolution
+        return job
 
     def _history(self, raw) -> list[tuple[str, str]]:
         if raw is None or raw == "":
@@ -180,34 +189,45 @@ class AnswerService:
         return pairs
 
     def _focus_species(self, req, question, history, warnings):
-        """The species the question is about: those it names, else the photo's (species_label), else the
-        one the conversation last named."""
+        """The species the question is about: those it names (a group name: its catalogue species; a name the
+        catalogue lacks: its genus/family, never a look-alike), else the photo's (species_label), else the one
+        the conversation last named; and the Resolution of the name the question used, if it used one."""
         if self.catalog is None:
             if req.prompt_type == "species" or req.species_label:
                 warnings.append("the species catalogue is unavailable")
-            return [], None
+            return [], None, None
         label_species = None
         if req.species_label:
             label_species = self.catalog.by_label(req.species_label) or self.catalog.resolve(req.species_label)
             if label_species is None:
                 warnings.append(f"unknown species_label '{req.species_label}' ignored")
+        mentions = self.catalog.find_mentions(question)
         named = []
-        for sp, _start, _end in self.catalog.find_mentions(question):
+        for sp, _start, _end in mentions:
             if all(sp.id != s.id for s in named):
                 named.append(sp)
-        if not named and req.prompt_type == "species":
-            resolved = self.catalog.resolve(question)
-            if resolved is not None:
-                named.append(resolved)
-        if label_species is None and not named:
+        resolution = None
+        found = naming.names_in(self.names, question)
+        if not found and not named and req.prompt_type == "species":
+            found = [self.names.resolve(question)]
+        if found:
+            resolution = found[0]
+            # Species the question names exactly keep their place; the name's own species follow.
+            named = named + [sp for sp in naming.focus_of(resolution) if sp not in named]
+        elif named:
+            sp, start, end = mentions[0]
+            resolution = Resolution(question[start:end], "exact", species=sp, confidence=1.0)
+        if label_species is None and not named and resolution is None:
             # "它吃什么？" after a turn about a named bird: the newest species the conversation named.
             for user, _assistant in reversed(history):
                 mentions = self.catalog.find_mentions(user)
                 if mentions:
                     label_species = mentions[0][0]
                     break
-        focus = named[:2] or ([label_species] if label_species is not None else [])
-        return focus, label_species
+        limit = naming.MAX_CARDS if resolution is not None and resolution.status in ("group", "suggestions",
+                                                                                        "missing") else 2
+        focus = named[:limit] or ([label_species] if label_species is not None else [])
+        return focus, label_species, resolution
 
     @staticmethod
     def _names(sp) -> list[str]:
@@ -289,6 +309,7 @@ class Job:
         self.finished = False
         self._stream = None
         self.extracted: dict | None = None
+        self.resolution: Resolution | None = None
 
     def start(self) -> None:
         remaining = self.limits.deadline - time.monotonic()
@@ -301,7 +322,10 @@ class Job:
         if not self.backend.generative and self.prompt.prompt_type in KE_TYPES:
             yield self._extract_without_llm()
             return
-        if not self.backend.generative and self.focus and self.prompt.passages:
+        preface = naming.preface(self.resolution, self.prompt.lang) if self.resolution else ""
+        if preface:
+            yield preface
+        elif not self.backend.generative and self.focus and self.prompt.passages:
             yield self._subject_line()
         self._stream = self.backend.stream(self.prompt, self.limits)
         first = True
@@ -351,8 +375,9 @@ class Job:
             response=text or NOTHING[self.prompt.lang], model_type=self.entry.name,
             prompt_type=self.prompt.prompt_type, mode=self.req.mode, generative=self.backend.generative,
             backend_kind=self.backend.kind, sources=self.prompt.passages, kb_name=self.kb_name,
-            species=self.focus[0].names() if self.focus else None, timings_ms=self.timings_ms,
-            warnings=self.warnings, extracted=extracted or {})
+            species=self._species(), timings_ms=self.timings_ms, warnings=self.warnings,
+            extracted=extracted or {},
+            name_resolution=self.resolution.to_dict() if self.resolution else None)
         if self.limits.cancel.is_set():
             answer.stopped = "cancelled"
         elif self.limits.expired():
@@ -360,6 +385,13 @@ class Job:
             self.service.count("timeouts")
         self.service.count("answers")
         return answer
+
+    def _species(self) -> dict | None:
+        """The one species the answer is about; none for a group or a name the catalogue lacks (its cards are
+        other birds)."""
+        if self.resolution is not None and self.resolution.status not in ("exact", "fuzzy"):
+            return None
+        return self.focus[0].names() if self.focus else None
 
     def _parse_model_json(self, text: str) -> dict:
         extracted, warnings = extraction_from_json(self.prompt.prompt_type, text, self.prompt.question)

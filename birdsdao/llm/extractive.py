@@ -182,6 +182,8 @@ class ExtractiveBackend(Backend):
         best = scores[order[0]]
         for i in order:
             sentence, passage, _, family = candidates[i]
+            if any(sentence == c[0] for c in chosen):
+                continue  # a family overview shared by several cards of the answer: quoted once
             if len(chosen) >= self.max_sentences or (chosen and used + len(sentence) > self.max_chars):
                 break
             # Stop at sentences far weaker than the best one (they are filler, not answer).
