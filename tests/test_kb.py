@@ -83,6 +83,22 @@ def test_create_list_upload_search_delete_round_trip(client):
     assert (r.status_code, r.json["code"]) == (404, "unknown_kb")
 
 
+def test_bundled_species_kb_is_deleted_only_when_the_request_repeats_its_name(client):
+    assert client.post("/kb/create", data={"kb_name": "species"}).status_code == 201
+    client.post("/kb/create", data={"kb_name": "notes"})
+    kbs = {k["kb_name"]: k for k in client.get("/kb/list").json["kbs"]}
+    assert (kbs["species"]["bundled"], kbs["notes"]["bundled"]) == (True, False)
+    for fields in ({}, {"confirm": ""}, {"confirm": "Species"}, {"confirm": "notes"}):
+        r = client.post("/kb/delete", data={"kb_name": "species", **fields})
+        assert (r.status_code, r.json["code"]) == (409, "confirm_required"), fields
+        assert "confirm=species" in r.json["error"] and "bundled" in r.json["error"]
+    assert "species" in {k["kb_name"] for k in client.get("/kb/list").json["kbs"]}
+    assert client.post("/kb/delete", data={"kb_name": "species", "confirm": "species"}).status_code == 200
+    # Any other KB is deleted as before, without confirm.
+    assert client.post("/kb/delete", data={"kb_name": "notes"}).status_code == 200
+    assert client.get("/kb/list").json["kbs"] == []
+
+
 def test_upload_statuses_replace_skip_reject(client):
     client.post("/kb/create", data={"kb_name": "k"})
     r = _upload(client, "k", [("a.txt", "第一版。".encode()), ("evil.exe", b"MZ\x90\x00"), ("empty.txt", b"   ")])
