@@ -561,10 +561,98 @@ def test_kb_page_uploads_files_with_results_and_finds_them_in_search(page, tmp_p
     driver.find_element(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"] button').click()
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"]'))
     assert [kind for kind, _ in driver.execute_script("return window.__dialogs")] == ["confirm"]
-    # And the whole knowledge base.
-    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"] button').click()
-    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"]'))
+    # And the whole knowledge base, once its name is typed out.
+    _delete_kb_typing_its_name(driver, "birds_test")
     assert "birds_test" not in [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#kb-select option")]
+
+
+def _delete_kb_typing_its_name(driver, name):
+    """Click a KB's delete button: the dialog's delete stays disabled until the name is typed exactly."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f'#kb-rows tr[data-kb="{name}"] button').click()
+    dialog = driver.find_element(By.ID, "delete-kb-dialog")
+    wait_for(driver, lambda d: dialog.is_displayed())
+    box, ok = driver.find_element(By.ID, "delete-kb-confirm"), driver.find_element(By.ID, "delete-kb-ok")
+    assert driver.switch_to.active_element == box
+    box.send_keys(name[:-1])
+    assert not ok.is_enabled()
+    box.send_keys(name[-1])
+    wait_for(driver, lambda d: ok.is_enabled())
+    ok.click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, f'#kb-rows tr[data-kb="{name}"]'))
+    assert not dialog.is_displayed()
+
+
+def test_kb_delete_needs_the_name_typed_and_the_bundled_species_kb_says_so(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = page("/kb")
+    _create_kb(driver, "species")
+    row = driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="species"]')
+    assert "bundled" in row.find_element(By.CSS_SELECTOR, "th .badge").text
+    # Escape and Cancel both leave it in place, and send nothing.
+    row.find_element(By.CSS_SELECTOR, "button").click()
+    dialog = driver.find_element(By.ID, "delete-kb-dialog")
+    wait_for(driver, lambda d: dialog.is_displayed())
+    assert "bundled species" in driver.find_element(By.ID, "delete-kb-text").text
+    screenshot(driver, "kb-delete-bundled")
+    driver.find_element(By.ID, "delete-kb-confirm").send_keys("species", Keys.ESCAPE)
+    wait_for(driver, lambda d: not dialog.is_displayed())
+    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="species"] button').click()
+    wait_for(driver, lambda d: dialog.is_displayed())
+    assert driver.find_element(By.ID, "delete-kb-confirm").get_attribute("value") == ""
+    driver.find_element(By.ID, "delete-kb-cancel").click()
+    wait_for(driver, lambda d: not dialog.is_displayed())
+    # Focus goes back to the row's delete button.
+    assert driver.switch_to.active_element.get_attribute("aria-label").startswith("删除知识库 species")
+    assert not [r for r in driver.execute_script("return window.__requests") if r[0] == "/kb/delete"]
+    assert driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="species"]')
+    _delete_kb_typing_its_name(driver, "species")
+    sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/kb/delete"]
+    assert sent == [{"kb_name": "species", "confirm": "species"}]
+    assert_page_clean(driver)
+
+
+LINES_JS = """
+// How many lines each matching cell's text takes (distinct line boxes of its text).
+return [...document.querySelectorAll(arguments[0])].map((cell) => {
+  const range = document.createRange();
+  range.selectNodeContents(cell);
+  const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+  return [cell.textContent, tops.size];
+});
+"""
+
+
+def test_kb_tables_keep_numbers_and_dates_on_one_line_on_a_phone(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/kb")
+    _create_kb(driver, "table_width_check")
+    # A long name and description squeeze the number and date columns as hard as real ones do.
+    doc = tmp_path / ("a_rather_long_document_name_about_the_red_crowned_crane_in_yancheng_" + "x" * 20 + ".txt")
+    doc.write_text("丹顶鹤是大型涉禽，头顶有红色裸皮，冬季在盐城等湿地越冬。\n" * 300, encoding="utf-8")
+    assert _upload(driver, [doc])[doc.name][0] == "added"
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    try:
+        time.sleep(0.3)
+        cells = driver.execute_script(LINES_JS, "#kb-rows td.num, #doc-rows td.num, #doc-rows td.date")
+        assert len(cells) == 5, cells
+        assert all(lines == 1 for _, lines in cells), cells
+        size = driver.find_element(By.CSS_SELECTOR, "#doc-rows td.num:nth-of-type(2)").text
+        assert size.endswith("KB") and any(ch.isdigit() for ch in size), size
+        added = driver.find_element(By.CSS_SELECTOR, "#doc-rows td.date time")
+        assert added.get_attribute("datetime") and len(added.text) <= 20, added.text
+        # The page itself never scrolls sideways (a wide table scrolls inside its own box).
+        widths = driver.execute_script("const e = document.documentElement; return [e.scrollWidth, e.clientWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    screenshot(driver, "kb-tables", scroll_to="#doc-table")
+    assert_page_clean(driver)
 
 
 def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(page, tmp_path):
