@@ -676,6 +676,10 @@ def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(pag
     reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
     reply.find_element(By.CSS_SELECTOR, ".source-link").click()
     assert HOSTILE in driver.find_element(By.ID, "source-text").text
+    # Its score is said for what it is (this KB is searched by reciprocal-rank fusion), with its rank.
+    assert "ranked #1 of " in driver.find_element(By.ID, "source-meta").text
+    score = driver.find_element(By.ID, "source-score").text
+    assert "reciprocal-rank fusion" in score and "not a percentage" in score and "%" not in score, score
     # Nothing it describes exists or ran.
     assert not driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, dialog img, dialog script")
     assert_page_clean(driver)
@@ -698,6 +702,9 @@ def test_citation_marker_opens_the_source_snippet(page):
     wait_for(driver, lambda d: dialog.is_displayed())
     assert driver.find_element(By.ID, "source-title").text.startswith("[1]")
     assert driver.find_element(By.ID, "source-text").text.strip()
+    # The score is explained, never shown bare: a searched passage "… not a percentage", a card "not scored".
+    score = driver.find_element(By.ID, "source-score").text
+    assert "not a percentage" in score or "not scored" in score, score
     screenshot(driver, "chat-citation")
     assert_page_clean(driver)
 

@@ -67,6 +67,8 @@ def test_create_list_upload_search_delete_round_trip(client):
     hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "白头海雕吃什么？", "top_k": 3}).json["hits"]
     assert hits[0]["doc_name"] == "白头海雕.md" and "鱼类" in hits[0]["text"] and hits[0]["heading"] == "白头海雕 Bald Eagle > 食性"
     assert set(hits[0]) >= {"kb_name", "doc_name", "chunk_id", "score", "text"}
+    # The score says what it is: the default reciprocal-rank fusion, at most 2/61 (first in both rankings).
+    assert hits[0]["score_kind"] == "rrf" and 0 < hits[0]["score"] <= round(2 / 61, 4)
     # question-to-question: an English paraphrase of an indexed question returns its answer
     hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "magpie lifespan", "top_k": 1}).json["hits"]
     assert "3 to 5 years" in hits[0]["text"]

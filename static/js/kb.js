@@ -1,7 +1,7 @@
 // The knowledge-base page: list / create / delete knowledge bases, upload several files with a progress bar
 // and a result per file, list and delete documents, and try a search.
 import { getJSON, postForm, uploadWithProgress, describeError } from "./api.js";
-import { h, initChrome, showError, showNotice, hideNotice } from "./ui.js";
+import { h, initChrome, showError, showNotice, hideNotice, describeScore } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const CURRENT_KEY = "birdsdao.kb.current";
@@ -258,7 +258,12 @@ async function search(query) {
       const li = h("li", "hit");
       const head = h("p", "hit-head");
       head.append(h("strong", null, hit.doc_name || "?"));
-      if (typeof hit.score === "number") head.append(h("span", "muted", ` · 相关度 score ${hit.score.toFixed(3)}`));
+      const score = describeScore(hit);
+      if (score) {
+        const span = h("span", "muted", ` · ${score.short}`);
+        span.title = score.long;
+        head.append(span);
+      }
       li.append(head, h("blockquote", "source-text", hit.text || ""));
       hits.append(li);
     }
