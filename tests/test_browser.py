@@ -381,6 +381,42 @@ def test_photo_upload_draws_a_box_and_names_the_species(page):
     assert_page_clean(driver)
 
 
+def _intersect(a, b):
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def test_flock_photo_labels_do_not_cover_one_another(page):
+    """Two waxwings side by side: labels drawn above each box at its left edge would overlap (checked below
+    on the same boxes, so the photo keeps testing something); the page places them apart at both sizes."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.ID, "photo-input").send_keys(str(SHARED / "datasets" / "natural-val" / "Cedar_Waxwing" / "Cedar_Waxwing.jpg"))
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#detections .detection")) >= 2,
+             message="the two waxwings were not both detected")
+    for size in ({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+                 {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}):
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+        wait_for(driver, lambda d: d.execute_script(
+            "const c = document.getElementById('photo-canvas');"
+            "return c.dataset.labels && Math.abs(c.clientWidth - document.getElementById('photo-preview').clientWidth) < 1"))
+        time.sleep(0.3)  # the ResizeObserver's redraw
+        canvas = driver.find_element(By.ID, "photo-canvas")
+        drawn = json.loads(canvas.get_attribute("data-labels"))
+        width, height = driver.execute_script("const c = arguments[0]; return [c.clientWidth, c.clientHeight]", canvas)
+        assert len(drawn) >= 2, drawn
+        labels = [d["label"] for d in drawn]
+        naive = [[d["box"][0], max(d["box"][1] - 20, 0), d["label"][2], 20] for d in drawn]
+        assert any(_intersect(a, b) for i, a in enumerate(naive) for b in naive[i + 1:]), (size, naive)
+        for i, a in enumerate(labels):
+            assert 0 <= a[0] and a[0] + a[2] <= width + 0.5 and 0 <= a[1] and a[1] + a[3] <= height + 0.5, (size, a)
+            for b in labels[i + 1:]:
+                assert not _intersect(a, b), (size, labels)
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    screenshot(driver, "chat-flock", scroll_to="#photo-canvas")
+    assert_page_clean(driver)
+
+
 def test_photo_location_region_or_clicked_geolocation_is_sent_and_the_used_one_shown(page, live_server):
     """The region picker sends ``region``; the browser position is asked for only on the button's click (a
     CDP-emulated position stands in for the device's GPS) and then wins; the text shows what the server used."""
