@@ -284,6 +284,32 @@ def test_text_contrast_and_keyboard_order(page):
     assert focused_style == "solid"
 
 
+def test_phone_navigation_is_bilingual_like_the_desktop_one(page):
+    """At 390 px the top bar still names both pages in Chinese and English, on one row, inside the screen."""
+    from selenium.webdriver.common.by import By
+
+    for path in ("/", "/kb"):
+        driver = page(path)
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+        try:
+            time.sleep(0.3)
+            links = driver.find_elements(By.CSS_SELECTOR, ".topbar nav a")
+            texts = [" ".join(a.text.split()) for a in links]
+            assert texts == ["对话 Chat", "知识库 Knowledge bases"], texts
+            assert all(a.find_element(By.CSS_SELECTOR, "[lang=en]").is_displayed() for a in links)
+            boxes = driver.execute_script(
+                "return [...document.querySelectorAll('.topbar .brand, .topbar nav a')]"
+                ".map((e) => e.getBoundingClientRect()).map((r) => [r.left, r.top, r.right, r.bottom])")
+            viewport = driver.execute_script("return document.documentElement.clientWidth")
+            assert all(0 <= b[0] and b[2] <= viewport for b in boxes), (boxes, viewport)
+            assert len({round(b[1]) for b in boxes[1:]}) == 1, boxes  # the links side by side
+        finally:
+            driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    screenshot(driver, "kb-nav", scroll_to=".topbar")
+    assert_page_clean(driver)
+
+
 # ---------------------------------------------------------------- chat (needs the llm branch)
 
 def test_send_message_shows_user_and_reply_bubbles(page):
@@ -369,6 +395,8 @@ def test_photo_upload_draws_a_box_and_names_the_species(page):
     names = cards[0].find_elements(By.CSS_SELECTOR, ".species-name")
     assert 1 <= len(names) <= 5 and names[0].text.strip()
     assert "%" in cards[0].find_element(By.CSS_SELECTOR, ".conf").text
+    title = cards[0].find_element(By.CSS_SELECTOR, "h3").text
+    assert "整张照片 whole photo" in title or "检测置信度 detection confidence" in title, title
     # The canvas over the photo has coloured box pixels drawn on it.
     painted = driver.execute_script("""
         const c = document.getElementById('photo-canvas');

@@ -174,7 +174,7 @@ export function initPhoto({ onAsk, onResult }) {
       if (det.box_confidence === null || det.box_confidence === undefined) {
         title.append(h("span", "muted", " · 整张照片 whole photo"));
       } else {
-        title.append(h("span", "muted", ` · 检测置信度 ${percent(det.box_confidence)}`));
+        title.append(h("span", "muted", ` · 检测置信度 detection confidence ${percent(det.box_confidence)}`));
       }
       card.append(title);
       const answer = describeAnswer(det.answer);
