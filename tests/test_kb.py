@@ -59,7 +59,7 @@ def test_create_list_upload_search_delete_round_trip(client):
 
     kbs = {k["kb_name"]: k for k in client.get("/kb/list").json["kbs"]}
     assert kbs["鸟类笔记"]["docs"] == 2 and kbs["鸟类笔记"]["embed_model"] == "e5-small"
-    assert set(kbs["鸟类笔记"]) == {"kb_name", "description", "docs", "chunks", "embed_model", "updated_at"}
+    assert set(kbs["鸟类笔记"]) == {"kb_name", "description", "docs", "chunks", "embed_model", "updated_at", "bundled"}
     assert kbs["鸟类笔记"]["chunks"] == 2 + r.json["files"][0]["chunks"] and kbs["鸟类笔记"]["description"] == "club notes"
     docs = client.get("/kb/docs", query_string={"kb_name": "鸟类笔记"}).json["docs"]
     assert {d["doc_name"] for d in docs} == {"白头海雕.md", "qa.jsonl"} and all(d["bytes"] > 0 for d in docs)
