@@ -284,6 +284,32 @@ def test_text_contrast_and_keyboard_order(page):
     assert focused_style == "solid"
 
 
+def test_phone_navigation_is_bilingual_like_the_desktop_one(page):
+    """At 390 px the top bar still names both pages in Chinese and English, on one row, inside the screen."""
+    from selenium.webdriver.common.by import By
+
+    for path in ("/", "/kb"):
+        driver = page(path)
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+        try:
+            time.sleep(0.3)
+            links = driver.find_elements(By.CSS_SELECTOR, ".topbar nav a")
+            texts = [" ".join(a.text.split()) for a in links]
+            assert texts == ["对话 Chat", "知识库 Knowledge bases"], texts
+            assert all(a.find_element(By.CSS_SELECTOR, "[lang=en]").is_displayed() for a in links)
+            boxes = driver.execute_script(
+                "return [...document.querySelectorAll('.topbar .brand, .topbar nav a')]"
+                ".map((e) => e.getBoundingClientRect()).map((r) => [r.left, r.top, r.right, r.bottom])")
+            viewport = driver.execute_script("return document.documentElement.clientWidth")
+            assert all(0 <= b[0] and b[2] <= viewport for b in boxes), (boxes, viewport)
+            assert len({round(b[1]) for b in boxes[1:]}) == 1, boxes  # the links side by side
+        finally:
+            driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    screenshot(driver, "kb-nav", scroll_to=".topbar")
+    assert_page_clean(driver)
+
+
 # ---------------------------------------------------------------- chat (needs the llm branch)
 
 def test_send_message_shows_user_and_reply_bubbles(page):
@@ -369,6 +395,8 @@ def test_photo_upload_draws_a_box_and_names_the_species(page):
     names = cards[0].find_elements(By.CSS_SELECTOR, ".species-name")
     assert 1 <= len(names) <= 5 and names[0].text.strip()
     assert "%" in cards[0].find_element(By.CSS_SELECTOR, ".conf").text
+    title = cards[0].find_element(By.CSS_SELECTOR, "h3").text
+    assert "整张照片 whole photo" in title or "检测置信度 detection confidence" in title, title
     # The canvas over the photo has coloured box pixels drawn on it.
     painted = driver.execute_script("""
         const c = document.getElementById('photo-canvas');
@@ -378,6 +406,42 @@ def test_photo_upload_draws_a_box_and_names_the_species(page):
     """)
     assert painted[0] > 0 and painted[2] > 100, painted
     screenshot(driver, "chat-photo")
+    assert_page_clean(driver)
+
+
+def _intersect(a, b):
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def test_flock_photo_labels_do_not_cover_one_another(page):
+    """Two waxwings side by side: labels drawn above each box at its left edge would overlap (checked below
+    on the same boxes, so the photo keeps testing something); the page places them apart at both sizes."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.ID, "photo-input").send_keys(str(SHARED / "datasets" / "natural-val" / "Cedar_Waxwing" / "Cedar_Waxwing.jpg"))
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#detections .detection")) >= 2,
+             message="the two waxwings were not both detected")
+    for size in ({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+                 {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}):
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+        wait_for(driver, lambda d: d.execute_script(
+            "const c = document.getElementById('photo-canvas');"
+            "return c.dataset.labels && Math.abs(c.clientWidth - document.getElementById('photo-preview').clientWidth) < 1"))
+        time.sleep(0.3)  # the ResizeObserver's redraw
+        canvas = driver.find_element(By.ID, "photo-canvas")
+        drawn = json.loads(canvas.get_attribute("data-labels"))
+        width, height = driver.execute_script("const c = arguments[0]; return [c.clientWidth, c.clientHeight]", canvas)
+        assert len(drawn) >= 2, drawn
+        labels = [d["label"] for d in drawn]
+        naive = [[d["box"][0], max(d["box"][1] - 20, 0), d["label"][2], 20] for d in drawn]
+        assert any(_intersect(a, b) for i, a in enumerate(naive) for b in naive[i + 1:]), (size, naive)
+        for i, a in enumerate(labels):
+            assert 0 <= a[0] and a[0] + a[2] <= width + 0.5 and 0 <= a[1] and a[1] + a[3] <= height + 0.5, (size, a)
+            for b in labels[i + 1:]:
+                assert not _intersect(a, b), (size, labels)
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    screenshot(driver, "chat-flock", scroll_to="#photo-canvas")
     assert_page_clean(driver)
 
 
@@ -561,10 +625,98 @@ def test_kb_page_uploads_files_with_results_and_finds_them_in_search(page, tmp_p
     driver.find_element(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"] button').click()
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#doc-rows tr[data-doc="crane.txt"]'))
     assert [kind for kind, _ in driver.execute_script("return window.__dialogs")] == ["confirm"]
-    # And the whole knowledge base.
-    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"] button').click()
-    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="birds_test"]'))
+    # And the whole knowledge base, once its name is typed out.
+    _delete_kb_typing_its_name(driver, "birds_test")
     assert "birds_test" not in [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#kb-select option")]
+
+
+def _delete_kb_typing_its_name(driver, name):
+    """Click a KB's delete button: the dialog's delete stays disabled until the name is typed exactly."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f'#kb-rows tr[data-kb="{name}"] button').click()
+    dialog = driver.find_element(By.ID, "delete-kb-dialog")
+    wait_for(driver, lambda d: dialog.is_displayed())
+    box, ok = driver.find_element(By.ID, "delete-kb-confirm"), driver.find_element(By.ID, "delete-kb-ok")
+    assert driver.switch_to.active_element == box
+    box.send_keys(name[:-1])
+    assert not ok.is_enabled()
+    box.send_keys(name[-1])
+    wait_for(driver, lambda d: ok.is_enabled())
+    ok.click()
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, f'#kb-rows tr[data-kb="{name}"]'))
+    assert not dialog.is_displayed()
+
+
+def test_kb_delete_needs_the_name_typed_and_the_bundled_species_kb_says_so(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = page("/kb")
+    _create_kb(driver, "species")
+    row = driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="species"]')
+    assert "bundled" in row.find_element(By.CSS_SELECTOR, "th .badge").text
+    # Escape and Cancel both leave it in place, and send nothing.
+    row.find_element(By.CSS_SELECTOR, "button").click()
+    dialog = driver.find_element(By.ID, "delete-kb-dialog")
+    wait_for(driver, lambda d: dialog.is_displayed())
+    assert "bundled species" in driver.find_element(By.ID, "delete-kb-text").text
+    screenshot(driver, "kb-delete-bundled")
+    driver.find_element(By.ID, "delete-kb-confirm").send_keys("species", Keys.ESCAPE)
+    wait_for(driver, lambda d: not dialog.is_displayed())
+    driver.find_element(By.CSS_SELECTOR, '#kb-rows tr[data-kb="species"] button').click()
+    wait_for(driver, lambda d: dialog.is_displayed())
+    assert driver.find_element(By.ID, "delete-kb-confirm").get_attribute("value") == ""
+    driver.find_element(By.ID, "delete-kb-cancel").click()
+    wait_for(driver, lambda d: not dialog.is_displayed())
+    # Focus goes back to the row's delete button.
+    assert driver.switch_to.active_element.get_attribute("aria-label").startswith("删除知识库 species")
+    assert not [r for r in driver.execute_script("return window.__requests") if r[0] == "/kb/delete"]
+    assert driver.find_elements(By.CSS_SELECTOR, '#kb-rows tr[data-kb="species"]')
+    _delete_kb_typing_its_name(driver, "species")
+    sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/kb/delete"]
+    assert sent == [{"kb_name": "species", "confirm": "species"}]
+    assert_page_clean(driver)
+
+
+LINES_JS = """
+// How many lines each matching cell's text takes (distinct line boxes of its text).
+return [...document.querySelectorAll(arguments[0])].map((cell) => {
+  const range = document.createRange();
+  range.selectNodeContents(cell);
+  const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+  return [cell.textContent, tops.size];
+});
+"""
+
+
+def test_kb_tables_keep_numbers_and_dates_on_one_line_on_a_phone(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = page("/kb")
+    _create_kb(driver, "table_width_check")
+    # A long name and description squeeze the number and date columns as hard as real ones do.
+    doc = tmp_path / ("a_rather_long_document_name_about_the_red_crowned_crane_in_yancheng_" + "x" * 20 + ".txt")
+    doc.write_text("丹顶鹤是大型涉禽，头顶有红色裸皮，冬季在盐城等湿地越冬。\n" * 300, encoding="utf-8")
+    assert _upload(driver, [doc])[doc.name][0] == "added"
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    try:
+        time.sleep(0.3)
+        cells = driver.execute_script(LINES_JS, "#kb-rows td.num, #doc-rows td.num, #doc-rows td.date")
+        assert len(cells) == 5, cells
+        assert all(lines == 1 for _, lines in cells), cells
+        size = driver.find_element(By.CSS_SELECTOR, "#doc-rows td.num:nth-of-type(2)").text
+        assert size.endswith("KB") and any(ch.isdigit() for ch in size), size
+        added = driver.find_element(By.CSS_SELECTOR, "#doc-rows td.date time")
+        assert added.get_attribute("datetime") and len(added.text) <= 20, added.text
+        # The page itself never scrolls sideways (a wide table scrolls inside its own box).
+        widths = driver.execute_script("const e = document.documentElement; return [e.scrollWidth, e.clientWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    screenshot(driver, "kb-tables", scroll_to="#doc-table")
+    assert_page_clean(driver)
 
 
 def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(page, tmp_path):
@@ -588,6 +740,10 @@ def test_hostile_document_quoted_in_a_reply_renders_as_text_and_runs_nothing(pag
     reply.find_element(By.CSS_SELECTOR, ".sources summary").click()
     reply.find_element(By.CSS_SELECTOR, ".source-link").click()
     assert HOSTILE in driver.find_element(By.ID, "source-text").text
+    # Its score is said for what it is (this KB is searched by reciprocal-rank fusion), with its rank.
+    assert "ranked #1 of " in driver.find_element(By.ID, "source-meta").text
+    score = driver.find_element(By.ID, "source-score").text
+    assert "reciprocal-rank fusion" in score and "not a percentage" in score and "%" not in score, score
     # Nothing it describes exists or ran.
     assert not driver.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, dialog img, dialog script")
     assert_page_clean(driver)
@@ -610,6 +766,9 @@ def test_citation_marker_opens_the_source_snippet(page):
     wait_for(driver, lambda d: dialog.is_displayed())
     assert driver.find_element(By.ID, "source-title").text.startswith("[1]")
     assert driver.find_element(By.ID, "source-text").text.strip()
+    # The score is explained, never shown bare: a searched passage "… not a percentage", a card "not scored".
+    score = driver.find_element(By.ID, "source-score").text
+    assert "not a percentage" in score or "not scored" in score, score
     screenshot(driver, "chat-citation")
     assert_page_clean(driver)
 

@@ -59,7 +59,7 @@ def test_create_list_upload_search_delete_round_trip(client):
 
     kbs = {k["kb_name"]: k for k in client.get("/kb/list").json["kbs"]}
     assert kbs["鸟类笔记"]["docs"] == 2 and kbs["鸟类笔记"]["embed_model"] == "e5-small"
-    assert set(kbs["鸟类笔记"]) == {"kb_name", "description", "docs", "chunks", "embed_model", "updated_at"}
+    assert set(kbs["鸟类笔记"]) == {"kb_name", "description", "docs", "chunks", "embed_model", "updated_at", "bundled"}
     assert kbs["鸟类笔记"]["chunks"] == 2 + r.json["files"][0]["chunks"] and kbs["鸟类笔记"]["description"] == "club notes"
     docs = client.get("/kb/docs", query_string={"kb_name": "鸟类笔记"}).json["docs"]
     assert {d["doc_name"] for d in docs} == {"白头海雕.md", "qa.jsonl"} and all(d["bytes"] > 0 for d in docs)
@@ -67,6 +67,8 @@ def test_create_list_upload_search_delete_round_trip(client):
     hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "白头海雕吃什么？", "top_k": 3}).json["hits"]
     assert hits[0]["doc_name"] == "白头海雕.md" and "鱼类" in hits[0]["text"] and hits[0]["heading"] == "白头海雕 Bald Eagle > 食性"
     assert set(hits[0]) >= {"kb_name", "doc_name", "chunk_id", "score", "text"}
+    # The score says what it is: the default reciprocal-rank fusion, at most 2/61 (first in both rankings).
+    assert hits[0]["score_kind"] == "rrf" and 0 < hits[0]["score"] <= round(2 / 61, 4)
     # question-to-question: an English paraphrase of an indexed question returns its answer
     hits = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "magpie lifespan", "top_k": 1}).json["hits"]
     assert "3 to 5 years" in hits[0]["text"]
@@ -81,6 +83,22 @@ def test_create_list_upload_search_delete_round_trip(client):
     assert client.get("/kb/list").json["kbs"] == []
     r = client.post("/kb/search", data={"kb_name": "鸟类笔记", "query": "x"})
     assert (r.status_code, r.json["code"]) == (404, "unknown_kb")
+
+
+def test_bundled_species_kb_is_deleted_only_when_the_request_repeats_its_name(client):
+    assert client.post("/kb/create", data={"kb_name": "species"}).status_code == 201
+    client.post("/kb/create", data={"kb_name": "notes"})
+    kbs = {k["kb_name"]: k for k in client.get("/kb/list").json["kbs"]}
+    assert (kbs["species"]["bundled"], kbs["notes"]["bundled"]) == (True, False)
+    for fields in ({}, {"confirm": ""}, {"confirm": "Species"}, {"confirm": "notes"}):
+        r = client.post("/kb/delete", data={"kb_name": "species", **fields})
+        assert (r.status_code, r.json["code"]) == (409, "confirm_required"), fields
+        assert "confirm=species" in r.json["error"] and "bundled" in r.json["error"]
+    assert "species" in {k["kb_name"] for k in client.get("/kb/list").json["kbs"]}
+    assert client.post("/kb/delete", data={"kb_name": "species", "confirm": "species"}).status_code == 200
+    # Any other KB is deleted as before, without confirm.
+    assert client.post("/kb/delete", data={"kb_name": "notes"}).status_code == 200
+    assert client.get("/kb/list").json["kbs"] == []
 
 
 def test_upload_statuses_replace_skip_reject(client):

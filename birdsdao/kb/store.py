@@ -65,12 +65,17 @@ class Hit:
     score: float
     text: str
     heading: str = ""
+    # What ``score`` is: the search mode that made it (rrf | vector | bm25 | weighted, see search.fuse), so a
+    # reader is told "reciprocal-rank fusion, at most ≈0.033", not left to read 0.03 as 3 %.
+    score_kind: str = ""
 
     def to_dict(self) -> dict:
         out = {"kb_name": self.kb_name, "doc_name": self.doc_name, "chunk_id": self.chunk_id,
                "score": round(self.score, 4), "text": self.text}
         if self.heading:
             out["heading"] = self.heading
+        if self.score_kind:
+            out["score_kind"] = self.score_kind
         return out
 
 
@@ -406,7 +411,7 @@ class KnowledgeBase:
         hits = []
         for row, score in fuse(mode, vector_hits, bm25_hits, top_k):
             c = snap.chunks[row]
-            hits.append(Hit(self.name, c["doc"], _chunk_id(c), score, c["text"], c.get("heading", "")))
+            hits.append(Hit(self.name, c["doc"], _chunk_id(c), score, c["text"], c.get("heading", ""), mode))
         return hits
 
     def as_langchain(self):

@@ -247,7 +247,7 @@ class AnswerService:
             return None
         name, text = card
         return Passage(number=number, text=text, kb_name=SPECIES_KB, doc_name=name, chunk_id=f"{name}#card",
-                       score=1.0, heading=ent.display_name(sp, lang), species_id=sp.id)
+                       score=1.0, heading=ent.display_name(sp, lang), species_id=sp.id, score_kind="card")
 
     def _kb_passages(self, kb_name, query, focus, lang) -> list[Passage]:
         is_species_kb = kb_name == SPECIES_KB and self.catalog is not None
@@ -267,7 +267,7 @@ class AnswerService:
             sp = self.card_docs.get(hit.doc_name) if is_species_kb else None
             passages.append(Passage(number=0, text=hit.text, kb_name=hit.kb_name, doc_name=hit.doc_name,
                                     chunk_id=hit.chunk_id, score=hit.score, heading=hit.heading or None,
-                                    species_id=sp.id if sp else None))
+                                    species_id=sp.id if sp else None, score_kind=getattr(hit, "score_kind", None) or None))
         if is_species_kb and focus:
             # A question about a named bird: other birds' cards are off-subject (their sentences would answer
             # for the wrong species).

@@ -25,6 +25,7 @@ class Passage:
     score: float
     heading: str | None = None
     species_id: str | None = None
+    score_kind: str | None = None  # the KB hit's (Hit.score_kind); "card": a species card picked by name, unscored
 
     def to_source(self) -> dict:
         out = {"kb_name": self.kb_name, "doc_name": self.doc_name, "chunk_id": self.chunk_id,
@@ -33,6 +34,8 @@ class Passage:
             out["heading"] = self.heading
         if self.species_id:
             out["species_id"] = self.species_id
+        if self.score_kind:
+            out["score_kind"] = self.score_kind
         return out
 
 

@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ..errors import APIError
 from ..kb.names import validate_doc_name, validate_kb_name
+from ..kb.species_kb import SPECIES_KB
 from ..security import require_token
 from ..services import get_service
 from .wsgi import client_gone
@@ -21,7 +22,8 @@ def _kb_name() -> str:
 
 @bp.get("/list")
 def list_kbs():
-    return {"kbs": get_service("kb").list()}
+    # ``bundled``: the species KB this server builds from its cards (deleting it needs ``confirm``).
+    return {"kbs": [dict(kb, bundled=kb.get("kb_name") == SPECIES_KB) for kb in get_service("kb").list()]}
 
 
 @bp.post("/create")
@@ -37,6 +39,10 @@ def create():
 @require_token
 def delete():
     name = _kb_name()
+    # The bundled species KB is one click from gone and hours to rebuild: the request must repeat its name.
+    if name == SPECIES_KB and text_field("confirm", default="", max_len=256) != name:
+        raise APIError(409, "confirm_required",
+                       f"“{name}” is the bundled species knowledge base; to delete it, send confirm={name}")
     get_service("kb").delete(name)
     return {"kb_name": name, "deleted": True}
 

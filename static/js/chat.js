@@ -4,7 +4,7 @@ import { getJSON, postStream, describeError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { initPhoto, speciesName } from "./photo.js";
 import { initTeach } from "./teach.js";
-import { h, initChrome, showError, hideNotice } from "./ui.js";
+import { h, initChrome, showError, hideNotice, describeScore, scoreRank } from "./ui.js";
 
 const STORE_KEY = "birdsdao.chat";
 const PREFS_KEY = "birdsdao.prefs";
@@ -154,7 +154,8 @@ function sourceList(msg, index) {
     button.dataset.cite = String(i + 1);
     button.dataset.msg = String(index);
     li.append(button);
-    if (typeof src.score === "number") li.append(h("span", "muted", ` ${src.score.toFixed(2)}`));
+    const score = describeScore(src);
+    if (score) li.append(h("span", "muted", ` · ${score.short}`));
     ol.append(li);
   });
   details.append(ol);
@@ -325,9 +326,13 @@ function openSource(msgIndex, n, opener) {
   if (!src) return;
   const dialog = $("source-dialog");
   $("source-title").textContent = `[${n}] ${src.doc_name || "?"}`;
+  const rank = scoreRank(src, msg.sources);
   const meta = [src.kb_name && `知识库 ${src.kb_name}`, src.chunk_id && `片段 ${src.chunk_id}`,
-    typeof src.score === "number" && `相关度 score ${src.score.toFixed(2)}`].filter(Boolean).join(" · ");
+    rank && `第 ${rank.rank} / ${rank.of} 名 ranked #${rank.rank} of ${rank.of}`].filter(Boolean).join(" · ");
   $("source-meta").textContent = meta;
+  const score = describeScore(src);
+  $("source-score").textContent = score ? score.long : "";
+  $("source-score").hidden = !score;
   $("source-text").textContent = src.text || "";
   dialog.addEventListener("close", () => opener && opener.focus(), { once: true });
   dialog.showModal();

@@ -1,7 +1,7 @@
 // The knowledge-base page: list / create / delete knowledge bases, upload several files with a progress bar
 // and a result per file, list and delete documents, and try a search.
 import { getJSON, postForm, uploadWithProgress, describeError } from "./api.js";
-import { h, initChrome, showError, showNotice, hideNotice } from "./ui.js";
+import { h, initChrome, showError, showNotice, hideNotice, describeScore } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const CURRENT_KEY = "birdsdao.kb.current";
@@ -24,10 +24,25 @@ function formatBytes(n) {
   return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
-function formatTime(t) {
-  if (t === undefined || t === null || t === "") return "";
+function toDate(t) {
+  if (t === undefined || t === null || t === "") return null;
   const date = typeof t === "number" ? new Date(t * (t < 1e12 ? 1000 : 1)) : new Date(t);
-  return Number.isNaN(date.getTime()) ? String(t) : date.toLocaleString();
+  return Number.isNaN(date.getTime()) ? null : date;
+}
+
+/** A table cell with the date on one line in the reader's short format ("2026/12/6 05:47"); the full one on hover. */
+function timeCell(t) {
+  const td = h("td", "date");
+  const date = toDate(t);
+  if (!date) {
+    td.textContent = t === undefined || t === null ? "" : String(t);
+    return td;
+  }
+  const time = h("time", null, date.toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" }));
+  time.dateTime = date.toISOString();
+  time.title = date.toLocaleString();
+  td.append(time);
+  return td;
 }
 
 function actionButton(text, label, onClick) {
@@ -51,9 +66,12 @@ async function refreshKbs(select) {
   for (const kb of kbs) {
     const tr = h("tr");
     tr.dataset.kb = kb.kb_name;
-    tr.append(h("th", null, kb.kb_name), h("td", null, kb.description || ""), h("td", "num", kb.docs ?? ""), h("td", "num", kb.chunks ?? ""));
+    const name = h("th", null, kb.kb_name);
+    if (kb.bundled) name.append(" ", h("span", "badge", "内置 bundled"));
+    tr.append(name, h("td", null, kb.description || ""), h("td", "num", kb.docs ?? ""), h("td", "num", kb.chunks ?? ""));
     const cell = h("td");
-    cell.append(actionButton("删除", `删除知识库 ${kb.kb_name} Delete knowledge base`, () => deleteKb(kb.kb_name)));
+    const del = actionButton("删除", `删除知识库 ${kb.kb_name} Delete knowledge base`, () => deleteKb(kb, del));
+    cell.append(del);
     tr.querySelector("th").scope = "row";
     tr.append(cell);
     rows.append(tr);
@@ -93,7 +111,7 @@ async function refreshDocs() {
     tr.dataset.doc = doc.doc_name;
     const name = h("th", null, doc.doc_name);
     name.scope = "row";
-    tr.append(name, h("td", "num", doc.chunks ?? ""), h("td", "num", formatBytes(doc.bytes)), h("td", null, formatTime(doc.added_at)));
+    tr.append(name, h("td", "num", doc.chunks ?? ""), h("td", "num", formatBytes(doc.bytes)), timeCell(doc.added_at));
     const cell = h("td");
     cell.append(actionButton("删除", `删除文档 ${doc.doc_name} Delete document`, () => deleteDoc(kb, doc.doc_name)));
     tr.append(cell);
@@ -101,10 +119,51 @@ async function refreshDocs() {
   }
 }
 
-async function deleteKb(name) {
-  if (!window.confirm(`确定删除知识库“${name}”及其全部文档？\nDelete knowledge base "${name}" and all its documents?`)) return;
+/** Ask for the KB's name typed out before deleting it (a misclick on a row of delete buttons loses a whole
+ * KB); → the typed name, or null when cancelled. The bundled species KB also needs it server-side. */
+function confirmKbName(kb, opener) {
+  const dialog = $("delete-kb-dialog");
+  const input = $("delete-kb-confirm");
+  const ok = $("delete-kb-ok");
+  const text = $("delete-kb-text");
+  text.replaceChildren(`将删除知识库“${kb.kb_name}”及其全部文档（${kb.docs ?? "?"} 个），无法撤销。`
+    + ` Deletes "${kb.kb_name}" and all its documents; this cannot be undone.`);
+  if (kb.bundled) {
+    text.append(h("strong", "bundled-warning", " 这是内置的物种知识库，重建需要很长时间。"
+      + " This is the bundled species knowledge base; rebuilding it takes a long time."));
+  }
+  input.value = "";
+  input.placeholder = kb.kb_name;
+  ok.disabled = true;
+  const sync = () => { ok.disabled = input.value.trim() !== kb.kb_name; };
+  input.addEventListener("input", sync);
+  return new Promise((resolve) => {
+    const onCancel = () => dialog.close("cancel");
+    $("delete-kb-cancel").addEventListener("click", onCancel);
+    const onSubmit = (e) => {
+      if (ok.disabled) e.preventDefault();
+      else dialog.returnValue = "ok";
+    };
+    $("delete-kb-form").addEventListener("submit", onSubmit);
+    dialog.addEventListener("close", () => {
+      input.removeEventListener("input", sync);
+      $("delete-kb-cancel").removeEventListener("click", onCancel);
+      $("delete-kb-form").removeEventListener("submit", onSubmit);
+      if (opener && opener.isConnected) opener.focus();
+      resolve(dialog.returnValue === "ok" ? input.value.trim() : null);
+    }, { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+async function deleteKb(kb, opener) {
+  const typed = await confirmKbName(kb, opener);
+  if (typed === null) return;
+  const name = kb.kb_name;
   try {
-    await postForm("/kb/delete", { kb_name: name });
+    await postForm("/kb/delete", { kb_name: name, confirm: typed });
     showNotice(`已删除知识库 ${name}。Deleted.`, "info");
     await refreshKbs();
   } catch (err) {
@@ -199,7 +258,12 @@ async function search(query) {
       const li = h("li", "hit");
       const head = h("p", "hit-head");
       head.append(h("strong", null, hit.doc_name || "?"));
-      if (typeof hit.score === "number") head.append(h("span", "muted", ` · 相关度 score ${hit.score.toFixed(3)}`));
+      const score = describeScore(hit);
+      if (score) {
+        const span = h("span", "muted", ` · ${score.short}`);
+        span.title = score.long;
+        head.append(span);
+      }
       li.append(head, h("blockquote", "source-text", hit.text || ""));
       hits.append(li);
     }

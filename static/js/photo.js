@@ -16,6 +16,28 @@ function percent(x) {
   return typeof x === "number" ? `${(x * 100).toFixed(x >= 0.995 || x < 0.1 ? 1 : 0)}%` : "";
 }
 
+const LABEL_H = 20;
+
+function overlaps(a, b) {
+  return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+}
+
+/** Where a box's label goes: above the box, else inside its top edge, else lower inside it, else below it,
+ * else the first free row anywhere; always within the canvas and clear of every label in ``placed``. */
+export function placeLabel(box, w, width, height, placed) {
+  const x = Math.min(Math.max(0, box.x), Math.max(0, width - w));
+  const rows = [box.y - LABEL_H, box.y];
+  for (let y = box.y + LABEL_H + 1; y + LABEL_H <= box.y + box.h; y += LABEL_H + 1) rows.push(y);
+  rows.push(box.y + box.h);
+  for (let y = 0; y + LABEL_H <= height; y += LABEL_H + 1) rows.push(y);
+  for (const row of rows) {
+    const y = Math.min(Math.max(0, row), Math.max(0, height - LABEL_H));
+    const rect = { x, y, w, h: LABEL_H };
+    if (!placed.some((p) => overlaps(p, rect))) return rect;
+  }
+  return { x, y: Math.max(0, Math.min(box.y, height - LABEL_H)), w, h: LABEL_H }; // no free row: over the box
+}
+
 /** The server's answer when it is not a confident species: "一种鸥 a gull (Larus) 93%, most likely …". */
 export function describeAnswer(answer) {
   if (!answer) return "";
@@ -104,29 +126,38 @@ export function initPhoto({ onAsk, onResult }) {
     canvas.style.height = `${height}px`;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
+    delete canvas.dataset.labels;
     if (!result || !result.is_bird || !result.image || !width) return;
     // Boxes are in the uploaded image's pixels; the preview is scaled to fit the panel.
     const sx = width / result.image.width;
     const sy = height / result.image.height;
     ctx.font = "600 13px system-ui, sans-serif";
     ctx.textBaseline = "top";
-    result.detections.forEach((det, i) => {
+    const boxes = result.detections.map((det) => {
       const [x1, y1, x2, y2] = det.box;
-      const color = COLORS[i % COLORS.length];
-      const x = x1 * sx, y = y1 * sy, w = (x2 - x1) * sx, hgt = (y2 - y1) * sy;
-      ctx.lineWidth = 3;
-      ctx.strokeStyle = color;
-      ctx.strokeRect(x, y, w, hgt);
+      return { x: x1 * sx, y: y1 * sy, w: (x2 - x1) * sx, h: (y2 - y1) * sy };
+    });
+    ctx.lineWidth = 3;
+    boxes.forEach((b, i) => {
+      ctx.strokeStyle = COLORS[i % COLORS.length];
+      ctx.strokeRect(b.x, b.y, b.w, b.h);
+    });
+    // Labels after all boxes (so none is drawn over), each where it meets no earlier label: birds in a flock
+    // sit close and labels above each box would cover one another.
+    const placed = [];
+    result.detections.forEach((det, i) => {
       const top = det.species && det.species[0];
       const label = `${i + 1} ${top ? speciesName(top) : "?"} ${top ? percent(top.confidence) : ""}`.trim();
-      const textWidth = ctx.measureText(label).width + 8;
-      const ly = y >= 20 ? y - 20 : y;
-      const lx = Math.min(Math.max(0, x), Math.max(0, width - textWidth));
-      ctx.fillStyle = color;
-      ctx.fillRect(lx, ly, textWidth, 20);
+      const rect = placeLabel(boxes[i], ctx.measureText(label).width + 8, width, height, placed);
+      placed.push(rect);
+      ctx.fillStyle = COLORS[i % COLORS.length];
+      ctx.fillRect(rect.x, rect.y, rect.w, rect.h);
       ctx.fillStyle = "#fff";
-      ctx.fillText(label, lx + 4, ly + 3);
+      ctx.fillText(label, rect.x + 4, rect.y + 3);
     });
+    // For the page's tests (and anyone curious): where each box and label went, in CSS pixels.
+    const round = (r) => [r.x, r.y, r.w, r.h].map((v) => Math.round(v * 10) / 10);
+    canvas.dataset.labels = JSON.stringify(placed.map((r, i) => ({ label: round(r), box: round(boxes[i]) })));
   }
 
   function renderList() {
@@ -143,7 +174,7 @@ export function initPhoto({ onAsk, onResult }) {
       if (det.box_confidence === null || det.box_confidence === undefined) {
         title.append(h("span", "muted", " · 整张照片 whole photo"));
       } else {
-        title.append(h("span", "muted", ` · 检测置信度 ${percent(det.box_confidence)}`));
+        title.append(h("span", "muted", ` · 检测置信度 detection confidence ${percent(det.box_confidence)}`));
       }
       card.append(title);
       const answer = describeAnswer(det.answer);
