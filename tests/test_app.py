@@ -206,3 +206,22 @@ def test_metrics_report_answer_queues_and_upload_jobs(make_app):
     assert 'birdsdao_llm_running{backend="extractive"} 0.0' in text
     assert 'birdsdao_llm_waiting{backend="extractive"} 0.0' in text
     assert 'birdsdao_upload_jobs{state="queued"} 0.0' in text
+
+
+def test_draining_a_body_that_never_comes_gives_up_instead_of_holding_the_thread(monkeypatch):
+    """A client that announced a body and sends none: the drain after the answer stops at its deadline."""
+    import socket
+    import time
+
+    from birdsdao.web import wsgi
+
+    monkeypatch.setattr(wsgi, "_DRAIN_TIMEOUT_S", 0.3)
+    server_side, client_side = socket.socketpair()
+    try:
+        stream = server_side.makefile("rb")
+        start = time.perf_counter()
+        wsgi._ThenDrain([b"answer"], stream, 1 << 20, server_side).close()
+        assert time.perf_counter() - start < 3
+    finally:
+        server_side.close()
+        client_side.close()

@@ -145,3 +145,20 @@ def test_subspecies_is_counted_once_under_its_species_and_shown_as_detail(client
     fused[1, [species, child]] = 0.8, 0.1  # 11%: none
     detail = _dominant_subspecies(fused, state.taxonomy)
     assert detail == [{species: child}, {}]
+
+
+def test_photos_taught_only_to_known_species_with_no_shipped_prototypes_still_rank_finitely(vision):
+    """No prototype in the head weights (no shipped ones, only photos taught to species the iNat head knows):
+    the weights must not divide by nothing (the ranking once came out all NaN)."""
+    clf = vision.classifier
+    image, _ = vision._decode(next((FIELD / "Fish_Crow").iterdir()).read_bytes())
+    _, feats = vision.observe(image)
+    saved = clf.base
+    try:
+        clf.base = {}
+        clf.set_taught({"Corvus ossifragus": feats.proto}, [])
+        probs, _ = clf.probabilities(feats)
+        assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1)
+    finally:
+        clf.base = saved
+        clf.set_taught({}, [])

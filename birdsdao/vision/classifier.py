@@ -145,9 +145,11 @@ class SpeciesClassifier:
         """``probabilities`` plus, per crop, {species row: its subspecies row that held at least a third of the
         species' probability} (American Barn Swallow under Barn Swallow), for the answer's detail."""
         state = self.state  # one snapshot for the whole call
-        if feats.trained is not None:  # a configured species model replaces the fusion
+        if feats.trained is not None:  # a configured species model replaces the fusion (the prior still applies)
             probs = np.zeros((len(feats.trained), len(state.vocab)), dtype=np.float64)
             np.add.at(probs.T, state.trained_rows, feats.trained.T.astype(np.float64))
+            if prior is not None:
+                probs = _apply_prior(probs, prior ** self.fusion.prior_power)
             return probs, state, [{} for _ in probs]
         fused = self._fuse(feats, state)
         probs = self._fold(fused, state.taxonomy)
@@ -179,8 +181,10 @@ class SpeciesClassifier:
         np.maximum.at(best.T, state.column, sims.T)
         p_proto = softmax(f.scale * best)
         # The head weights see only the prototypes that existed before a known species was taught more.
+        in_weights = state.proto_known if state.proto_known.any() else np.ones_like(state.proto_known)
         known = np.full((n, len(state.entry_rows)), -np.inf)
-        np.maximum.at(known.T, state.column[state.proto_known], sims[:, state.proto_known].T)
+        np.maximum.at(known.T, state.column[in_weights], sims[:, in_weights].T)
+        known[:, np.isinf(known).all(0)] = -1.0  # columns with no prototype in the weights: a cosine no crop beats
         weight_proto = softmax(f.scale * known).max(1, keepdims=True)
         w_inat = f.alpha * p_inat.max(1, keepdims=True) ** f.power
         w_proto = (1 - f.alpha) * weight_proto ** f.power
@@ -205,10 +209,6 @@ class SpeciesClassifier:
         folded = np.zeros_like(out)
         np.add.at(folded.T, taxonomy.parent, out.T)
         return folded
-
-    def rank(self, feats: CropFeatures, top_k: int, prior: np.ndarray | None = None) -> list[list[Guess]]:
-        probs, state = self.probabilities(feats, prior)
-        return [top_guesses(row, state.vocab, top_k) for row in probs]
 
     # -- taught species -------------------------------------------------------------------------------------
     def set_taught(self, taught: dict[str, np.ndarray], new_entries: list[Entry]) -> None:

@@ -1,6 +1,7 @@
-"""GET /metrics in Prometheus text format: requests by route and status, latency per route, /detect's stages,
-answer-backend queues and upload jobs. For the operator only (the token holder, or this machine when no token
-is set), as /healthz's versions are."""
+"""GET /metrics in Prometheus text format: requests by route and status, time to the response headers per
+route (a streamed answer's end is later), /detect's stage times, answer-backend queues and upload jobs. For the
+operator only (the token holder, or this machine when no token is set). One registry per process: with more
+than one gunicorn worker a scrape shows the worker that answered it."""
 from __future__ import annotations
 
 import time
@@ -26,7 +27,7 @@ class Metrics:
                                 registry=self.registry)
         self.latency = Histogram("birdsdao_request_seconds", "Time to answer a request", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.stages = Histogram("birdsdao_detect_stage_seconds", "/detect time per stage (model inference)",
+        self.stages = Histogram("birdsdao_detect_stage_seconds", "/detect time per stage (decode, detect, classify, annotate)",
                                 ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_Queues())
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, current_app, jsonify, render_template
 
 from .. import __version__
 from ..security import is_operator
@@ -46,12 +46,12 @@ def readyz():
     waiting = [name for name, slot in registry.slots.items() if slot.obj is None]
     kb = registry.optional("kb")
     if kb is not None:
-        waiting += [f"kb:{name}" for name in sorted(kb.building)]
+        waiting += [f"kb:{name}" for name in sorted(kb.building.copy())]  # a builder thread may change it
     ready = not waiting and registry.healthy
     response = jsonify({"ready": ready, "waiting_for": waiting})
     if not ready:
         response.status_code = 503
-        response.headers["Retry-After"] = str(kb.retry_after_s if kb is not None else 10)
+        response.headers["Retry-After"] = str(current_app.config["KB_RETRY_AFTER_S"])
     return response
 
 

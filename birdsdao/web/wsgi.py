@@ -10,6 +10,7 @@ import socket
 log = logging.getLogger(__name__)
 
 _DRAIN_BLOCK = 1 << 16
+_DRAIN_TIMEOUT_S = 10.0  # a client that announced a body and sends none must not hold the thread
 
 
 class DrainUnreadBody:
@@ -29,7 +30,7 @@ class DrainUnreadBody:
         result = self.app(environ, start_response)
         if not self._worth_draining(environ):
             return result
-        return _ThenDrain(result, environ["wsgi.input"], self.limit)
+        return _ThenDrain(result, environ["wsgi.input"], self.limit, environ.get("gunicorn.socket"))
 
     def _worth_draining(self, environ) -> bool:
         """A body is announced and not past the limit (nginx refuses larger ones; a direct client sending
@@ -44,10 +45,11 @@ class DrainUnreadBody:
 class _ThenDrain:
     """The app's response iterable; its ``close()`` (called by the server after the last byte) drains."""
 
-    def __init__(self, result, stream, limit: int):
+    def __init__(self, result, stream, limit: int, sock=None):
         self._result = result
         self._stream = stream
         self._limit = limit
+        self._sock = sock
 
     def __iter__(self):
         return iter(self._result)
@@ -57,6 +59,11 @@ class _ThenDrain:
             if hasattr(self._result, "close"):
                 self._result.close()
         finally:
+            if self._sock is not None:
+                try:
+                    self._sock.settimeout(_DRAIN_TIMEOUT_S)  # gthread leaves it blocking with no timeout
+                except OSError:
+                    return  # already closed: nothing to drain
             drain(self._stream, self._limit)
 
 
