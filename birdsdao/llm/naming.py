@@ -85,7 +85,7 @@ def _english_names(resolver: NameResolver, norm: str, question: str) -> list[tup
             continue
         for s in range(max(0, e - 3), e):
             window = [w for w, _p in words[s:e + 1]]
-            if window[0] in STOPWORDS or any(w in STOPWORDS for w in window):
+            if any(w in STOPWORDS for w in window):
                 continue
             name = " ".join(window)
             if resolver.catalog.lookup(name) is not None or resolver.catalog.find_mentions(name):

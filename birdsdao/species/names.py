@@ -111,6 +111,9 @@ class NameResolver:
             heads += [zh[-n:] for n in (2, 1) if len(zh) > n]
             for h in heads:
                 self._heads.setdefault(h, Counter())[(s.genus, s.family)] += 1
+        # What every question's name search needs, computed once (the resolver never changes).
+        self._genus_words = sorted(g.lower() for g in self._genera)
+        self._head_words = [h for h in self._heads if not has_cjk(h)]
 
     def _members(self, spec: str) -> list[Species]:
         """``genus:Pica|family:Laridae``; ``;`` separates alternatives, the first that has members wins."""
@@ -232,11 +235,11 @@ class NameResolver:
 
     def genus_words(self) -> list[str]:
         """Catalogue genus names, lower case (the first word of a Latin name)."""
-        return sorted(g.lower() for g in self._genera)
+        return self._genus_words
 
     def head_words(self) -> list[str]:
         """English head words of catalogue names ("crane", "eagle")."""
-        return [h for h in self._heads if not has_cjk(h)]
+        return self._head_words
 
     def is_bird_word(self, word: str) -> bool:
         """Whether ``word`` ends like a bird's name here (知更鸟, 丹顶鹤, "crane"): a candidate missing name."""

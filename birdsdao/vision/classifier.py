@@ -62,11 +62,11 @@ class _State:
     """An immutable snapshot: ranking reads one while teach/forget builds the next (swap under a lock)."""
 
     def __init__(self, vocab: Vocabulary, inat_rows: np.ndarray, proto_rows: np.ndarray, proto_vectors: np.ndarray,
-                 proto_known: np.ndarray, trained_rows: np.ndarray, taught_rows: np.ndarray):
+                 in_weights_mask: np.ndarray, trained_rows: np.ndarray, taught_rows: np.ndarray):
         self.vocab, self.inat_rows, self.proto_rows, self.proto_vectors = vocab, inat_rows, proto_rows, proto_vectors
-        # per prototype: False for photos a user taught to a species that already had one (left out of the
-        # head weights, so teaching more photos of a known species can only raise it: see README)
-        self.proto_known = proto_known
+        # per prototype: whether it counts in the head weights; False for photos a user taught to a species that
+        # already had a prototype or an iNat output (so teaching more of a known species can only raise it: README)
+        self.in_weights_mask = in_weights_mask
         self.entry_rows = np.unique(proto_rows)  # vocabulary rows that have at least one prototype
         self.column = np.searchsorted(self.entry_rows, proto_rows)  # prototype → its column in entry_rows
         self.taxonomy = Taxonomy.of(vocab)
@@ -181,7 +181,7 @@ class SpeciesClassifier:
         np.maximum.at(best.T, state.column, sims.T)
         p_proto = softmax(f.scale * best)
         # The head weights see only the prototypes that existed before a known species was taught more.
-        in_weights = state.proto_known if state.proto_known.any() else np.ones_like(state.proto_known)
+        in_weights = state.in_weights_mask if state.in_weights_mask.any() else np.ones_like(state.in_weights_mask)
         known = np.full((n, len(state.entry_rows)), -np.inf)
         np.maximum.at(known.T, state.column[in_weights], sims[:, in_weights].T)
         known[:, np.isinf(known).all(0)] = -1.0  # columns with no prototype in the weights: a cosine no crop beats
@@ -225,22 +225,22 @@ class SpeciesClassifier:
         trained_rows = np.asarray([vocab.add(entry) for entry in self.trained_entries], dtype=np.int64)
         inat_rows = vocab.inat_matrix(self.inat.num_outputs)
         has_inat = set(inat_rows[inat_rows >= 0].tolist())
-        vectors, rows, known = [], [], []
+        vectors, rows, in_weights = [], [], []
         for key, (vec, _count) in self.base.items():
             if key in vocab.index:
-                vectors.append(vec), rows.append(vocab.index[key]), known.append(True)
+                vectors.append(vec), rows.append(vocab.index[key]), in_weights.append(True)
         n_base = len(rows)
         for key, feats in taught.items():
             if key not in vocab.index:
                 continue
             row = vocab.index[key]
-            # A species nobody had a picture of (new, or known only to the iNat head) is new to the weights.
+            # Only a species nothing knew before (no shipped prototype, no iNat output) enters the head weights.
             is_new = key not in self.base and row not in has_inat
-            vectors.append(l2n(np.asarray(feats, np.float32).mean(0))), rows.append(row), known.append(is_new)
+            vectors.append(l2n(np.asarray(feats, np.float32).mean(0))), rows.append(row), in_weights.append(is_new)
         proto = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 1), np.float32)
         taught_rows = np.unique(np.asarray(rows[n_base:], dtype=np.int64))
-        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, np.asarray(known, bool), trained_rows,
-                      taught_rows)
+        return _State(vocab, inat_rows, np.asarray(rows, dtype=np.int64), proto, np.asarray(in_weights, bool),
+                      trained_rows, taught_rows)
 
     def vocabulary_size(self) -> int:
         return len(self.state.vocab)
