@@ -264,15 +264,24 @@ class SpeciesCatalog:
             return longest[0]
         if len(key) < 2:
             return None
-        found = {self._names[k].id: self._names[k] for k in self._cjk_keys if key in k}
+        found = {s.id: s for _k, s in self.names_containing(key)}
         return next(iter(found.values())) if len(found) == 1 else None
+
+    def names_containing(self, key: str) -> list[tuple[str, Species]]:
+        """(name, species) for every unambiguous Chinese name that contains the normalised ``key``."""
+        return [(k, self._names[k]) for k in self._cjk_keys if key in k]
+
+    def close_names(self, key: str, slack: int, cutoff: float) -> list[tuple[str, Species]]:
+        """(name, species) for up to 8 unambiguous Latin-script names within ``slack`` characters of the
+        normalised ``key``'s length that difflib finds close to it (ratio >= ``cutoff``), best first."""
+        pool = [k for n in range(len(key) - slack, len(key) + slack + 1) for k in self._ascii_by_len.get(n, ())]
+        return [(c, self._names[c]) for c in difflib.get_close_matches(key, pool, n=8, cutoff=cutoff)]
 
     def _resolve_typo(self, key: str) -> Species | None:
         if not _MIN_TYPO_LEN <= len(key) <= _MAX_TYPO_LEN:
             return None
         limit = 1 if len(key) < 8 else _MAX_TYPO
-        pool = [k for n in range(len(key) - limit, len(key) + limit + 1) for k in self._ascii_by_len.get(n, ())]
-        candidates = difflib.get_close_matches(key, pool, n=8, cutoff=0.75)
+        candidates = [c for c, _s in self.close_names(key, limit, 0.75)]
         scored = [(_edit_distance(key, c, limit), c) for c in candidates]
         scored = [(d, c) for d, c in scored if d <= limit]
         if not scored:

@@ -4,7 +4,6 @@ an everyday group name (``data/common_groups.csv``: 喜鹊, 乌鸦, 海鸥 ...),
 from __future__ import annotations
 
 import csv
-import difflib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,19 +156,16 @@ class NameResolver:
             if s is not None and s.rank in ("species", "subspecies") and conf > best.get(s.id, (0.0,))[0]:
                 best[s.id] = (conf, s)
 
-        names = self.catalog._names
         if has_cjk(key):
             # A catalogue name inside the text, or the text inside one name: sure in proportion to the overlap.
             for s, start, end in self.catalog.find_mentions(key):
                 add(0.5 + 0.5 * (end - start) / len(key), s)
             if len(key) >= 2:
-                for k in self.catalog._cjk_keys:
-                    if key in k:
-                        add(len(key) / len(k), names[k])
+                for k, s in self.catalog.names_containing(key):
+                    add(len(key) / len(k), s)
         else:
             words = key.split()
-            pool = [k for k in self.catalog._ascii_keys if abs(len(k) - len(key)) <= max(2, len(key) // 3)]
-            for cand in difflib.get_close_matches(key, pool, n=8, cutoff=0.7):
+            for cand, species in self.catalog.close_names(key, max(2, len(key) // 3), 0.7):
                 d = _edit_distance(key, cand, 6)
                 conf = 1 - d / max(len(key), len(cand))
                 # A word of the query that is itself a catalogue word, spelled differently from the candidate's,
@@ -179,7 +175,7 @@ class NameResolver:
                     conf *= 0.5
                 if len(key) < 5 and d:
                     conf *= 0.5  # short names: one edit is another word
-                add(conf, names[cand])
+                add(conf, species)
         return sorted(best.values(), key=lambda cs: -cs[0])
 
     def _taxon(self, key: str) -> Taxon | None:
