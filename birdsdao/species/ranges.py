@@ -121,15 +121,15 @@ class RangeTable:
         row_w = FLOOR + (1 - FLOOR) * np.exp(-((out / FALLOFF_KM) ** 2))
         return np.maximum.reduceat(row_w, self.starts) if len(row_w) else row_w
 
-    def weights(self, lat: float, lon: float, keys) -> np.ndarray:
+    def columns(self, keys) -> np.ndarray:
+        """Each key's row in ``species_weights`` (-1 without range data): computed once per list of keys."""
+        return np.asarray([self.index.get(key, -1) for key in keys], dtype=np.int64)
+
+    def weights(self, lat: float, lon: float, keys, columns: np.ndarray | None = None) -> np.ndarray:
         """(len(keys),) weights aligned to ``keys`` (species ids); 1.0 for keys without range data."""
+        cols = self.columns(keys) if columns is None else columns
         per_species = self.species_weights(lat, lon)
-        out = np.ones(len(keys), dtype=np.float64)
-        for i, key in enumerate(keys):
-            j = self.index.get(key)
-            if j is not None:
-                out[i] = per_species[j]
-        return out
+        return np.where(cols >= 0, per_species[np.maximum(cols, 0)], 1.0) if len(per_species) else np.ones(len(cols))
 
 
 class LocationPrior:
@@ -138,6 +138,7 @@ class LocationPrior:
 
     def __init__(self, table: RangeTable, keys, cache_size: int = 256):
         self.table, self.keys = table, tuple(keys)
+        self._columns = table.columns(self.keys)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[float, float], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -149,7 +150,7 @@ class LocationPrior:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        vec = self.table.weights(key[0], key[1], self.keys)
+        vec = self.table.weights(key[0], key[1], self.keys, self._columns)
         vec.setflags(write=False)  # shared between requests
         with self._lock:
             self._cache[key] = vec
