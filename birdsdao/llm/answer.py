@@ -172,10 +172,8 @@ class AnswerService:
             fit(prompt, backend.count_tokens, backend.context_window, max_new, species_name=name)
         ticket = entry.gate.enter()  # 503 + Retry-After right here when the queue is full
         limits = Limits(max_new_tokens=max_new, deadline=time.monotonic() + self.timeout_s)
-        job = Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings, t0=t0,
-                  retrieve_ms=retrieve_ms)
-        job.resolution = resolution
-        return job
+        return Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings, t0=t0,
+                   retrieve_ms=retrieve_ms, resolution=resolution)
 
     def _history(self, raw) -> list[tuple[str, str]]:
         if raw is None or raw == "":
@@ -292,8 +290,9 @@ class Job:
     """One answer in progress: owns its place in the backend's queue and its cancel flag."""
 
     def __init__(self, service: AnswerService, entry, prompt: Prompt, limits: Limits, ticket, req, kb_name, focus,
-                 warnings, *, t0: float, retrieve_ms: float):
-        """t0: when the request started (perf_counter); retrieve_ms: time spent finding its passages."""
+                 warnings, *, t0: float, retrieve_ms: float, resolution: Resolution | None = None):
+        """t0: when the request started (perf_counter); retrieve_ms: time spent finding its passages;
+        resolution: how the question's bird name was understood (naming.py)."""
         self.service = service
         self.entry = entry
         self.backend = entry.backend
@@ -309,7 +308,7 @@ class Job:
         self.finished = False
         self._stream = None
         self.extracted: dict | None = None
-        self.resolution: Resolution | None = None
+        self.resolution = resolution
 
     def start(self) -> None:
         remaining = self.limits.deadline - time.monotonic()
