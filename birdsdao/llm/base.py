@@ -54,6 +54,9 @@ class Prompt:
     search_query: str = ""
     # Names of the species the question is about: matching them alone does not make a sentence an answer.
     subject_terms: list[str] = field(default_factory=list)
+    # The photo the question is about (JPEG bytes, already size-bounded), for vision-capable backends; the
+    # text description of what the server saw in it goes into ``messages`` / ``passages`` as usual.
+    image: bytes | None = None
 
 
 @dataclass
