@@ -32,7 +32,7 @@ from birdsdao.vision.naming import answer_at_rank, flock_context  # noqa: E402
 from birdsdao.vision.classifier import top_guesses  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
-FORMER = Fusion(alpha=0.5, power=2.0, scale=40.0, generic_min_share=float("inf"), sharpen=1.0, spread=0.0)
+FORMER = Fusion(alpha=0.5, alpha_shared=0.5, power=2.0, scale=40.0, generic_min_share=float("inf"), sharpen=1.0, spread=0.0)
 
 
 def species_level(entry) -> str:
@@ -104,8 +104,8 @@ class Bench:
         self.server = self.clf.fusion
         self.catalog = self.vision.catalog
         self.shipped_base = dict(self.clf.base)
-        self.rules = {"iNat head alone": dataclasses.replace(self.server, alpha=1.0),
-                      "prototype head alone": dataclasses.replace(self.server, alpha=0.0),
+        self.rules = {"iNat head alone": dataclasses.replace(self.server, alpha=1.0, alpha_shared=1.0),
+                      "prototype head alone": dataclasses.replace(self.server, alpha=0.0, alpha_shared=0.0),
                       "former server rule (no mirror)": FORMER,
                       "server rule": self.server}
 
@@ -231,7 +231,7 @@ def main():
     args = parser.parse_args()
     bench = Bench()
     s = bench.server
-    print(f"server rule: alpha {s.alpha}, power {s.power}, prototype scale {s.scale}, coarse-class share "
+    print(f"server rule: alpha {s.alpha} (shared {s.alpha_shared}), power {s.power}, prototype scale {s.scale}, coarse-class share "
           f"{s.generic_min_share}, sharpen {s.sharpen}, spread {s.spread}, location prior power {s.prior_power}, "
           f"taught boost {s.taught_boost}, "
           f"mirror view below iNat top probability {bench.clf.mirror_below}")
@@ -326,7 +326,7 @@ def teach(bench, field_items):
         clf.base = {k: v for k, v in bench.shipped_base.items() if k != key}
         clf.set_taught({key: feats}, [])
         taught_top1 += scorer.right(row, int(clf.probabilities(test)[0].argmax()))
-        proto_alone = dataclasses.replace(bench.server, alpha=0.0, taught_boost=1.0)  # the head, no teaching boost
+        proto_alone = dataclasses.replace(bench.server, alpha=0.0, alpha_shared=0.0, taught_boost=1.0)  # the head, no teaching boost
         proto_top1 += scorer.right(row, int(bench.probs(test, proto_alone).argmax()))
         # (2) shipped prototype kept: rank before vs after teaching, without the taught boost (the rule under
         # test is that taught photos of a known species stay out of the head weights)

@@ -43,7 +43,8 @@ DEFAULTS: dict = {
     "LITERT_THREADS": None,
     # Fusion of the iNat head and the prototype head (vision/classifier.py and vision/README.md; chosen on
     # natural-val and the BIRDS-525 folds by bench/bench_species.py).
-    "FUSION_ALPHA": 0.7,  # prior weight of the iNat head
+    "FUSION_ALPHA": 0.6,  # prior weight of the iNat head when only the prototypes name their top species
+    "FUSION_ALPHA_SHARED": 0.9,  # ... and when the iNat head names the prototype head's top species too
     "FUSION_POWER": 2.0,  # how strongly each head's own top probability sways its weight
     "PROTOTYPE_SCALE": 40.0,  # softmax scale on cosine similarities
     "GENERIC_MIN_SHARE": 0.05,  # a coarse class (CROW) hands its probability to its species when they hold this much of it

@@ -72,15 +72,20 @@ class _State:
         self.taxonomy = Taxonomy.of(vocab)
         self.trained_rows = trained_rows  # vocabulary row of each output of the configured species model
         self.taught_rows = taught_rows  # vocabulary rows of the species users taught (boosted)
+        # per prototype column: whether the iNat head also names that species (itself or its parent species)
+        named = np.zeros(len(vocab), dtype=bool)
+        named[inat_rows[inat_rows >= 0]] = True
+        self.inat_names = (named | named[self.taxonomy.parent])[self.entry_rows]
 
 
 @dataclass(frozen=True)
 class Fusion:
-    """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_POWER, PROTOTYPE_SCALE,
+    """The few parameters of the rule (config keys FUSION_ALPHA, FUSION_ALPHA_SHARED, FUSION_POWER, PROTOTYPE_SCALE,
     GENERIC_MIN_SHARE, CONFIDENCE_SHARPEN, CONFIDENCE_SPREAD, LOCATION_PRIOR_POWER, TAUGHT_BOOST), chosen in
     bench/bench_species.py and bench/bench_location.py."""
 
-    alpha: float = 0.7
+    alpha: float = 0.6
+    alpha_shared: float = 0.9
     power: float = 2.0
     scale: float = 40.0
     generic_min_share: float = 0.05
@@ -165,7 +170,8 @@ class SpeciesClassifier:
         return probs, state, _dominant_subspecies(fused, state.taxonomy)
 
     def _fuse(self, feats: CropFeatures, state: _State) -> np.ndarray:
-        """w * p_inat + (1 - w) * p_proto, w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k)."""
+        """w * p_inat + (1 - w) * p_proto, w = a*max(p_inat)^k / (a*max(p_inat)^k + (1-a)*max(p_proto)^k), where
+        a is ``alpha_shared`` when the prototype head's top species is one the iNat head names too, else ``alpha``."""
         f = self.fusion
         n, v = len(feats.proto), len(state.vocab)
         probs = np.zeros((n, v), dtype=np.float64)
@@ -185,9 +191,13 @@ class SpeciesClassifier:
         known = np.full((n, len(state.entry_rows)), -np.inf)
         np.maximum.at(known.T, state.column[in_weights], sims[:, in_weights].T)
         known[:, np.isinf(known).all(0)] = -1.0  # columns with no prototype in the weights: a cosine no crop beats
-        weight_proto = softmax(f.scale * known).max(1, keepdims=True)
-        w_inat = f.alpha * p_inat.max(1, keepdims=True) ** f.power
-        w_proto = (1 - f.alpha) * weight_proto ** f.power
+        p_known = softmax(f.scale * known)
+        weight_proto = p_known.max(1, keepdims=True)
+        # Where both heads know the prototype head's pick, the field-trained iNat head is the one to trust on
+        # field photos; the prototypes carry full weight where only they can name the species.
+        alpha = np.where(state.inat_names[p_known.argmax(1)], f.alpha_shared, f.alpha)[:, None]
+        w_inat = alpha * p_inat.max(1, keepdims=True) ** f.power
+        w_proto = (1 - alpha) * weight_proto ** f.power
         w = w_inat / (w_inat + w_proto)
         np.add.at(probs.T, rows[valid], (w * p_inat[:, valid]).T)
         probs[:, state.entry_rows] += (1 - w) * p_proto
