@@ -338,6 +338,28 @@ def teach(bench, field_items):
         after = rank_of(bench.probs(test, no_boost)[0], row)
         falls += after > before
         rises += after < before
+    # (3) species only the iNat head named (no shipped prototype), taught from 3 of their natural-val photos:
+    # their rank on the other photos, without the boost (they enter the head weights: may that lower them?)
+    by_truth = {}
+    for _, truth, pm in field_items:
+        f = main_row(*pm[True])
+        if f is not None:
+            by_truth.setdefault(truth, []).append(f)
+    inat_only = [(t, fs) for t, fs in by_truth.items()
+                 if state.vocab.entries[t].key not in bench.shipped_base and len(fs) >= 4]
+    clf.base = dict(bench.shipped_base)
+    no_boost = dataclasses.replace(bench.server, taught_boost=1.0)
+    inat_falls = inat_rises = inat_tests = 0
+    for truth, fs in inat_only:
+        tests = concat(fs[3:])
+        clf.set_taught({}, [])
+        before = [rank_of(r, truth) for r in bench.probs(tests, no_boost)]
+        clf.set_taught({state.vocab.entries[truth].key: concat(fs[:3]).proto}, [])
+        after = [rank_of(r, truth) for r in bench.probs(tests, no_boost)]
+        inat_falls += sum(a > b for a, b in zip(after, before))
+        inat_rises += sum(a < b for a, b in zip(after, before))
+        inat_tests += len(before)
+    clf.set_taught({}, [])
     # The same 50 taught at once (their shipped prototypes left out): does teaching cost the field photos?
     clf.base = {k: v for k, v in bench.shipped_base.items() if k not in chosen}
     clf.set_taught({k: tta.proto[np.where((keys == k) & (fold != 4))[0]] for k in chosen}, [])
@@ -351,6 +373,8 @@ def teach(bench, field_items):
     print(f"  shipped prototype left out, taught from 3 photos, 4th photo: taught species top-1 {taught_top1 / n:.3f}; "
           f"the prototype head alone (taught prototype, whole vocabulary) {proto_top1 / n:.3f}")
     print(f"  known species taught 3 more photos (no boost): rank on the 4th photo fell {falls}/{n}, rose {rises}/{n}")
+    print(f"  species only the iNat head named, taught 3 of their natural-val photos (no boost): {len(inat_only)} "
+          f"species, rank on their other {inat_tests} photos fell {inat_falls}, rose {inat_rises}")
     print(f"  natural-val top-1 with those {n} species taught instead of shipped: {field_top1:.3f}")
 
 
