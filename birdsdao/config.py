@@ -41,6 +41,10 @@ DEFAULTS: dict = {
     # LiteRT threads (None: library default). The shared README saw all-zero scores with 2 threads on one
     # build; tests/test_vision.py checks the configured value against the default.
     "LITERT_THREADS": None,
+    # Threads of numpy's BLAS in the server process (None: the library's default, one per core). The ranking's
+    # products are small (a few crops x 2,560 x ~550 prototypes); OpenBLAS's spinning threads made one cost
+    # 10-30 ms instead of under 1 ms on a busy 2-core machine, and a web worker runs requests side by side.
+    "BLAS_THREADS": 1,
     # Fusion of the iNat head and the prototype head (vision/classifier.py and vision/README.md; chosen on
     # natural-val and the BIRDS-525 folds by bench/bench_species.py).
     "FUSION_ALPHA": 0.6,  # prior weight of the iNat head when only the prototypes name their top species
