@@ -235,3 +235,51 @@ def test_text_only_llama_reports_vision_false_and_ignores_the_photo(app):
     messages = [{"role": "user", "content": "Describe the photo: one American Robin on a branch."}]
     with_photo = backend.generate(Prompt("d", messages=messages, image=jpeg.getvalue()), Limits(max_new_tokens=8))
     assert with_photo and with_photo == backend.generate(Prompt("d", messages=messages), Limits(max_new_tokens=8))
+
+
+class RecordingHandler:
+    """A stand-in for llama-cpp-python's multimodal handler (no projector weights offline): records the messages
+    the real Llama hands it and streams one chunk back."""
+
+    calls: list[dict] = []
+
+    def __init__(self, clip_model_path: str, verbose: bool = False):
+        self.clip_model_path = clip_model_path
+
+    def __call__(self, *, llama, messages, stream=False, **kwargs):
+        RecordingHandler.calls.append({"messages": messages, "stream": stream, "llama": llama})
+
+        def chunks():
+            yield {"choices": [{"delta": {"content": "a red photo"}}]}
+
+        return chunks() if stream else {"choices": [{"message": {"content": "ok"}}]}
+
+
+def test_vision_llama_hands_the_photo_to_the_chat_handler_as_an_image_url_part_with_standin_handler(
+        make_app, monkeypatch):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from birdsdao.llm import llama
+    from birdsdao.llm.base import Limits, Prompt
+
+    monkeypatch.setattr(llama, "handler_class", lambda family: RecordingHandler)
+    RecordingHandler.calls.clear()
+    # The projector path is checked for real (a GGUF file); only the handler class is the stand-in.
+    app, entry = _llama_entry(make_app, LLAMA_MMPROJ=GGUF, LLAMA_CHAT_HANDLER="qwen2.5-vl")
+    assert entry["loaded"] and entry["vision"] is True and entry["chat_handler"] == "qwen2.5-vl"
+    assert entry["mmproj"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    backend = app.extensions["birdsdao"].get("llm").registry.get("llama").backend
+    assert RecordingHandler.calls[0]["llama"] is backend.llm  # the warm-up went through the handler
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(jpeg, format="JPEG")
+    messages = [{"role": "system", "content": "Describe."}, {"role": "user", "content": "The photo, please."}]
+    text = backend.generate(Prompt("d", messages=messages, image=jpeg.getvalue()), Limits(max_new_tokens=8))
+    assert text == "a red photo"
+    sent = RecordingHandler.calls[-1]
+    assert sent["stream"] is True and sent["messages"][0] == messages[0]
+    image, part = sent["messages"][1]["content"]
+    assert part == {"type": "text", "text": "The photo, please."}
+    assert base64.b64decode(image["image_url"]["url"].split(",", 1)[1]) == jpeg.getvalue()
