@@ -123,6 +123,8 @@ DEFAULTS: dict = {
     "OPENAI_BASE_URL": None,
     "OPENAI_MODEL": None,
     "OPENAI_API_KEY": None,
+    # The OpenAI-compatible model can read images: a question about a photo sends it as an image_url part.
+    "OPENAI_VISION": False,
     "CHATGLM2_PATH": None,
     "CHATGLM2_PTUNING": None,
     "CHATGLM2_QUANTIZE": None,  # 4 or 8: ChatGLM2's own int4/int8 kernels (CUDA only; CPU stays float32)
@@ -130,8 +132,16 @@ DEFAULTS: dict = {
     "TRANSFORMERS_MODEL": None,
     "TRANSFORMERS_ADAPTER": "",  # a `python -m birdsdao.train finetune-llm` adapter folder (LoRA / prefix, peft) on it
     "TRANSFORMERS_QUANTIZE": None,  # 4 or 8 with bitsandbytes on CUDA
+    # TRANSFORMERS_MODEL is an image-text-to-text model (AutoProcessor + AutoModelForImageTextToText, e.g.
+    # Qwen2.5-VL, SmolVLM, LLaVA): a question about a photo gives it the photo.
+    "TRANSFORMERS_VLM": False,
     "LLAMA_CONTEXT": 4096,  # n_ctx for llama.cpp (capped by the model's trained context)
     "LLAMA_THREADS": None,  # None: llama.cpp's own choice
+    # A vision GGUF's projector (mmproj) file: the llama backend then reads the question's photo through
+    # llama-cpp-python's multimodal chat handler for LLAMA_CHAT_HANDLER's model family (required with it):
+    # llava-1-5 | llava-1-6 | minicpm-v | qwen2.5-vl | moondream | nanollava | llama-3-vision-alpha.
+    "LLAMA_MMPROJ": "",
+    "LLAMA_CHAT_HANDLER": "",
     "OPENAI_CONTEXT": 8192,  # the remote model's context window (prompt fitting uses an estimate)
     "LLM_REMOTE_CONCURRENCY": 4,  # generations at once for backends without a local model to serialise on
     "LLM_QUEUE_SIZE": 4,  # requests waiting per backend before 503 + Retry-After
