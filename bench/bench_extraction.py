@@ -116,14 +116,14 @@ def report(title: str, totals: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", choices=("dev", "test", "all", "both"), default="both")
+    ap.add_argument("--split", choices=("dev", "test", "holdout", "all", "each"), default="each")
     ap.add_argument("--lang", choices=("zh", "en"))
     ap.add_argument("--errors", type=int, default=0, help="print the first N sentences with a difference")
     args = ap.parse_args()
     segment.jieba()
     catalog = SpeciesCatalog.load()
     extractor = Extractor(catalog, NameResolver(catalog))
-    splits = ("dev", "test") if args.split == "both" else (args.split,)
+    splits = ("dev", "test", "holdout") if args.split == "each" else (args.split,)
     for split in splits:
         rows = load(split, args.lang)
         report(f"{split}: {len(rows)} sentences ({sum(r['lang'] == 'zh' for r in rows)} zh, "

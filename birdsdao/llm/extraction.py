@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .. import segment
+from . import entities as ent
 from .entities import IUCN, EntityRecognizer
 
 # --- numbers, units, dates -------------------------------------------------------------------------------
@@ -604,3 +605,129 @@ class Extractor:
                     for bird in what[:1]:
                         out.append([w.text, verb, bird.text])
         return out
+
+
+# --- one output schema for KE1-3, whoever extracted -------------------------------------------------------
+ENTITY_TYPES = ("species", "family", "order", "iucn_status", "person", "place", "organization", "date", "quantity",
+                "other")
+# Type names a model may write instead (Chinese, or near-synonyms).
+_TYPE_ALIASES = {"物种": "species", "鸟": "species", "鸟类": "species", "bird": "species", "科": "family",
+                 "目": "order", "保护级别": "iucn_status", "保护等级": "iucn_status", "conservation status": "iucn_status",
+                 "人": "person", "人物": "person", "人名": "person", "per": "person", "地点": "place", "地名": "place",
+                 "location": "place", "loc": "place", "gpe": "place", "机构": "organization", "组织": "organization",
+                 "org": "organization", "organisation": "organization", "日期": "date", "时间": "date", "time": "date",
+                 "数量": "quantity", "数字": "quantity", "数值": "quantity", "number": "quantity", "measure": "quantity"}
+_SPACE = re.compile(r"\s+")
+
+
+def _norm(text: str) -> str:
+    return _SPACE.sub(" ", text).strip().lower()
+
+
+def _in_text(span: str, text: str) -> bool:
+    return bool(span) and _norm(span) in _norm(text)
+
+
+def validate(kind: str, value, text: str) -> tuple:
+    """(items in the KE output schema, how many were dropped): KE1 [[head, relation, tail]] with head and tail
+    written in ``text``; KE2 [{"text", "type", "start", "end"}] with the span in ``text`` and a known type;
+    KE3 {attribute: value} with the value written in ``text``. Anything else is dropped: a model (or a rule)
+    may only report what the text says."""
+    dropped = 0
+    if kind == "KE1":
+        out = []
+        for t in value if isinstance(value, list) else []:
+            if not (isinstance(t, (list, tuple)) and len(t) == 3 and all(isinstance(x, (str, int, float)) for x in t)):
+                dropped += 1
+                continue
+            h, r, tail = (str(x).strip() for x in t)
+            if h and r and _in_text(h, text) and _in_text(tail, text):
+                if [h, r, tail] not in out:
+                    out.append([h, r, tail])
+            else:
+                dropped += 1
+        return out, dropped
+    if kind == "KE2":
+        out = []
+        for e in value if isinstance(value, list) else []:
+            span = e.get("text") if isinstance(e, dict) else None
+            if not isinstance(span, str) or not span.strip():
+                dropped += 1
+                continue
+            span = span.strip()
+            start = e.get("start") if isinstance(e.get("start"), int) else -1
+            if not (0 <= start and text[start:start + len(span)] == span):
+                start = text.find(span)
+            if start < 0:
+                dropped += 1
+                continue
+            raw = str(e.get("type", "other")).strip()
+            kind_ = raw.lower() if raw.lower() in ENTITY_TYPES else _TYPE_ALIASES.get(raw.lower(), _TYPE_ALIASES.get(raw, "other"))
+            item = {"text": span, "type": kind_, "start": start, "end": start + len(span)}
+            if kind_ == "species":
+                item["species_id"] = e.get("species_id") if isinstance(e.get("species_id"), str) else None
+            out.append(item)
+        return out, dropped
+    pairs = value.items() if isinstance(value, dict) else (
+        [tuple(p) for p in value if isinstance(p, (list, tuple)) and len(p) == 2] if isinstance(value, list) else [])
+    out = {}
+    for k, v in pairs:
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(k).strip() and _in_text(str(v), text):
+            out.setdefault(str(k).strip(), str(v).strip())
+        else:
+            dropped += 1
+    return out, dropped
+
+
+CARDS_NOTE = {"zh": "以下事实来自物种资料卡片，文本中并未写明", "en": "Facts from the species cards, not stated in the text"}
+NOTHING_FOUND = {
+    "KE1": {"zh": "文本中没有找到可抽取的三元组。", "en": "No triples are stated in the text."},
+    "KE2": {"zh": "文本中没有找到命名实体。", "en": "No named entities were found in the text."},
+    "KE3": {"zh": "文本中没有写明鸟的属性。", "en": "The text states no attributes of a bird."},
+}
+
+
+def ke_result(kind: str, result: dict, text: str, catalog, lang: str, also=()) -> dict:
+    """The JSON fields of a KE answer from ``Extractor.extract``: the task's key (validated as a model's would
+    be) and, for KE1/KE3, the catalogue's facts about the birds the text names (or ``also``: the species the
+    conversation is about) under ``from_cards``, labelled as not from the text."""
+    text_key = {"KE1": "triples", "KE2": "entities", "KE3": "attributes"}[kind]
+    out = {text_key: validate(kind, result[text_key], text)[0]}  # the rules pass the models' validator too
+    if kind == "KE3":
+        out["attribute_items"] = result["attribute_items"]
+    if kind == "KE2" or catalog is None:
+        return out
+    ids = [e["species_id"] for e in result["entities"] if e["type"] == "species" and e.get("species_id")]
+    birds = [catalog.get(i) for i in dict.fromkeys(ids)] or list(also)
+    birds = [b for b in birds if b is not None][:3]
+    if birds:
+        cards = {"note": CARDS_NOTE[lang], "species": [ent.display_name(b, lang) for b in birds]}
+        if kind == "KE1":
+            cards["triples"] = [t for b in birds for t in ent.triples(b, lang)]
+        else:
+            cards["attributes"] = {ent.display_name(b, lang): ent.attributes(b, lang) for b in birds}
+        out["from_cards"] = cards
+    return out
+
+
+def ke_text(kind: str, extracted: dict, lang: str) -> str:
+    """The plain-text answer of a KE result: what the text states, then the card facts under their label."""
+    zh = lang == "zh"
+    if kind == "KE2":
+        items = extracted.get("entities") or []
+        body = ("、".join(f"{e['text']}（{e['type']}）" for e in items) if zh else
+                ", ".join(f"{e['text']} ({e['type']})" for e in items))
+    elif kind == "KE1":
+        body = "\n".join(f"({h}, {r}, {t})" for h, r, t in extracted.get("triples") or [])
+    else:
+        body = "\n".join(f"{k}: {v}" for k, v in (extracted.get("attributes") or {}).items())
+    body = body or NOTHING_FOUND[kind][lang]
+    cards = extracted.get("from_cards")
+    if cards:
+        if kind == "KE1":
+            facts = "\n".join(f"({h}, {r}, {t})" for h, r, t in cards["triples"])
+        else:
+            facts = "\n".join(f"{name} · {k}: {v}" for name, attrs in cards["attributes"].items()
+                              for k, v in attrs.items())
+        body += f"\n\n{CARDS_NOTE[lang]}{'：' if zh else ':'}\n{facts}"
+    return body
