@@ -67,6 +67,15 @@ def test_a_pronoun_or_a_missing_subject_means_the_last_bird_named(extractor):
     assert out["attributes"] == {"体长": "约35厘米", "食性": "植物种子"} and out["triples"] == []
 
 
+def test_negated_statements_give_no_value_and_a_compared_bird_is_not_the_subject(extractor):
+    assert extractor.extract("白头海雕不以鱼为食，也从不在地面筑巢。", "zh")["attributes"] == {}
+    assert extractor.extract("The Bald Eagle does not feed on insects.", "en")["attributes"] == {}
+    assert extractor.extract("白头海雕比灰鹤大，体长约80厘米。", "zh")["triples"] == [["白头海雕", "体长", "约80厘米"]]
+    # Birds joined by 和/与 share the statement.
+    assert extractor.extract("灰鹤和白鹤都在鄱阳湖越冬。", "zh")["triples"] == [["灰鹤", "越冬地", "鄱阳湖"],
+                                                                          ["白鹤", "越冬地", "鄱阳湖"]]
+
+
 def test_english_text_gets_english_attribute_names_and_chinese_keys_on_request(extractor):
     text = "The Great Crested Grebe lays 3-5 eggs, and incubation lasts about 28 days."
     assert extractor.extract(text, "en")["attributes"] == {"clutch size": "3-5 eggs", "incubation period": "about 28 days"}

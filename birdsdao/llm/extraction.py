@@ -159,6 +159,8 @@ TEXT_EN = [
 ]
 _OBSERVE_ZH = re.compile(r"(?:观察到|观测到|拍摄到|拍到|记录到|数到|看到|目击|发现)了?")
 _OBSERVE_EN = re.compile(r"\b(?:saw|observed|photographed|recorded|counted|spotted|found|discovered|ringed)\b")
+_NEGATED = re.compile(r"(?:不|没有|从不|并不|很少|绝不)(?:会|是|在)?\s*$|\b(?:not|never|rarely|no longer)\s+$|n't\s+$", re.I)
+_COMPARED = re.compile(r"(?:比|不如|像)$|\bthan (?:the |a )?$")  # 比灰鹤大: 灰鹤 is not the topic
 _PRONOUN = re.compile(r"^(?:它们|它|其|this bird|this species|it|they)\b|^(?:它们|它|其)", re.I)
 
 
@@ -472,7 +474,8 @@ class Extractor:
             here = [s for s in birds if a <= s.start < b]
             found = self._clause_attributes(clause, a, spans, zh)
             for attr, vs, ve in found:
-                before = [s.text for s in here if s.end <= vs and not (s.start >= vs)]
+                # A bird compared with ("比灰鹤大", "than the crane") is not what the clause is about.
+                before = [s.text for s in here if s.end <= vs and not _COMPARED.search(text[a:s.start])]
                 # The bird named before the value is the subject; else the carried one ("它", zero subject).
                 subj = list(dict.fromkeys(before)) or (subjects if not here or _PRONOUN.match(clause.strip()) else [])
                 if not before and here and not _PRONOUN.match(clause.strip()):
@@ -482,7 +485,8 @@ class Extractor:
             if here:
                 first = here[0]
                 if not (zh and text[a:first.start].strip().endswith(("与", "和", "同", "比"))):
-                    lead = [s.text for s in here if s.start <= first.start + 12 and self._leading(text, a, s, zh)]
+                    lead = [s.text for s in here if s.start <= first.start + 12 and self._leading(text, a, s, zh)
+                            and not _COMPARED.search(text[a:s.start])]
                     if lead:
                         subjects = list(dict.fromkeys(lead))
         seen, out = set(), []
@@ -503,7 +507,10 @@ class Extractor:
         out: list[tuple[str, int, int]] = []
         taken: list[tuple[int, int]] = []
 
-        def add(attr: str, start: int, end: int):
+        def add(attr: str, start: int, end: int, trigger: int | None = None):
+            # A negated statement ("不以鱼为食", "does not feed on fish") states no value.
+            if _NEGATED.search(clause[max(0, (start if trigger is None else trigger) - 12):start if trigger is None else trigger]):
+                return
             value = clause[start:end]
             # Trim what is not the value: leading "the"/在-like words and trailing particles.
             lead = re.match(r"^(?:\s+|在|于|主要|通常|常|多|一般|of\s|in\s|on\s|at\s)+" if zh else r"^(?:\s+|in\s+|on\s+|at\s+)+", value)
@@ -536,7 +543,7 @@ class Extractor:
                     continue
                 if attr == "种群数量" and unit and not re.match(r"只|对|头", unit.group(0)):
                     continue
-                add(attr, m.start("v"), m.end("v"))
+                add(attr, m.start("v"), m.end("v"), m.start())
             # A bare measure right after a bird's name: "翼展2米" is caught above; "它们每窝产卵4-6枚" too.
             for attr, pattern in TEXT_ZH:
                 for m in pattern.finditer(clause):
@@ -558,7 +565,7 @@ class Extractor:
                             s = s + inner.start(1)
                         elif DATE_ZH.search(clause[s:e]):
                             continue
-                    add(attr2, s, e)
+                    add(attr2, s, e, m.start())
             # Family/order named as what the bird belongs to (属于鹭科, 同属鹤科).
             for sp in spans:
                 if sp.type in ("family", "order") and offset <= sp.start and sp.end <= offset + len(clause):
@@ -569,7 +576,7 @@ class Extractor:
             for attr, pattern in MEASURES_EN:
                 for m in pattern.finditer(clause):
                     g = next(k for k in ("v", "v2", "v3") if k in m.groupdict() and m.group(k))
-                    add(attr, m.start(g), m.end(g))
+                    add(attr, m.start(g), m.end(g), m.start())
             for attr, pattern in TEXT_EN:
                 for m in pattern.finditer(clause):
                     g = next((k for k in ("v", "v2", "v3") if k in m.groupdict() and m.group(k)), None)
@@ -580,7 +587,7 @@ class Extractor:
                         continue
                     if attr == "also known as" and clause[s:e].lower().startswith("the "):
                         s += 4
-                    add(attr, s, e)
+                    add(attr, s, e, m.start())
             for sp in spans:
                 if sp.type in ("family", "order") and offset <= sp.start and sp.end <= offset + len(clause):
                     if re.search(r"belongs? to (?:the )?(?:family|order)?\s*$", clause[:sp.start - offset], re.I):
