@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from .. import segment
 from . import entities as ent
-from .entities import IUCN, EntityRecognizer
+from .entities import EntityRecognizer
+from .naming import GENERIC_ZH
 
 # --- numbers, units, dates -------------------------------------------------------------------------------
 _ZH_DIGITS = "零〇一二两三四五六七八九十百千万亿"
@@ -41,16 +42,19 @@ _DATE_ZH_ONE = (r"(?:\d{4}|[〇零一二三四五六七八九]{4})年(?:\d{1,2}�
                 r"(?:\d{1,2}[日号])?")
 DATE_ZH = re.compile(rf"(?:\d{{1,2}}{_RANGE}\d{{1,2}}月|(?:{_DATE_ZH_ONE})(?:{_RANGE}(?:{_DATE_ZH_ONE}))?)")
 _DATE_EN_ONE = rf"(?:\d{{1,2}}\s+)?(?:{_MONTHS})\b(?:\s+\d{{1,2}}\b)?(?:,?\s+\d{{4}}\b)?"
-DATE_EN = re.compile(rf"\b{_DATE_EN_ONE}(?:\s+(?:to|until|-|–)\s+{_DATE_EN_ONE})?|\b(?:1[5-9]|20)\d\d\b(?!\s*(?:{UNITS_EN})\b)")
+DATE_EN = re.compile(rf"\b{_DATE_EN_ONE}(?:\s+(?:to|until|-|–)\s+{_DATE_EN_ONE})?"
+                     rf"|\b(?:1[5-9]|20)\d\d\b(?!\s*(?:{UNITS_EN})\b)")  # a bare year, unless a unit follows
 
 # --- people, places, organisations -----------------------------------------------------------------------
 _ORG_SUFFIX_ZH = ("大学", "学院", "研究所", "研究院", "科学院", "协会", "学会", "联盟", "基金会", "动物园", "博物馆",
                   "管理局", "委员会", "中心", "公司", "保护站")
 _PLACE_SUFFIX_ZH = ("国家级自然保护区", "自然保护区", "保护区", "国家公园", "湿地", "公园", "植物园", "半岛", "山脉",
-                    "流域", "地区", "国家级", "库区", "中下游", "南麓", "北麓", "东滩", "口", "东北", "西北", "东南", "西南",
-                    "北方", "南方", "东部", "西部", "南部", "北部", "中部", "红树林保护区", "纳木错")
+                    "流域", "地区", "国家级", "库区", "中下游", "南麓", "北麓", "东滩", "东北", "西北", "东南", "西南",
+                    "北方", "南方", "东部", "西部", "南部", "北部", "中部")
+_PLACE_END = ("湖", "山", "岛", "江", "河", "省", "市", "县")  # jieba tags 玄武湖 nr: its ending says place
 _ORG_EN = re.compile(
-    r"\b(?:[Tt]he\s+)?((?:(?!The\b)[A-Z][\w&'-]*\s+)*(?:University|Institute|Society|Lab|Laboratory|Fund|Foundation|Museum|"
+    r"\b(?:[Tt]he\s+)?((?:(?!The\b)[A-Z][\w&'-]*\s+)*"
+    r"(?:University|Institute|Society|Lab|Laboratory|Fund|Foundation|Museum|"
     r"Zoo|Association|Trust|Union|Council|Academy|Service|Agency|Conservancy)(?:\s+(?:of|for)\s+(?:the\s+)?"
     r"[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*)?)|\b(IUCN|WWF|BirdLife International|RSPB|Audubon Society)\b")
 _ORG_ACRONYMS_ZH = re.compile(r"IUCN|WWF")
@@ -78,12 +82,14 @@ _SURNAMES = frozenset("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林
 _BIRD_MODIFIER = frozenset("红橙黄绿青蓝紫黑白灰褐棕赤金银花斑大小长短凤冠尾嘴头颈胸腹背翅眉眼喉领羽东西南北方中华普通"
                            "王帝岩林山水田沙海雪")
 # A short gazetteer: continents, oceans, regions and countries/places birds are commonly written about.
-PLACES_EN = frozenset("""Africa|Asia|Europe|North America|South America|Central America|Latin America|Antarctica|Antarctic|
-Arctic|Australia|Oceania|Eurasia|Siberia|Himalayas|Himalaya|Tibet|Tibetan Plateau|Mongolia|China|Japan|Korea|India|Russia|
-Canada|Mexico|Brazil|Alaska|Greenland|Iceland|Scandinavia|Britain|Great Britain|England|Scotland|Ireland|France|Spain|
-Germany|Italy|Netherlands|Africa|Madagascar|New Zealand|Indonesia|Malaysia|Thailand|Vietnam|Philippines|Hong Kong|Taiwan|
-Beijing|Shanghai|Yunnan|Sichuan|Qinghai|Xinjiang|Hainan|Mediterranean|Pacific|Atlantic|Indian Ocean|Caribbean|Amazon|
-Alps|Andes|Sahara|Middle East|Southeast Asia|East Asia|Central Asia|Yangtze|Yellow River""".replace("\n", "").split("|"))
+PLACES_EN = frozenset("""Africa|Asia|Europe|North America|South America|Central America|Latin America|
+Antarctica|Antarctic|Arctic|Australia|Oceania|Eurasia|Siberia|Himalayas|Himalaya|Tibet|Tibetan Plateau|Mongolia|
+China|Japan|Korea|India|Russia|Canada|Mexico|Brazil|Alaska|Greenland|Iceland|Scandinavia|Britain|Great Britain|
+England|Scotland|Ireland|France|Spain|Germany|Italy|Netherlands|Madagascar|New Zealand|Indonesia|Malaysia|Thailand|
+Vietnam|Philippines|Hong Kong|Taiwan|Beijing|Shanghai|Yunnan|Sichuan|Qinghai|Xinjiang|Hainan|Mediterranean|Pacific|
+Atlantic|Indian Ocean|Caribbean|Amazon|Alps|Andes|Sahara|Middle East|Southeast Asia|East Asia|Central Asia|Yangtze|
+Yellow River""".replace("\n", "").split("|"))
+_PLACES_EN = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(PLACES_EN, key=len, reverse=True))) + r")\b")
 _PERSON_TITLE_EN = re.compile(r"\b(?:Dr|Prof|Mr|Mrs|Ms|Professor)\.?\s+((?:[A-Z][a-z]+\s?){1,3})")
 _CAP_NAME_EN = re.compile(r"\b[A-Z][a-z]+(?:-[A-Za-z][a-z]+| [A-Z][a-z]+){0,3}\b")
 _CAP_RUN_EN = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+){1,2}\b")
@@ -100,7 +106,8 @@ ATTR_EN = {"体长": "length", "身高": "height", "翼展": "wingspan", "体重
            "迁徙距离": "migration distance", "别名": "also known as", "科": "family", "目": "order"}
 RELATION = {"zh": {"食性": "食物", "科": "属于", "目": "属于"}, "en": {"family": "belongs to", "order": "belongs to"}}
 _QUAL_ZH = r"(?:约为|大约|约|可达|超过|不足|不到|仅|近|将近|多达|达到|达|至少|最多|平均)"
-_QUAL_EN = r"(?:about|around|approximately|roughly|nearly|almost|up to|over|more than|less than|fewer than|at least|at most|some)\s+"
+_QUAL_EN = (r"(?:about|around|approximately|roughly|nearly|almost|up to|over|more than|less than|fewer than|"
+            r"at least|at most|some)\s+")
 _SUFFIX_ZH = r"(?:左右|以上|以下|上下)?"
 # Measured attributes: trigger words (synonyms) → canonical; the value is the quantity after it.
 MEASURES_ZH = {"体长": "体长", "身长": "体长", "身高": "身高", "翼展": "翼展", "体重": "体重", "腿长": "腿长",
@@ -110,7 +117,13 @@ MEASURES_ZH = {"体长": "体长", "身长": "体长", "身高": "身高", "翼�
 _MEASURE_ZH = re.compile(
     rf"(?P<key>{'|'.join(sorted(MEASURES_ZH, key=len, reverse=True))})[^，。；！？,;\d]{{0,4}}?"
     rf"(?P<v>{_QUAL_ZH}*\s*{NUM_ZH}\s*(?:{UNITS_ZH}){_SUFFIX_ZH})")
-_UNIT_ATTR_ZH = {"枚": "窝卵数", "天": "孵化期"}  # units that say which measure a bare "产卵"/"孵化" number is
+# The units each measure is given in.
+_LENGTH_UNITS = ("厘米", "毫米", "米", "公里", "千米", "cm", "mm", "km", "m")
+_MEASURE_UNITS_ZH = {"体长": _LENGTH_UNITS, "身高": _LENGTH_UNITS, "翼展": _LENGTH_UNITS, "腿长": _LENGTH_UNITS,
+                     "迁徙距离": _LENGTH_UNITS, "体重": ("公斤", "千克", "克", "吨", "kg", "g"), "寿命": ("年", "个月"),
+                     "孵化期": ("天", "日", "周"), "种群数量": ("只", "对", "头"), "窝卵数": ("枚",)}
+_VALUE_LEAD_ZH = re.compile(r"^(?:\s+|在|于|主要|通常|常|多|一般)+")
+_VALUE_LEAD_EN = re.compile(r"^(?:\s+|in\s+|on\s+|at\s+)+")
 _V_EN = rf"(?:{_QUAL_EN})*{NUM_EN}\s*(?:{UNITS_EN})\b"
 MEASURES_EN = [
     ("length", re.compile(rf"(?P<v>{_V_EN})\s+(?:long|in length)\b|\blength of\s+(?P<v2>{_V_EN})", re.I)),
@@ -123,13 +136,15 @@ MEASURES_EN = [
     ("population", re.compile(rf"\bpopulation\b[^.;\d]{{0,16}}?(?P<v>{_V_EN})", re.I)),
 ]
 _END_ZH = r"[^，。；！？,;!?]"
-# Stated attributes: (canonical, pattern with a group "v", value kind). "place" values are cut at a following
-# verb phrase; "date" values must be a date.
+# Stated attributes: (canonical, pattern whose group "v" is the value). A value runs to the clause's end unless
+# the pattern closes it (以…为食, 在…筑巢); _clause_attributes trims what leads it (在, 主要) and checks dates.
 TEXT_ZH = [
     ("食性", re.compile(rf"以(?P<v>{_END_ZH}+?)为(?:主)?食")),
-    ("食性", re.compile(rf"(?:捕食|取食|主要吃|吃|捕)(?P<v>{_END_ZH}+)")),
+    ("食性", re.compile(rf"(?:捕食|取食|主要吃|吃)(?P<v>{_END_ZH}+)")),
+    ("食性", re.compile(r"捕(?P<v>鱼)")),  # 潜水捕鱼
     ("食性", re.compile(rf"食物(?:主要)?(?:是|为|包括|有)(?P<v>{_END_ZH}+)")),
-    ("筑巢地点", re.compile(rf"在(?P<v>{_END_ZH}{{1,16}}?)(?:用{_END_ZH}{{0,6}}?)?(?:挖洞|集群)?(?:筑巢|营巢|筑成{_END_ZH}?巢|做窝|筑窝|做巢)")),
+    ("筑巢地点", re.compile(rf"在(?P<v>{_END_ZH}{{1,16}}?)(?:用{_END_ZH}{{0,6}}?)?(?:挖洞|集群)?"
+                        rf"(?:筑巢|营巢|筑成{_END_ZH}?巢|做窝|筑窝|做巢)")),
     ("筑巢地点", re.compile(rf"(?:巢(?:多|常)?筑[在于]|筑巢于|营巢于)(?P<v>{_END_ZH}+)")),
     ("栖息地", re.compile(rf"(?:栖息|生活|栖居)[于在](?P<v>{_END_ZH}+)")),
     ("栖息地", re.compile(rf"常见于(?P<v>{_END_ZH}+)")),
@@ -142,20 +157,30 @@ TEXT_ZH = [
     ("保护级别", re.compile(r"(?P<v>国家[一二]级(?:重点)?保护(?:野生)?动物)")),
     ("别名", re.compile(rf"(?:又名|又称|也叫|俗称|别名|亦称|也称)(?P<v>{_END_ZH}+)")),
 ]
-_STOP_EN = (r"(?=\s+(?:and|but|while|which|where|when|to)\s+(?:nests?|builds?|breeds?|winters?|lives?|has|have|is|are|"
-            r"was|can|feeds?|eats?|lays?|hunts?|catch|catches|protect|incubation)\b|\s+(?:at night|during|in winter|in summer|"
-            r"by the|in the (?:morning|evening))\b|[.;!?]|,\s+(?:the|with|which|and it|and incubation|while|but)\b|$)")
+# Where an English value ends: "and <another verb>", a time phrase, the sentence's end, or ", which/the...".
+_STOP_EN = (r"(?=\s+(?:and|but|while|which|where|when|to)\s+(?:nests?|builds?|breeds?|winters?|lives?|has|have|is|"
+            r"are|was|can|feeds?|eats?|lays?|hunts?|catch|catches|protect|incubation)\b"
+            r"|\s+(?:at night|during|in winter|in summer|by the|in the (?:morning|evening))\b"
+            r"|[.;!?]|,\s+(?:the|with|which|and it|and incubation|while|but)\b|$)")
+_MOSTLY = r"(?:\s+(?:mainly|mostly|largely|chiefly|primarily))?"
+
+
+def _en(*triggers: str) -> re.Pattern:
+    """An English attribute pattern: any of ``triggers``, then the value up to where the statement ends."""
+    return re.compile("|".join(rf"\b{t}\s+(?P<v{i}>.+?){_STOP_EN}" for i, t in enumerate(triggers)), re.I)
+
+
 TEXT_EN = [
-    ("diet", re.compile(rf"\b(?:feeds?|feeding|preys?|preying|lives?)\s+(?:mainly |mostly |largely |chiefly |primarily )?on\s+(?P<v>.+?){_STOP_EN}", re.I)),
-    ("diet", re.compile(rf"\b(?:eats?|hunts?)\s+(?:mainly |mostly |largely |chiefly |primarily )?(?P<v>.+?){_STOP_EN}", re.I)),
-    ("diet", re.compile(rf"\bdiet (?:consists of|includes|is)\s+(?P<v>.+?){_STOP_EN}", re.I)),
-    ("nest site", re.compile(rf"(?<!the )(?<!its )(?<!their )(?<!of )\b(?:nests?|builds? (?:its|their|a) nests?|nesting)\s+(?:(?:in|on|at)\s+)?(?P<v>(?:near|under|along|by|among|in|on|at|inside|beneath)?.+?){_STOP_EN}", re.I)),
-    ("habitat", re.compile(rf"\b(?:lives?|living) in\s+(?P<v>.+?){_STOP_EN}|\binhabits?\s+(?P<v2>.+?){_STOP_EN}|\b(?:is |are )?common in\s+(?P<v3>.+?){_STOP_EN}", re.I)),
-    ("distribution", re.compile(rf"\b(?:distributed|found|occurs?|ranges?)\s+(?:across|in|on|throughout|over)\s+(?P<v>.+?){_STOP_EN}|\bnative to\s+(?P<v2>.+?){_STOP_EN}", re.I)),
-    ("wintering area", re.compile(rf"\bwinters?\s+in\s+(?P<v>.+?){_STOP_EN}", re.I)),
+    ("diet", _en(rf"(?:feeds?|feeding|preys?|preying|lives?){_MOSTLY}\s+on", rf"(?:eats?|hunts?){_MOSTLY}",
+                 r"diet (?:consists of|includes|is)")),
+    ("nest site", _en(r"(?<!the )(?<!its )(?<!their )(?<!of )(?:nests?|builds? (?:its|their|a) nests?|nesting)"
+                      r"(?:\s+(?:in|on|at))?")),
+    ("habitat", _en(r"(?:lives?|living) in", r"inhabits?", r"(?:is |are )?common in")),
+    ("distribution", _en(r"(?:distributed|found|occurs?|ranges?)\s+(?:across|in|on|throughout|over)", r"native to")),
+    ("wintering area", _en(r"winters?\s+in")),
     ("breeding season", re.compile(rf"\bbreeds?\s+(?:from|between|in)\s+(?P<v>(?:{_MONTHS}).+?){_STOP_EN}", re.I)),
-    ("breeding area", re.compile(rf"\bbreeds?\s+(?:in|on|across)\s+(?P<v>.+?){_STOP_EN}", re.I)),
-    ("also known as", re.compile(rf"\b(?:also known as|also called|known locally as)\s+(?:the\s+)?(?P<v>.+?){_STOP_EN}", re.I)),
+    ("breeding area", _en(r"breeds?\s+(?:in|on|across)")),
+    ("also known as", _en(r"(?:also known as|also called|known locally as)(?:\s+the)?")),
 ]
 _OBSERVE_ZH = re.compile(r"(?:观察到|观测到|拍摄到|拍到|记录到|数到|看到|目击|发现)了?")
 _OBSERVE_EN = re.compile(r"\b(?:saw|observed|photographed|recorded|counted|spotted|found|discovered|ringed)\b")
@@ -179,7 +204,7 @@ class Span:
         return d
 
 
-def jieba_freq(word: str) -> int:
+def _jieba_freq(word: str) -> int:
     return segment.jieba().dt.FREQ.get(word) or 0
 
 
@@ -195,7 +220,6 @@ class Extractor:
         self.catalog = catalog
         self.resolver = resolver
         self.recognizer = EntityRecognizer(catalog)
-        self._iucn_terms = {t.lower() for pair in IUCN.values() for t in pair}
 
     # --- entities ---------------------------------------------------------------------------------------
     def entities(self, text: str) -> list[Span]:
@@ -258,7 +282,8 @@ class Extractor:
             if singular != text:
                 taken = {i for e in found for i in range(e["start"], e["end"])}
                 for e in self.recognizer.entities(singular):
-                    end = e["end"] + (1 if e["end"] < len(text) and text[e["end"]] == "s" and e["type"] == "species" else 0)
+                    plural = e["type"] == "species" and text[e["end"]:e["end"] + 1] == "s"
+                    end = e["end"] + plural
                     if not taken & set(range(e["start"], end)):
                         found.append({**e, "text": text[e["start"]:end], "end": end})
             for e in found:  # "Wandering Albatross" is not the catalogue's "Albatross"
@@ -282,7 +307,8 @@ class Extractor:
                 word = next((w for w in words if w[2] <= e["start"] and e["end"] <= w[3]), None)
                 longer = self._extend_bird_left(e["start"], e["end"], words)
                 if longer[0] < e["start"]:
-                    e = {**e, "start": longer[0], "end": longer[1], "text": text[longer[0]:longer[1]], "species_id": None}
+                    e = {**e, "start": longer[0], "end": longer[1], "text": text[longer[0]:longer[1]],
+                         "species_id": None}
                 elif word is not None and word[3] - word[2] > e["end"] - e["start"] and self._is_bird(word[0]):
                     e = {**e, "start": word[2], "end": word[3], "text": word[0], "species_id": None}
             out.append(e)
@@ -291,8 +317,6 @@ class Extractor:
     def _is_bird(self, word: str) -> bool:
         if self.resolver is None or len(word) < 2:
             return False
-        from .naming import GENERIC_ZH  # noqa: PLC0415  (naming imports this package's siblings)
-
         return word not in GENERIC_ZH and self.resolver.is_bird_word(word)
 
     def _birds_not_in_catalogue(self, text: str, words) -> list[tuple[int, int]]:
@@ -380,11 +404,11 @@ class Extractor:
                     out.append((words[j][2], end, "organization"))
                     i += 1
                     continue
-            if (flag == "ns" and word not in _GENERIC_PLACES) or (flag.startswith("nr") and word.endswith(("湖", "山", "岛", "江", "河", "省", "市", "县"))):
+            if (flag == "ns" and word not in _GENERIC_PLACES) or (flag.startswith("nr") and word.endswith(_PLACE_END)):
                 s, e = start, end
                 k = i + 1
                 while k < n and (words[k][1] == "ns" and words[k][0] not in _GENERIC_PLACES
-                                 or words[k][1].startswith("nr") and words[k][0].endswith(("湖", "山", "岛", "江", "河"))
+                                 or words[k][1].startswith("nr") and words[k][0].endswith(_PLACE_END)
                                  or words[k][0].endswith(_PLACE_SUFFIX_ZH) and words[k][1] not in ("v", "p")
                                  or words[k][0] in _PLACE_SUFFIX_ZH
                                  or (k + 1 < n and _is_zh(words[k][0]) and words[k][1].startswith(("n", "nr"))
@@ -400,8 +424,9 @@ class Extractor:
                 out.append((s, e, "place"))
                 i = k
                 continue
-            if flag.startswith("nr") and 2 <= len(word) <= 4 and _is_zh(word) and (word[0] in _SURNAMES or "·" in word) \
-                    and (jieba_freq(word) <= 10):  # dictionary words tagged nr (杨树, 越冬) are common nouns
+            # Dictionary words tagged nr (杨树 127, 越冬 250 in jieba's counts) are common nouns, not names.
+            if flag.startswith("nr") and 2 <= len(word) <= 4 and _is_zh(word) and _jieba_freq(word) <= 10 \
+                    and (word[0] in _SURNAMES or "·" in word):
                 out.append((start, end, "person"))
             i += 1
         return out
@@ -412,9 +437,8 @@ class Extractor:
             add(m.start(g), m.end(g), "organization")
         for m in _PERSON_TITLE_EN.finditer(text):
             add(m.start(1), m.end(1), "person")
-        for name in sorted(PLACES_EN, key=len, reverse=True):
-            for m in re.finditer(rf"\b{re.escape(name)}\b", text):
-                add(m.start(), m.end(), "place")
+        for m in _PLACES_EN.finditer(text):
+            add(m.start(), m.end(), "place")
         for m in _CAP_RUN_EN.finditer(text):
             words = m.group(0).split()
             if words[0] in _EN_NOT_NAME:
@@ -477,9 +501,7 @@ class Extractor:
                 # A bird compared with ("比灰鹤大", "than the crane") is not what the clause is about.
                 before = [s.text for s in here if s.end <= vs and not _COMPARED.search(text[a:s.start])]
                 # The bird named before the value is the subject; else the carried one ("它", zero subject).
-                subj = list(dict.fromkeys(before)) or (subjects if not here or _PRONOUN.match(clause.strip()) else [])
-                if not before and here and not _PRONOUN.match(clause.strip()):
-                    subj = subjects
+                subj = list(dict.fromkeys(before)) or subjects
                 items.append({"attribute": attr, "value": text[vs:ve], "start": vs, "end": ve, "subjects": list(subj)})
             here = [s for s in here if not any(vs <= s.start and s.end <= ve for _a, vs, ve in found)]
             if here:
@@ -509,19 +531,16 @@ class Extractor:
 
         def add(attr: str, start: int, end: int, trigger: int | None = None):
             # A negated statement ("不以鱼为食", "does not feed on fish") states no value.
-            if _NEGATED.search(clause[max(0, (start if trigger is None else trigger) - 12):start if trigger is None else trigger]):
+            head = start if trigger is None else trigger
+            if _NEGATED.search(clause[max(0, head - 12):head]):
                 return
             value = clause[start:end]
             # Trim what is not the value: leading "the"/在-like words and trailing particles.
-            lead = re.match(r"^(?:\s+|在|于|主要|通常|常|多|一般|of\s|in\s|on\s|at\s)+" if zh else r"^(?:\s+|in\s+|on\s+|at\s+)+", value)
+            lead = (_VALUE_LEAD_ZH if zh else _VALUE_LEAD_EN).match(value)
             if lead:
                 start += lead.end()
             value = clause[start:end]
-            tail = re.search(r"(?:\s+|等地方|一带|的地方|之中)+$" if zh else r"[\s,]+$", value)
-            if tail and zh and tail.group(0).strip() and tail.group(0).strip() not in ("一带",):
-                end -= len(tail.group(0))
-            elif tail and not zh:
-                end -= len(tail.group(0))
+            end -= len(value) - len(value.rstrip(" \t\n,"))
             if end <= start or any(s < end and start < e for s, e in taken):
                 return
             taken.append((start, end))
@@ -531,20 +550,9 @@ class Extractor:
             for m in _MEASURE_ZH.finditer(clause):
                 attr = MEASURES_ZH[m.group("key")]
                 unit = re.search(rf"(?:{UNITS_ZH}){_SUFFIX_ZH}$", m.group("v"))
-                if attr == "窝卵数" and unit and not unit.group(0).startswith("枚"):
-                    continue
-                if attr == "孵化期" and unit and not unit.group(0).startswith(("天", "日", "周")):
-                    continue
-                if attr == "寿命" and unit and not unit.group(0).startswith(("年", "个月")):
-                    continue
-                if attr in ("体长", "身高", "翼展", "腿长") and unit and not re.match(r"厘米|毫米|米|cm|mm|m", unit.group(0)):
-                    continue
-                if attr == "体重" and unit and not re.match(r"公斤|千克|克|吨|kg|g", unit.group(0)):
-                    continue
-                if attr == "种群数量" and unit and not re.match(r"只|对|头", unit.group(0)):
-                    continue
+                if unit and not unit.group(0).startswith(_MEASURE_UNITS_ZH[attr]):
+                    continue  # "寿命…3窝", "体重…80厘米": the number measures something else
                 add(attr, m.start("v"), m.end("v"), m.start())
-            # A bare measure right after a bird's name: "翼展2米" is caught above; "它们每窝产卵4-6枚" too.
             for attr, pattern in TEXT_ZH:
                 for m in pattern.finditer(clause):
                     s, e = m.span("v")
@@ -554,10 +562,6 @@ class Extractor:
                         attr2 = attr
                     if attr == "繁殖期" and not DATE_ZH.match(clause[s:e]):
                         continue
-                    if attr == "食性" and m.group(0).startswith("捕") and not m.group(0).startswith("捕食"):
-                        e = s + 1 if clause[s:s + 1] == "鱼" else e
-                        if clause[s:e] != "鱼":
-                            continue
                     if attr in ("繁殖地", "越冬地", "筑巢地点") and re.search(r"[\d]|每年|冬季|秋季|春季|夏季", clause[s:e]):
                         # "每年冬季在山东荣成越冬": the value starts after the time words.
                         inner = re.search(r"在([^在]+)$", clause[s:e])
@@ -573,20 +577,12 @@ class Extractor:
                     if re.search(r"属于?$|归于$", lead):
                         add("科" if sp.type == "family" else "目", sp.start - offset, sp.end - offset)
         else:
-            for attr, pattern in MEASURES_EN:
+            for attr, pattern in MEASURES_EN + TEXT_EN:
                 for m in pattern.finditer(clause):
-                    g = next(k for k in ("v", "v2", "v3") if k in m.groupdict() and m.group(k))
-                    add(attr, m.start(g), m.end(g), m.start())
-            for attr, pattern in TEXT_EN:
-                for m in pattern.finditer(clause):
-                    g = next((k for k in ("v", "v2", "v3") if k in m.groupdict() and m.group(k)), None)
-                    if g is None:
-                        continue
+                    g = next(k for k, v in m.groupdict().items() if v)  # the alternative that matched
                     s, e = m.span(g)
                     if attr == "distribution" and DATE_EN.fullmatch(clause[s:e]):
                         continue
-                    if attr == "also known as" and clause[s:e].lower().startswith("the "):
-                        s += 4
                     add(attr, s, e, m.start())
             for sp in spans:
                 if sp.type in ("family", "order") and offset <= sp.start and sp.end <= offset + len(clause):
@@ -669,7 +665,8 @@ def validate(kind: str, value, text: str) -> tuple:
                 dropped += 1
                 continue
             raw = str(e.get("type", "other")).strip()
-            kind_ = raw.lower() if raw.lower() in ENTITY_TYPES else _TYPE_ALIASES.get(raw.lower(), _TYPE_ALIASES.get(raw, "other"))
+            low = raw.lower()
+            kind_ = low if low in ENTITY_TYPES else _TYPE_ALIASES.get(low, _TYPE_ALIASES.get(raw, "other"))
             item = {"text": span, "type": kind_, "start": start, "end": start + len(span)}
             if kind_ == "species":
                 item["species_id"] = e.get("species_id") if isinstance(e.get("species_id"), str) else None
