@@ -219,13 +219,20 @@ class AnswerService:
                 photo.append(sp)
         photo += [sp for sp in photo_species or () if sp is not None and all(sp.id != p.id for p in photo)]
         named, resolution = self._named(question, describe=req.prompt_type == "species")
-        if not named and resolution is None and not photo and self._is_follow_up(question):
-            for user, _assistant in reversed(history):
-                named, resolution = self._named(user)
-                if named:
-                    if resolution is not None and resolution.status == "exact":
-                        resolution = None  # the bird is known: no need to say again how its name was read
+        earlier = []  # the bird a follow-up points back to: the photo's, else the newest turn's
+        if self._is_follow_up(question) and (not named or (len(named) == 1 and is_comparison(question))):
+            earlier = photo
+            for user, _assistant in reversed(history if not photo else ()):
+                earlier, said = self._named(user)
+                if earlier:
+                    if not named and said is not None and said.status != "exact":
+                        resolution = said  # "目录里没有丹顶鹤" holds for the follow-up too
                     break
+        if named and earlier:
+            # "它和疣鼻天鹅怎么区分？": the bird of the last turn against the one named now.
+            named = [sp for sp in earlier[:1] if sp.id != named[0].id] + named
+        elif earlier:
+            named = earlier
         limit = naming.MAX_CARDS if resolution is not None and resolution.status in ("group", "suggestions",
                                                                                         "missing") else 2
         focus = named[:limit] or photo[:2]

@@ -31,7 +31,7 @@ STOPWORDS = frozenset(
     "吗？ 一 一种 种 只 个 请 告诉 我 你 介绍 一下 关于 可以 能 会 多少 几 ？ ? ， , 。 . ！ ! 、 ： : the a an is are was "
     "were be of to in on for and or what which who whom how why where when does do did it its this that these "
     "those about tell me please describe can could would you i my with as by from 些 一些 知识 了解 讲讲 说说 谈谈 "
-    "信息 吧 呀 下 给 know something some".split())
+    "信息 吧 呀 下 给 know something some 真的 是不是 有没有 会不会 能不能".split())
 # Where a bird lives is answered by sentences naming places and habitats.
 _PLACES = ("荒漠", "森林", "林", "湿地", "草原", "草地", "海岸", "沿海", "山地", "山区", "灌丛", "热带", "沼泽", "湖",
            "河", "海", "岛", "洲", "美洲", "非洲", "亚洲", "欧洲", "澳大利亚", "中国", "北美", "南美", "特有",
@@ -92,27 +92,37 @@ INTENTS = (
                            r"how old|live for how long"),
            _re(r"寿命|\d\s*岁|存活|活到|长寿|lifespan|life span|longevity|years? old|\blive[sd]?\b[^.]{0,20}\d+\s*years"),
            "寿命", "its lifespan"),
-    Intent("size", _re(r"多大|多长|多重|大小|体长|翼展|体重|个头|体型|how big|how large|\bsize\b|how long is|"
-                       r"how long are|\blength\b|wingspan|weigh|how heavy|how tall"),
+    Intent("size", _re(r"多大|多长|多重|大小|体长|翼展|体重|个头|体型|更大|更小|谁大|哪个大|how big|how large|\bsize\b|"
+                       r"how long is|how long are|\blength\b|wingspan|weigh|how heavy|how tall|bigger|larger|smaller"),
            _re(r"厘米|公分|毫米|\d\s*米|公斤|千克|\d\s*克|体长|翼展|体重|体型|\bcm\b|\bkg\b|\d\s*g\b|length|wingspan|"
-               r"weigh|inches|largest|smallest|-sized|sized\b"), "体型大小", "its size"),
+               r"weigh|inches|最大|最小|最重|largest|smallest|heaviest|-sized|sized\b"), "体型大小", "its size"),
+    Intent("speed", _re(r"多快|速度|时速|how fast|\bspeed"), _re(r"速度|时速|公里|\bkm\b|mph|最快|fastest|speed"),
+           "速度", "its speed"),
+    Intent("hunt", _re(r"捕鱼|捕猎|狩猎|抓鱼|猎物|怎么捕|怎么抓|\bhunts?\b|hunting|\bcatch"),
+           _re(r"捕|猎|抓|扎|俯冲|刺|听觉|\bhunts?\b|hunting|\bcatch|prey|dives?\b"), "捕食方式", "how it hunts"),
     Intent("diet", _re(r"吃|食物|食性|觅食|捕食|为食|\beats?\b|\beating\b|diet|\bfood\b|\bfeeds?\b|\bprey\b"),
-           _re(r"食|吃|捕|啄|diet|\bfeeds?\b|\beats?\b|prey|fish|insects?|seeds?|carrion|omnivor|nectar|fruit"),
-           "食性", "its diet"),
-    Intent("nest", _re(r"巢|窝|繁殖|产卵|下蛋|孵|育雏|\bnests?\b|nesting|breed|\beggs?\b|chicks?"),
-           _re(r"巢|窝|繁殖|产卵|卵|孵|育雏|\bnests?\b|nesting|breed|\beggs?\b|chicks?|clutch"), "筑巢繁殖",
-           "its nest and breeding"),
+           _re(r"食|吃|捕|啄|虫|鼠|鱼|蛙|虾|谷|种子|草籽|果|植物|橡子|diet|\bfeeds?\b|\beats?\b|prey|fish|insects?|"
+               r"seeds?|carrion|omnivor|nectar|fruit"), "食性", "its diet"),
+    Intent("nest", _re(r"巢|窝|\bnests?\b|nesting"), _re(r"巢|窝|\bnests?\b|nesting"), "筑巢", "its nest"),
+    Intent("breeding", _re(r"繁殖|产卵|下蛋|蛋|孵|育雏|\bbreed|\beggs?\b|chicks?"),
+           _re(r"繁殖|产卵|卵|蛋|孵|育雏|巢|\bbreed|\beggs?\b|chicks?|clutch"), "繁殖", "its breeding"),
+    Intent("dive", _re(r"潜水|潜多|多深|\bdives?\b|diving|how deep"), _re(r"潜|深|\bdives?\b|diving|deep"),
+           "潜水", "diving"),
+    Intent("flight", _re(r"会飞|能飞|飞吗|\bfly\b|\bflight|flightless"), _re(r"飞|\bfly\b|flight|flightless"),
+           "飞行", "flight"),
     Intent("habitat", _re(r"哪里|哪儿|在哪|分布|栖息|生活在|住在|见到|哪些地方|where|habitat|\brange\b|distribut|"
                           r"found in|live in|lives in"),
            _re(r"分布|栖息|见于|生活于|生活在|常见于|繁殖于|越冬|特有|" + _PLACE_WORDS + r"|habitat|\brange\b|found|"
                r"\blives?\b|native|forests?|wetlands?|coasts?|rivers?|lakes?|america|europe|asia|africa|australia"),
            "分布和栖息地", "where it lives"),
-    Intent("voice", _re(r"叫声|鸣声|鸣叫|怎么叫|叫起来|唱歌|\bsounds?\b|\bcalls?\b|\bsong\b|\bsings?\b|voice"),
-           _re(r"叫|鸣|唱|声|\bcalls?\b|song|voice|\bsings?\b|croak|whistle|kraa|kronk|gronk|caw"), "叫声",
+    Intent("voice", _re(r"叫声|鸣声|鸣叫|怎么叫|叫起来|唱歌|鸟叫|模仿|\bsounds?\b|\bcalls?\b|\bsong\b|\bsings?\b|"
+                        r"voice|mimic"),
+           _re(r"叫|鸣|唱|声|模仿|mimic|\bcalls?\b|song|voice|\bsings?\b|croak|whistle|kraa|kronk|gronk|caw"), "叫声",
            "its voice"),
-    Intent("migration", _re(r"迁徙|迁移|候鸟|留鸟|越冬|过冬|migrat|winter"),
-           _re(r"迁|越冬|候鸟|留鸟|migrat|winter"), "迁徙", "migration"),
-    Intent("status", _re(r"保护|濒危|受胁|iucn|珍稀|灭绝|endanger|threat|conservation|\bstatus\b|extinct"),
+    Intent("migration", _re(r"迁徙|迁移|候鸟|留鸟|越冬|过冬|冬天|冬季|migrat|winter"),
+           _re(r"迁|越冬|冬季|候鸟|留鸟|migrat|winter"), "迁徙", "migration"),
+    Intent("status", _re(r"保护(?:动物|级别|等级|状况|鸟)|几级保护|濒危|受胁|iucn|珍稀|灭绝|endanger|threat|conservation|"
+                         r"\bstatus\b|extinct|protected"),
            _re(r"iucn|受胁|保护|濒危|无危|近危|易危|极危|灭绝|status|endanger|threat|protect"), "保护状况",
            "its conservation status"),
     Intent("taxonomy", _re(r"哪个科|什么科|哪一科|哪个目|什么目|哪一目|科属|分类|哪个属|\bfamily\b|\border\b|genus|"
@@ -126,11 +136,25 @@ INTENTS = (
 )
 
 
+# A kind that makes another one only a modifier: "在哪里筑巢" asks for the nest, "寿命有多长" for a lifespan.
+_OVERRIDES = {"compare": "*", "lifespan": "*", "hunt": ("diet",),
+              **{k: ("habitat", "looks") for k in ("nest", "breeding", "migration", "diet", "voice", "size", "dive",
+                                                   "flight", "speed")}}
+
+
+def _strip(text: str, names: list[str]) -> str:
+    for name in names:
+        text = text.replace(name, " ")
+    return text
+
+
 def intents_of(question: str) -> list[Intent]:
-    """The kinds of thing a question asks (none for "介绍一下白头海雕": any fact about it answers)."""
+    """The kinds of thing a question asks (none for "介绍一下白头海雕": any fact about it answers); a sentence
+    answers when it holds what any of them needs (one holding what all need is preferred)."""
     found = [i for i in INTENTS if i.ask.search(question)]
-    if any(i.name == "compare" for i in found):
-        return [i for i in found if i.name == "compare"]
+    for intent in list(found):
+        drops = _OVERRIDES.get(intent.name, ())
+        found = [i for i in found if i is intent or not (drops == "*" or i.name in drops)]
     return found
 
 
@@ -240,13 +264,18 @@ class ExtractiveBackend(Backend):
         def answers(sentence: str, low: str) -> bool:
             if intents:
                 # The subject's own name is no content ("小嘴乌鸦" holds 小, "Sandhill Crane" a place word).
-                for name in names:
-                    low = low.replace(name, " ")
+                low = _strip(low, names)
                 return any(i.needs.search(low) for i in intents)
             return not groups or sum(any(a in low for a in g) for g in groups) >= need
 
         lowered = [c[0].lower() for c in candidates]
         ok = [answers(c[0], low) for c, low in zip(candidates, lowered)]
+        if len(intents) > 1:  # "蛋有多大": the sentences about the egg's size, when there are some
+            every = [ok[i] and all(x.needs.search(_strip(lowered[i], names)) for x in intents) for i in range(len(ok))]
+            ok = every if any(every) else ok
+        if any(o and not c[3] for o, c in zip(ok, candidates)):
+            # The species' own sentences answer: its family's shared traits would only pad the answer.
+            ok = [o and not c[3] for o, c in zip(ok, candidates)]
         # Per source, answer in the question's language when its sentences there answer; else quote the other
         # language's (an English question over a card described in Chinese, a Chinese one over an English page).
         want_cjk = prompt.lang == "zh"
