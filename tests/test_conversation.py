@@ -123,6 +123,9 @@ def test_a_single_fact_question_quotes_that_fact_once_without_padding(client):
 def test_chinese_question_finds_the_english_passage_that_answers_it(client):
     body = ask(client, "哪个用户组可以完全访问串口？", mode="kb", kb_name="manuals")
     assert any(s["doc_name"] == "serial_port_access.html" and "dialout" in s["text"] for s in body["sources"][:5])
+    # the retrieval-only answer cannot quote across languages, but points at the English passage
+    pointed = int(re.search(r"另有英文资料可能相关.*见\[(\d+)\]", body["response"]).group(1))
+    assert body["sources"][pointed - 1]["doc_name"] == "serial_port_access.html"
 
 
 def test_english_question_finds_the_chinese_passage_that_answers_it(client):

@@ -11,6 +11,8 @@ from typing import Iterator
 
 from ..config import DEFAULTS
 from .. import segment
+from ..kb.search import is_cjk_text
+from ..kb.species_kb import SPECIES_KB
 from ..segment import search_words
 from .base import Backend, Limits, Passage, Prompt, has_cjk
 
@@ -61,6 +63,10 @@ NOTHING = {
     "zh": "资料中没有找到与这个问题相关的内容。",
     "en": "The documents contain nothing relevant to this question.",
 }
+# A retrieved passage in the other language may hold the answer, but word matching cannot tell: say where it is.
+OTHER_LANGUAGE = {"zh": "另有英文资料可能相关（本回答方式只能摘录与问题同语言的句子），见[{n}]。",
+                  "en": " A Chinese passage may answer it (this answering mode only quotes sentences in the question's "
+                        "language): see [{n}]."}
 # "资料中没有关于寿命的记载。" -- said instead of quoting a sentence that only names the bird.
 NOT_FOUND = {"zh": "资料中没有关于{topic}的记载。", "en": "The sources say nothing about {topic}."}
 
@@ -369,6 +375,11 @@ class ExtractiveBackend(Backend):
             intents = intents_of(prompt.question)
             topic = getattr(intents[0], prompt.lang) if intents and prompt.passages else None
             yield NOT_FOUND[prompt.lang].format(topic=topic) if topic else NOTHING[prompt.lang]
+            # (Not for the species cards: Chinese text with English names, quoted across languages above.)
+            other = [p for p in prompt.passages if p.kb_name != SPECIES_KB and p.score_kind not in ("card", "lookalike")
+                     and is_cjk_text(p.text) != (prompt.lang == "zh")]
+            if other:
+                yield OTHER_LANGUAGE[prompt.lang].format(n=other[0].number)
             return
         sep = "" if prompt.lang == "zh" else " "
         for i, (sentence, passage, family) in enumerate(chosen):
