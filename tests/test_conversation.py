@@ -110,6 +110,8 @@ def test_a_question_that_names_no_bird_is_no_follow_up_and_says_nothing_was_foun
     body = ask(client, "哪个用户组可以完全访问串口？", [["白头海雕吃什么？", "..."]])
     assert body["species"] is None
     assert body["response"] == "资料中没有找到与这个问题相关的内容。"
+    other = ask(client, "还有其他鸟也吃鱼吗？", [["白头海雕吃什么？", "..."]])  # 其他 is no pronoun
+    assert other["species"] is None and "BALD_EAGLE.md" not in cards(other)
 
 
 def test_a_single_fact_question_quotes_that_fact_once_without_padding(client):

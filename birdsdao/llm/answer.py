@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("plain", "kb")
 # A question that points back at a bird instead of naming one ("它吃什么？", "What about its nest?").
-FOLLOW_UP = re.compile(r"它|其|这种鸟|这只鸟|这鸟|那种鸟|那只鸟|该鸟|这两种|两者|二者|呢\s*[？?]?\s*$|\b(?:it|its|it's|"
+FOLLOW_UP = re.compile(r"它|其(?![他它实中余次])|这种鸟|这只鸟|这鸟|那种鸟|那只鸟|该鸟|这两种|两者|二者|呢\s*[？?]?\s*$|\b(?:it|its|it's|"
                        r"they|them|their|this bird|that bird|these birds|both|the two|what about|how about)\b", re.I)
+# ...unless it asks about other birds ("还有其他鸟也吃鱼吗？", "Which birds eat fish?").
+OTHER_BIRDS = re.compile(r"其他|别的|另外的|哪些鸟|什么鸟|哪种鸟|哪一种鸟|\b(?:other|another|which) birds?\b", re.I)
 # A question this short that asks about something ("寿命呢", "Diet?") continues the conversation too.
 SHORT_FOLLOW_UP = 12
 # What a species description should cover; the extractive backend scores card sentences against it.
@@ -260,6 +262,8 @@ class AnswerService:
 
     @staticmethod
     def _is_follow_up(question: str) -> bool:
+        if OTHER_BIRDS.search(question):
+            return False
         return bool(FOLLOW_UP.search(question)) or (len(question) <= SHORT_FOLLOW_UP and bool(intents_of(question)))
 
     def _lookalike_passage(self, focus, lang) -> Passage | None:
