@@ -76,8 +76,7 @@ def test_extractive_says_the_topic_is_not_covered_instead_of_passing_facts_off_a
     prompt = Prompt(question="白头海雕的叫声是什么样的？", lang="zh", passages=[passage(1, EAGLE_ZH)],
                     subject_terms=["白头海雕", "bald eagle"])
     text = extractive.generate(prompt, Limits())
-    assert text.startswith("资料中没有提到这一点。")
-    assert text.count("[1]") <= 2 and "白头海雕" in text   # at most two labelled facts about the subject
+    assert text == "资料中没有关于叫声的记载。"  # the topic, in the question's language, and no nearby facts
 
 
 def test_prompt_fences_documents_as_data_and_a_document_cannot_close_its_fence():

@@ -129,7 +129,7 @@ def test_magpie_lifespan_says_the_answer_is_missing_and_lists_the_magpies(client
         "Pica hudsonia", "Pica nuttalli", "Pica pica"}
     for name in ("黑嘴喜鹊", "黄嘴喜鹊", "欧亚喜鹊"):
         assert name in body["response"]
-    assert "资料中没有提到这一点" in body["response"]
+    assert "资料中没有关于寿命的记载" in body["response"] and "[" not in body["response"]  # nothing nearby quoted
     assert body["species"] is None
 
 

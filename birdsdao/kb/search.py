@@ -12,6 +12,27 @@ from ..segment import search_words
 MODES = ("vector", "bm25", "rrf", "weighted")
 # Compared by bench/bench_kb_recall.py; why rrf is the default: README.md.
 DEFAULT_MODE = DEFAULTS["KB_SEARCH_MODE"]
+DEFAULT_BM25_WEIGHT = DEFAULTS["KB_BM25_WEIGHT"]
+DEFAULT_LANG_BALANCE = DEFAULTS["KB_LANG_BALANCE"]
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def is_cjk_text(text: str) -> bool:
+    """Mostly Chinese (CJK characters at least as many as Latin words)?"""
+    return len(_CJK.findall(text)) >= len(_LATIN_WORD.findall(text))
+
+
+def balance_languages(hits: list[tuple[int, float]], cjk: list[bool], amount: float) -> list[tuple[int, float]]:
+    """Dense hits with each language's scores shifted up by ``amount`` × (best overall − best in that
+    language), re-sorted: the best passage in the other language then competes with the best in the question's
+    own, whatever the embedder's preference for its own language. ``cjk[i]``: is hit i's passage Chinese."""
+    if amount <= 0 or not hits or all(cjk) or not any(cjk):
+        return hits
+    top = max(s for _, s in hits)
+    best = {lang: max(s for (_, s), c in zip(hits, cjk) if c == lang) for lang in (True, False)}
+    shifted = [(row, s + amount * (top - best[c])) for (row, s), c in zip(hits, cjk)]
+    return sorted(shifted, key=lambda item: -item[1])
 RRF_K = 60
 CANDIDATES = 50  # hits taken from each side before fusion
 
@@ -107,18 +128,20 @@ def _top(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
 
 
 def fuse(mode: str, vector: list[tuple[int, float]], bm25: list[tuple[int, float]], k: int,
-         bm25_weight: float = 0.3) -> list[tuple[int, float]]:
-    """Combine two ranked lists of (row, score). ``rrf``: sum of 1/(60+rank); ``weighted``: cosine plus
-    ``bm25_weight`` × BM25 normalised by its best score."""
+         bm25_weight: float = DEFAULT_BM25_WEIGHT) -> list[tuple[int, float]]:
+    """Combine two ranked lists of (row, score). ``rrf``: 1/(60+rank) from the vector list plus ``bm25_weight``
+    × 1/(60+rank) from the BM25 list; ``weighted``: cosine plus ``bm25_weight`` × BM25 normalised by its best
+    score. A query in one language over a document in another has no words in common with it: BM25's list is
+    then noise, and a weight below 1 keeps it from pushing the embedder's hits out of the top k."""
     if mode == "vector":
         return vector[:k]
     if mode == "bm25":
         return bm25[:k]
     fused: dict[int, float] = {}
     if mode == "rrf":
-        for ranked in (vector, bm25):
+        for ranked, weight in ((vector, 1.0), (bm25, bm25_weight)):
             for rank, (row, _) in enumerate(ranked):
-                fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
+                fused[row] = fused.get(row, 0.0) + weight / (RRF_K + rank + 1)
     elif mode == "weighted":
         best = bm25[0][1] if bm25 else 1.0
         for row, score in vector:

@@ -46,7 +46,9 @@ class Limits:
 class KnowledgeBaseService:
     def __init__(self, root: Path, embedders, *, limits: Limits | None = None,
                  chunk_size: int = DEFAULTS["KB_CHUNK_SIZE"], chunk_overlap: int = DEFAULTS["KB_CHUNK_OVERLAP"],
-                 search_mode: str = DEFAULTS["KB_SEARCH_MODE"], default_kb: str = DEFAULTS["KB_DEFAULT"],
+                 search_mode: str = DEFAULTS["KB_SEARCH_MODE"], bm25_weight: float = DEFAULTS["KB_BM25_WEIGHT"],
+                 lang_balance: float = DEFAULTS["KB_LANG_BALANCE"],
+                 default_kb: str = DEFAULTS["KB_DEFAULT"],
                  retry_after_s: int = DEFAULTS["KB_RETRY_AFTER_S"]):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -56,6 +58,8 @@ class KnowledgeBaseService:
         if search_mode not in MODES:
             raise ValueError(f"KB_SEARCH_MODE must be one of {MODES}")
         self.search_mode = search_mode
+        self.bm25_weight = float(bm25_weight)
+        self.lang_balance = float(lang_balance)
         self.default_kb = default_kb
         self.retry_after_s = retry_after_s  # Retry-After of a 503 kb_building
         self._open: dict[str, KnowledgeBase] = {}
@@ -307,11 +311,14 @@ class KnowledgeBaseService:
 
     # --- search --------------------------------------------------------------------------------------
 
-    def search(self, kb_name: str, query: str, top_k: int = 5, mode: str | None = None) -> list[Hit]:
+    def search(self, kb_name: str, query: str, top_k: int = 5, mode: str | None = None,
+               bm25_weight: float | None = None, lang_balance: float | None = None) -> list[Hit]:
         kb = self.get(kb_name)
         if kb_name in self.building:  # half-built: an answer from a few cards would mislead
             raise self._building_error(kb_name)
-        return kb.search(query, top_k, mode or self.search_mode)
+        return kb.search(query, top_k, mode or self.search_mode,
+                         self.bm25_weight if bm25_weight is None else bm25_weight,
+                         self.lang_balance if lang_balance is None else lang_balance)
 
     def _building_error(self, kb_name: str) -> APIError:
         return APIError(503, "kb_building", f"knowledge base {kb_name!r} is being built; try again soon",
@@ -320,7 +327,7 @@ class KnowledgeBaseService:
     def describe(self) -> dict:
         with self._lock:
             opening = sorted(self._opening)
-        return {"search_mode": self.search_mode, "default_kb": self.default_kb, "building": sorted(self.building),
+        return {"search_mode": self.search_mode, "bm25_weight": self.bm25_weight, "lang_balance": self.lang_balance, "default_kb": self.default_kb, "building": sorted(self.building),
                 "opening": opening, "bundled": self.status,
                 "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith("."))}
 
@@ -330,7 +337,9 @@ def build(config, services) -> KnowledgeBaseService:
     service = KnowledgeBaseService(
         Path(config["INSTANCE_PATH"]) / "kb", embedders, limits=Limits.from_config(config),
         chunk_size=int(config["KB_CHUNK_SIZE"]), chunk_overlap=int(config["KB_CHUNK_OVERLAP"]),
-        search_mode=config["KB_SEARCH_MODE"], default_kb=config["KB_DEFAULT"],
+        search_mode=config["KB_SEARCH_MODE"], bm25_weight=float(config["KB_BM25_WEIGHT"]),
+        lang_balance=float(config["KB_LANG_BALANCE"]),
+        default_kb=config["KB_DEFAULT"],
         retry_after_s=int(config["KB_RETRY_AFTER_S"]))
     from .species_kb import start_species_kb
 

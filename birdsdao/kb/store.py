@@ -24,7 +24,8 @@ from ..errors import APIError
 from ..fileio import exclusive_lock, fsync_dir, stat_key, write_atomic, write_synced  # shared by every store
 from .embeddings import text_key
 from .ingest import Chunk
-from .search import BM25, CANDIDATES, DEFAULT_MODE, Vocabulary, fuse, pad_columns, tokenize
+from .search import (BM25, CANDIDATES, DEFAULT_BM25_WEIGHT, DEFAULT_LANG_BALANCE, DEFAULT_MODE, Vocabulary,
+                     balance_languages, fuse, is_cjk_text, pad_columns, tokenize)
 
 FORMAT = 1
 POINTER = "CURRENT"
@@ -393,7 +394,8 @@ class KnowledgeBase:
 
     # --- reads -----------------------------------------------------------------------------------------
 
-    def search(self, query: str, top_k: int = 5, mode: str = DEFAULT_MODE) -> list[Hit]:
+    def search(self, query: str, top_k: int = 5, mode: str = DEFAULT_MODE,
+               bm25_weight: float = DEFAULT_BM25_WEIGHT, lang_balance: float = DEFAULT_LANG_BALANCE) -> list[Hit]:
         snap = self.current()
         if not snap.chunks:
             return []
@@ -406,10 +408,12 @@ class KnowledgeBase:
             faiss.omp_set_num_threads(1)
             scores, ids = snap.index.search(q, min(CANDIDATES, len(snap.chunks)))
             vector_hits = [(snap.row_of[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            vector_hits = balance_languages(vector_hits, [is_cjk_text(snap.chunks[r]["text"]) for r, _ in vector_hits],
+                                            lang_balance)
         if mode != "vector":
             bm25_hits = snap.bm25.top(query, CANDIDATES)
         hits = []
-        for row, score in fuse(mode, vector_hits, bm25_hits, top_k):
+        for row, score in fuse(mode, vector_hits, bm25_hits, top_k, bm25_weight):
             c = snap.chunks[row]
             hits.append(Hit(self.name, c["doc"], _chunk_id(c), score, c["text"], c.get("heading", ""), mode))
         return hits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,13 +15,20 @@ from . import entities as ent
 from . import extraction, naming
 from .base import Limits, Passage, Prompt, has_cjk
 from .extraction import Extractor
-from .extractive import NOTHING
+from .extractive import NOTHING, intents_of, is_comparison
 from .prompts import KE_TYPES, PROMPT_TYPES, extraction_from_json, fit
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
 MODES = ("plain", "kb")
+# A question that points back at a bird instead of naming one ("它吃什么？", "What about its nest?").
+FOLLOW_UP = re.compile(r"它|其(?![他它实中余次])|这种鸟|这只鸟|这鸟|那种鸟|那只鸟|该鸟|这两种|两者|二者|呢\s*[？?]?\s*$|\b(?:it|its|it's|"
+                       r"they|them|their|this bird|that bird|these birds|both|the two|what about|how about)\b", re.I)
+# ...unless it asks about other birds ("还有其他鸟也吃鱼吗？", "Which birds eat fish?").
+OTHER_BIRDS = re.compile(r"其他|别的|另外的|哪些鸟|什么鸟|哪种鸟|哪一种鸟|\b(?:other|another|which) birds?\b", re.I)
+# A question this short that asks about something ("寿命呢", "Diet?") continues the conversation too.
+SHORT_FOLLOW_UP = 12
 # What a species description should cover; the extractive backend scores card sentences against it.
 SPECIES_TOPICS = {
     "zh": "中文名 学名 英文名 目 科 保护级别 特征 外形 分布 栖息 食",
@@ -141,12 +149,14 @@ class AnswerService:
         focus, label_species, resolution = self._focus_species(req, question, history, warnings)
         unknown_name = resolution is not None and resolution.status in ("suggestions", "missing")
         search_query = question
-        if focus and label_species is not None and focus[0] is label_species:
-            # A follow-up about the photo ("它吃什么？"): search with the bird's names too.
-            search_query = f"{question} {' '.join(self._names(label_species))}"
+        if focus and not any(self._names(sp)[0] in question for sp in focus) and resolution is None:
+            # A follow-up about the photo or the last turn's bird ("它吃什么？"): search with its names too.
+            search_query = f"{question} {' '.join(n for sp in focus[:2] for n in self._names(sp))}"
+        subject = [n.lower() for sp in focus for n in self._names(sp)]
+        if resolution is not None:
+            subject.append(resolution.query.lower())  # "Red-crowned Crane": which bird, not what about it
         prompt = Prompt(question=question, prompt_type=req.prompt_type, lang=lang, history=history,
-                        search_query=search_query,
-                        subject_terms=[n.lower() for sp in focus for n in self._names(sp)])
+                        search_query=search_query, subject_terms=subject)
         if req.prompt_type == "species" and not backend.generative:
             prompt.search_query = SPECIES_TOPICS[lang]
 
@@ -163,6 +173,12 @@ class AnswerService:
                     passages = self._kb_passages(self.default_kb, search_query, focus, lang)
                 except APIError:
                     passages = []
+        if req.prompt_type == "chat" and is_comparison(question):
+            lookalike = self._lookalike_passage(focus, lang)
+            if lookalike is not None:
+                passages = [lookalike] + passages
+                for i, p in enumerate(passages, start=1):
+                    p.number = i
         if req.prompt_type in KE_TYPES:
             passages = []  # KE1-3 extract from the user's text, not from documents
         prompt.passages = passages
@@ -188,46 +204,81 @@ class AnswerService:
             pairs = pairs[1:]
         return pairs
 
-    def _focus_species(self, req, question, history, warnings):
-        """The species the question is about: those it names (a group name: its catalogue species; a name the
-        catalogue lacks: its genus/family, never a look-alike), else the photo's (species_label), else the one
-        the conversation last named; and the Resolution of the name the question used, if it used one."""
+    def _focus_species(self, req, question, history, warnings, photo_species=None):
+        """The species the question is about, in one place: those it names (a group name: its catalogue
+        species; a name the catalogue lacks: its genus/family, never a look-alike); else the photo's
+        (``species_label`` and ``photo_species``, the species detected in a chat photo); else, for a follow-up
+        ("它吃什么？", "What about its nest?"), those the newest user turn named. Returns (focus, the photo's
+        first species or None, the Resolution of the name the question, or the turn it refers to, used)."""
         if self.catalog is None:
-            if req.prompt_type == "species" or req.species_label:
+            if req.prompt_type == "species" or req.species_label or photo_species:
                 warnings.append("the species catalogue is unavailable")
             return [], None, None
-        label_species = None
+        photo = []
         if req.species_label:
-            label_species = self.catalog.by_label(req.species_label) or self.catalog.resolve(req.species_label)
-            if label_species is None:
+            sp = self.catalog.by_label(req.species_label) or self.catalog.resolve(req.species_label)
+            if sp is None:
                 warnings.append(f"unknown species_label '{req.species_label}' ignored")
-        mentions = self.catalog.find_mentions(question)
+            else:
+                photo.append(sp)
+        photo += [sp for sp in photo_species or () if sp is not None and all(sp.id != p.id for p in photo)]
+        named, resolution = self._named(question, describe=req.prompt_type == "species")
+        earlier = []  # the bird a follow-up points back to: the photo's, else the newest turn's
+        if self._is_follow_up(question) and (not named or (len(named) == 1 and is_comparison(question))):
+            earlier = photo
+            for user, _assistant in reversed(history if not photo else ()):
+                earlier, said = self._named(user)
+                if earlier:
+                    if not named and said is not None and said.status != "exact":
+                        resolution = said  # "目录里没有丹顶鹤" holds for the follow-up too
+                    break
+        if named and earlier:
+            # "它和疣鼻天鹅怎么区分？": the bird of the last turn against the one named now.
+            named = [sp for sp in earlier[:1] if sp.id != named[0].id] + named
+        elif earlier:
+            named = earlier
+        limit = naming.MAX_CARDS if resolution is not None and resolution.status in ("group", "suggestions",
+                                                                                        "missing") else 2
+        focus = named[:limit] or photo[:2]
+        return focus, (photo[0] if photo else None), resolution
+
+    def _named(self, text, describe=False):
+        """(species ``text`` names, the Resolution of the first name it used)."""
+        mentions = self.catalog.find_mentions(text)
         named = []
         for sp, _start, _end in mentions:
             if all(sp.id != s.id for s in named):
                 named.append(sp)
         resolution = None
-        found = naming.names_in(self.names, question)
-        if not found and not named and req.prompt_type == "species":
-            found = [self.names.resolve(question)]
+        found = naming.names_in(self.names, text)
+        if not found and not named and describe:
+            found = [self.names.resolve(text)]
         if found:
             resolution = found[0]
-            # Species the question names exactly keep their place; the name's own species follow.
+            # Species the text names exactly keep their place; the name's own species follow.
             named = named + [sp for sp in naming.focus_of(resolution) if sp not in named]
         elif named:
             sp, start, end = mentions[0]
-            resolution = Resolution(question[start:end], "exact", species=sp, confidence=1.0)
-        if label_species is None and not named and resolution is None:
-            # "它吃什么？" after a turn about a named bird: the newest species the conversation named.
-            for user, _assistant in reversed(history):
-                mentions = self.catalog.find_mentions(user)
-                if mentions:
-                    label_species = mentions[0][0]
-                    break
-        limit = naming.MAX_CARDS if resolution is not None and resolution.status in ("group", "suggestions",
-                                                                                        "missing") else 2
-        focus = named[:limit] or ([label_species] if label_species is not None else [])
-        return focus, label_species, resolution
+            resolution = Resolution(text[start:end], "exact", species=sp, confidence=1.0)
+        return named, resolution
+
+    @staticmethod
+    def _is_follow_up(question: str) -> bool:
+        if OTHER_BIRDS.search(question):
+            return False
+        return bool(FOLLOW_UP.search(question)) or (len(question) <= SHORT_FOLLOW_UP and bool(intents_of(question)))
+
+    def _lookalike_passage(self, focus, lang) -> Passage | None:
+        """How to tell the first two birds of a comparison apart (lookalikes.csv), as a source to quote."""
+        if len(focus) < 2:
+            return None
+        line = self.catalog.how_to_tell(focus[0].id, focus[1].id)
+        if not line or not line.get(lang):
+            return None
+        pair = "|".join(x for x in (line["species_a"], line["species_b"]) if x)
+        title = " / ".join(ent.display_name(sp, lang) for sp in focus[:2])
+        return Passage(number=0, text=line[lang], kb_name=SPECIES_KB, doc_name="lookalikes.csv",
+                       chunk_id=f"lookalikes.csv#{pair}", score=1.0, heading=title, score_kind="lookalike")
 
     @staticmethod
     def _names(sp) -> list[str]:
@@ -246,6 +297,12 @@ class AnswerService:
         if card is None:
             return None
         name, text = card
+        if lang != "zh":
+            # Many English cards carry no English description: the Chinese card's sentences are quoted when
+            # the English ones do not answer ("What about its nest?").
+            zh = card_of(self.catalog, sp, "zh")
+            if zh and zh[1] not in text:
+                text = f"{text.rstrip()}\n\n{zh[1]}"
         return Passage(number=number, text=text, kb_name=SPECIES_KB, doc_name=name, chunk_id=f"{name}#card",
                        score=1.0, heading=ent.display_name(sp, lang), species_id=sp.id, score_kind="card")
 
@@ -273,11 +330,14 @@ class AnswerService:
             # for the wrong species).
             ids = {sp.id for sp in focus}
             passages = [p for p in passages if p.species_id in ids]
-        if is_species_kb and focus and all(p.species_id != focus[0].id for p in passages):
-            # The photo's / named species must be in the sources even when the words missed its card.
-            card = self._card_passage(focus[0], 0, lang)
-            if card:
-                passages.insert(0, card)
+        if is_species_kb:
+            # The photo's / named species (both of a comparison) must be in the sources even when the words
+            # missed their cards.
+            for sp in reversed(focus[:2]):
+                if all(p.species_id != sp.id for p in passages):
+                    card = self._card_passage(sp, 0, lang)
+                    if card:
+                        passages.insert(0, card)
         passages = passages[: max(self.top_k, 1)]
         for i, p in enumerate(passages, start=1):
             p.number = i
@@ -339,6 +399,9 @@ class Job:
     def _subject_line(self) -> str:
         sp = self.focus[0]
         lang = self.prompt.lang
+        if len(self.focus) >= 2 and is_comparison(self.prompt.question):
+            a, b = (ent.display_name(x, lang) for x in self.focus[:2])
+            return f"{a}与{b}的区别：" if lang == "zh" else f"{a} vs {b}: "
         if lang == "zh":
             taxon = "·".join(x for x in (sp.order_zh, sp.family_zh or sp.family) if x)
             return f"关于{ent.display_name(sp, 'zh')}（{taxon or sp.scientific_name}）：" if taxon or sp.chinese_name else ""

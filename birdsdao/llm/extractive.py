@@ -6,10 +6,13 @@ import logging
 import math
 import re
 import threading
+from dataclasses import dataclass
 from typing import Iterator
 
 from ..config import DEFAULTS
 from .. import segment
+from ..kb.search import is_cjk_text
+from ..kb.species_kb import SPECIES_KB
 from ..segment import search_words
 from .base import Backend, Limits, Passage, Prompt, has_cjk
 
@@ -30,7 +33,7 @@ STOPWORDS = frozenset(
     "吗？ 一 一种 种 只 个 请 告诉 我 你 介绍 一下 关于 可以 能 会 多少 几 ？ ? ， , 。 . ！ ! 、 ： : the a an is are was "
     "were be of to in on for and or what which who whom how why where when does do did it its this that these "
     "those about tell me please describe can could would you i my with as by from 些 一些 知识 了解 讲讲 说说 谈谈 "
-    "信息 吧 呀 下 给 know something some".split())
+    "信息 吧 呀 下 给 know something some 真的 是不是 有没有 会不会 能不能".split())
 # Where a bird lives is answered by sentences naming places and habitats.
 _PLACES = ("荒漠", "森林", "林", "湿地", "草原", "草地", "海岸", "沿海", "山地", "山区", "灌丛", "热带", "沼泽", "湖",
            "河", "海", "岛", "洲", "美洲", "非洲", "亚洲", "欧洲", "澳大利亚", "中国", "北美", "南美", "特有",
@@ -56,18 +59,127 @@ EXPANSIONS = {
     "status": ("iucn", "conservation"), "family": ("family",), "order": ("order",),
     "look": ("plumage", "feathers", "appearance"), "nest": ("breeding", "eggs"), "breed": ("nest", "eggs"),
 }
-NOT_MENTIONED = {
-    "zh": "资料中没有提到这一点。资料中关于它的记载：",
-    "en": "The documents do not mention this. What they do say:",
-}
 NOTHING = {
     "zh": "资料中没有找到与这个问题相关的内容。",
     "en": "The documents contain nothing relevant to this question.",
 }
+# A retrieved passage in the other language may hold the answer, but word matching cannot tell: say where it is.
+OTHER_LANGUAGE = {"zh": "另有英文资料可能相关（本回答方式只能摘录与问题同语言的句子），见[{n}]。",
+                  "en": " A Chinese passage may answer it (this answering mode only quotes sentences in the question's "
+                        "language): see [{n}]."}
+# "资料中没有关于寿命的记载。" -- said instead of quoting a sentence that only names the bird.
+NOT_FOUND = {"zh": "资料中没有关于{topic}的记载。", "en": "The sources say nothing about {topic}."}
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A kind of question and what a sentence must contain to answer it (a sentence that only names the
+    subject is not an answer: "喜鹊能活多久" needs a lifespan, not the magpie's family)."""
+
+    name: str
+    ask: re.Pattern
+    needs: re.Pattern
+    zh: str
+    en: str
+
+
+def _re(words: str) -> re.Pattern:
+    return re.compile(words, re.I)
+
+
+_PLACE_WORDS = "|".join(_PLACES)
+_LOOKS = (r"羽|色|斑|纹|嘴|喙|冠|尾|翅|翼|眉|喉|脚|腿|头|体长|厘米|体型|大|小|plumage|feather|white|black|brown|red|"
+          r"gr[ae]y|yellow|blue|green|bill|beak|crest|tail|wing|head|throat|legs?|larger|smaller|bigger|size|length|cm")
+INTENTS = (
+    Intent("compare", _re(r"区别|区分|分辨|辨别|辨认|不同|差别|差异|异同|分清|怎么分|像不像|\bvs\.?(?=\s|$)|versus|"
+                          r"differen|compare|comparison|tell\b.*\bapart|distinguish|which is (?:bigger|larger)"),
+           _re(_LOOKS + r"|叫声|\bcalls?\b|\bsong|分布|\brange\b"), "两者的区别", "how they differ"),
+    Intent("lifespan", _re(r"寿命|活多久|能活|活多少|活几|多少岁|几岁|lifespan|life span|longevity|how long\b.*\blive|"
+                           r"how old|live for how long"),
+           _re(r"寿命|\d\s*岁|存活|活到|长寿|lifespan|life span|longevity|years? old|\blive[sd]?\b[^.]{0,20}\d+\s*years"),
+           "寿命", "its lifespan"),
+    Intent("size", _re(r"多大|多长|多重|大小|体长|翼展|体重|个头|体型|更大|更小|谁大|哪个大|how big|how large|\bsize\b|"
+                       r"how long is|how long are|\blength\b|wingspan|weigh|how heavy|how tall|bigger|larger|smaller"),
+           _re(r"厘米|公分|毫米|\d\s*米|公斤|千克|\d\s*克|体长|翼展|体重|体型|\bcm\b|\bkg\b|\d\s*g\b|length|wingspan|"
+               r"weigh|inches|最大|最小|最重|largest|smallest|heaviest|-sized|sized\b"), "体型大小", "its size"),
+    Intent("speed", _re(r"多快|速度|时速|how fast|\bspeed"), _re(r"速度|时速|公里|\bkm\b|mph|最快|fastest|speed"),
+           "速度", "its speed"),
+    Intent("hunt", _re(r"捕鱼|捕猎|狩猎|抓鱼|猎物|怎么捕|怎么抓|\bhunts?\b|hunting|\bcatch"),
+           _re(r"捕|猎|抓|扎|俯冲|刺|听觉|\bhunts?\b|hunting|\bcatch|prey|dives?\b"), "捕食方式", "how it hunts"),
+    Intent("diet", _re(r"吃|食物|食性|觅食|捕食|为食|\beats?\b|\beating\b|diet|\bfood\b|\bfeeds?\b|\bprey\b"),
+           _re(r"食|吃|捕|啄|虫|鼠|鱼|蛙|虾|谷|种子|草籽|果|植物|橡子|diet|\bfeeds?\b|\beats?\b|prey|fish|insects?|"
+               r"seeds?|carrion|omnivor|nectar|fruit"), "食性", "its diet"),
+    Intent("nest", _re(r"巢|窝|\bnests?\b|nesting"), _re(r"巢|窝|\bnests?\b|nesting"), "筑巢", "its nest"),
+    Intent("breeding", _re(r"繁殖|产卵|下蛋|蛋|孵|育雏|\bbreed|\beggs?\b|chicks?"),
+           _re(r"繁殖|产卵|卵|蛋|孵|育雏|巢|\bbreed|\beggs?\b|chicks?|clutch"), "繁殖", "its breeding"),
+    Intent("dive", _re(r"潜水|潜多|多深|\bdives?\b|diving|how deep"), _re(r"潜|深|\bdives?\b|diving|deep"),
+           "潜水", "diving"),
+    Intent("flight", _re(r"会飞|能飞|飞吗|\bfly\b|\bflight|flightless"), _re(r"飞|\bfly\b|flight|flightless"),
+           "飞行", "flight"),
+    Intent("habitat", _re(r"哪里|哪儿|在哪|分布|栖息|生活在|住在|见到|哪些地方|where|habitat|\brange\b|distribut|"
+                          r"found in|live in|lives in"),
+           _re(r"分布|栖息|见于|生活于|生活在|常见于|繁殖于|越冬|特有|" + _PLACE_WORDS + r"|habitat|\brange\b|found|"
+               r"\blives?\b|native|forests?|wetlands?|coasts?|rivers?|lakes?|america|europe|asia|africa|australia"),
+           "分布和栖息地", "where it lives"),
+    Intent("voice", _re(r"叫声|鸣声|鸣叫|怎么叫|叫起来|唱歌|鸟叫|模仿|\bsounds?\b|\bcalls?\b|\bsong\b|\bsings?\b|"
+                        r"voice|mimic"),
+           _re(r"叫|鸣|唱|声|模仿|mimic|\bcalls?\b|song|voice|\bsings?\b|croak|whistle|kraa|kronk|gronk|caw"), "叫声",
+           "its voice"),
+    Intent("migration", _re(r"迁徙|迁移|候鸟|留鸟|越冬|过冬|冬天|冬季|migrat|winter"),
+           _re(r"迁|越冬|冬季|候鸟|留鸟|migrat|winter"), "迁徙", "migration"),
+    Intent("status", _re(r"保护(?:动物|级别|等级|状况|鸟)|几级保护|濒危|受胁|iucn|珍稀|灭绝|endanger|threat|conservation|"
+                         r"\bstatus\b|extinct|protected"),
+           _re(r"iucn|受胁|保护|濒危|无危|近危|易危|极危|灭绝|status|endanger|threat|protect"), "保护状况",
+           "its conservation status"),
+    Intent("taxonomy", _re(r"哪个科|什么科|哪一科|哪个目|什么目|哪一目|科属|分类|哪个属|\bfamily\b|\border\b|genus|"
+                           r"classif"),
+           _re(r"科|目|属|family|order|genus|formes\b|idae\b"), "分类", "its classification"),
+    Intent("name", _re(r"学名|英文名|拉丁名|英文叫|中文名|叫什么名|scientific name|latin name|english name|"
+                       r"chinese name|called in"),
+           _re(r"学名|英文名|中文名|其他名称|scientific|called"), "名称", "its names"),
+    Intent("looks", _re(r"长什么样|样子|外形|外观|特征|羽色|颜色|什么色|识别|认出|look like|looks like|appearance|"
+                        r"plumage|colou?r|identify|features?"), _re(_LOOKS), "外形", "what it looks like"),
+)
+
+
+# A kind that makes another one only a modifier: "在哪里筑巢" asks for the nest, "寿命有多长" for a lifespan.
+_OVERRIDES = {"compare": "*", "lifespan": "*", "hunt": ("diet",),
+              **{k: ("habitat", "looks") for k in ("nest", "breeding", "migration", "diet", "voice", "size", "dive",
+                                                   "flight", "speed")}}
+
+
+def _strip(text: str, names: list[str]) -> str:
+    for name in names:
+        text = text.replace(name, " ")
+    return text
+
+
+def intents_of(question: str) -> list[Intent]:
+    """The kinds of thing a question asks (none for "介绍一下白头海雕": any fact about it answers); a sentence
+    answers when it holds what any of them needs (one holding what all need is preferred)."""
+    found = [i for i in INTENTS if i.ask.search(question)]
+    for intent in list(found):
+        drops = _OVERRIDES.get(intent.name, ())
+        found = [i for i in found if i is intent or not (drops == "*" or i.name in drops)]
+    return found
+
+
+def is_comparison(question: str) -> bool:
+    return bool(INTENTS[0].ask.search(question))
 
 
 def terms(text: str) -> list[str]:
-    """Query terms: jieba words for Chinese, lower-cased words for Latin script, minus stop words."""
+    """Query terms: jieba words for Chinese, lower-cased words for Latin script, minus stop words, plus the
+    words the cards use for their topics (EXPANSIONS)."""
+    out = base_terms(text)
+    expanded = list(out)
+    for token in out:
+        expanded.extend(EXPANSIONS.get(token, ()))
+    return list(dict.fromkeys(expanded))
+
+
+def base_terms(text: str) -> list[str]:
+    """``terms`` without the expansions: the words the question itself used."""
     out: list[str] = []
     for token in search_words(text):
         token = token.strip().lower()
@@ -78,10 +190,7 @@ def terms(text: str) -> list[str]:
                 out.append(token)
         else:
             out.extend(w for w in _LATIN.findall(token) if w not in STOPWORDS)
-    expanded = list(out)
-    for token in out:
-        expanded.extend(EXPANSIONS.get(token, ()))
-    return list(dict.fromkeys(expanded))
+    return list(dict.fromkeys(out))
 
 
 _HEADING = re.compile(r"^\s*#{1,6}\s.*$", re.M)
@@ -137,7 +246,8 @@ class ExtractiveBackend(Backend):
     # --- selection ------------------------------------------------------------------------------
     def select(self, prompt: Prompt) -> tuple[list[tuple[str, Passage, bool]], bool]:
         """(the chosen (sentence, passage, from a family overview?), best first; whether they answer the
-        question)."""
+        question). Only sentences that answer are chosen: ones holding what the question's kind needs
+        (INTENTS), else ones covering at least half of its topic words; none of them: nothing is quoted."""
         query = prompt.search_query or prompt.question
         candidates: list[tuple[str, Passage, int, bool]] = []
         for passage in prompt.passages:
@@ -146,52 +256,88 @@ class ExtractiveBackend(Backend):
                     candidates.append((sentence, passage, position, family))
         if not candidates:
             return [], False
+        intents = intents_of(prompt.question)
         query_terms = terms(query)
         subject = [s for s in prompt.subject_terms if s]
         # A term inside the subject's own names ("白头海雕", "eagle") says which bird, not what about it.
         is_subject = {t: any(t in name for name in subject) for t in query_terms}
-        topic_terms = [t for t in query_terms if not is_subject[t]]
-        # Answer in the question's language when those sentences cover the question; else quote the other.
-        want_cjk = prompt.lang == "zh"
-        same_lang = [c for c in candidates if has_cjk(c[0]) == want_cjk]
-        if same_lang and (not topic_terms or any(t in c[0].lower() for t in topic_terms for c in same_lang)
-                          or not any(t in c[0].lower() for t in topic_terms for c in candidates)):
-            candidates = same_lang
+        groups = [(t, *EXPANSIONS.get(t, ())) for t in base_terms(prompt.question)
+                  if t in is_subject and not is_subject[t]]
+        need = max(1, -(-len(groups) // 2))
+
+        names = sorted({n for n in subject if len(n) > 1}, key=len, reverse=True)
+
+        def answers(sentence: str, low: str) -> bool:
+            if intents:
+                # The subject's own name is no content ("小嘴乌鸦" holds 小, "Sandhill Crane" a place word).
+                low = _strip(low, names)
+                return any(i.needs.search(low) for i in intents)
+            return not groups or sum(any(a in low for a in g) for g in groups) >= need
+
         lowered = [c[0].lower() for c in candidates]
+        ok = [answers(c[0], low) for c, low in zip(candidates, lowered)]
+        if len(intents) > 1:  # "蛋有多大": the sentences about the egg's size, when there are some
+            every = [ok[i] and all(x.needs.search(_strip(lowered[i], names)) for x in intents) for i in range(len(ok))]
+            ok = every if any(every) else ok
+        if any(o and not c[3] for o, c in zip(ok, candidates)):
+            # The species' own sentences answer: its family's shared traits would only pad the answer.
+            ok = [o and not c[3] for o, c in zip(ok, candidates)]
+        # Per source, answer in the question's language when its sentences there answer; else quote the other
+        # language's (an English question over a card described in Chinese, a Chinese one over an English page).
+        want_cjk = prompt.lang == "zh"
+        keep = []
+        for passage in prompt.passages:
+            mine = [i for i, c in enumerate(candidates) if ok[i] and c[1] is passage]
+            keep += [i for i in mine if has_cjk(candidates[i][0]) == want_cjk] or mine
+        if not keep:
+            return [], False
         n = len(candidates)
         idf = {t: math.log(1 + n / (1 + sum(t in s for s in lowered))) for t in query_terms}
-        answered = not topic_terms or any(t in low for t in topic_terms for low in lowered)
-        if not answered:
-            # The documents do not speak about what was asked: say so (stream() does), then offer only the
-            # two leading facts about the subject, never sentences dressed up as an answer.
-            about = [(c[0], c[1], c[3]) for c, low in zip(candidates, lowered) if any(n in low for n in subject)]
-            return about[:2], False
-        scores = []
-        for (sentence, passage, position, _family), low in zip(candidates, lowered):
+        scores = {}
+        for i in keep:
+            (sentence, passage, position, _family), low = candidates[i], lowered[i]
             overlap = sum(idf[t] * (1 + 0.1 * min(len(t), 4)) * (0.3 if is_subject[t] else 1.0)
                           for t in query_terms if t in low)
+            hits = sum(len(i_.needs.findall(sentence)) for i_ in intents)
             # Small priors: better-ranked passage, earlier sentence (summaries come first), not too long.
-            prior = 0.3 / passage.number + 0.2 / (1 + position) - 0.001 * max(0, len(sentence) - 120)
-            scores.append(overlap + prior)
-        order = sorted(range(n), key=lambda i: -scores[i])
-        if topic_terms:  # only sentences about what was asked; naming the bird alone is not an answer
-            order = [i for i in order if any(t in lowered[i] for t in topic_terms)]
+            prior = 0.3 / max(passage.number, 1) + 0.2 / (1 + position) - 0.001 * max(0, len(sentence) - 120)
+            scores[i] = overlap + 0.5 * min(hits, 4) + prior
+        order = sorted(keep, key=lambda i: -scores[i])
         order = self._rerank(query, candidates, order, scores)
+        pinned: set[int] = set()
+        if intents and intents[0].name == "compare":
+            order, pinned = self._compare_order(candidates, order)
         chosen: list[tuple[str, Passage, bool]] = []
         used = 0
         best = scores[order[0]]
         for i in order:
             sentence, passage, _, family = candidates[i]
-            if any(sentence == c[0] for c in chosen):
-                continue  # a family overview shared by several cards of the answer: quoted once
-            if len(chosen) >= self.max_sentences or (chosen and used + len(sentence) > self.max_chars):
+            flat = re.sub(r"\s+", "", sentence)
+            if any(flat in re.sub(r"\s+", "", c[0]) or re.sub(r"\s+", "", c[0]) in flat for c in chosen):
+                continue  # said already (a family overview shared by cards, a chunk overlap's fragment)
+            if pinned:  # a comparison: the pinned sentences (one per source, a handful), nothing else
+                if i not in pinned:
+                    break
+            elif len(chosen) >= self.max_sentences or (chosen and used + len(sentence) > self.max_chars):
                 break
-            # Stop at sentences far weaker than the best one (they are filler, not answer).
-            if chosen and best > 1 and scores[i] < 0.35 * best:
-                break
+            elif chosen and best > 1 and scores[i] < 0.5 * best:
+                break  # far weaker than the best one: filler, not answer
             chosen.append((sentence, passage, family))
             used += len(sentence)
         return chosen, True
+
+    @staticmethod
+    def _compare_order(candidates, order) -> tuple[list[int], set[int]]:
+        """A comparison: the look-alike line first, then the best sentence of each bird's card, and only those."""
+        first, seen = [], set()
+        for i in order:
+            passage = candidates[i][1]
+            key = "lookalike" if passage.score_kind == "lookalike" else passage.species_id or passage.doc_name
+            if key == "lookalike" or key not in seen:
+                first.append(i)
+                seen.add(key)
+        first.sort(key=lambda i: candidates[i][1].score_kind != "lookalike")
+        return first, set(first)
 
     def _rerank(self, query, candidates, order, scores):
         """With the embedder service: mix cosine similarity into the top lexical candidates."""
@@ -226,7 +372,15 @@ class ExtractiveBackend(Backend):
     def stream(self, prompt: Prompt, limits: Limits) -> Iterator[str]:
         chosen, answered = self.select(prompt)
         if not answered:
-            yield NOTHING[prompt.lang] if not chosen else NOT_MENTIONED[prompt.lang]
+            intents = intents_of(prompt.question)
+            topic = getattr(intents[0], prompt.lang) if intents and prompt.passages else None
+            yield NOT_FOUND[prompt.lang].format(topic=topic) if topic else NOTHING[prompt.lang]
+            # (Not for the species cards: Chinese text with English names, quoted across languages above.)
+            other = [p for p in prompt.passages if p.kb_name != SPECIES_KB and p.score_kind not in ("card", "lookalike")
+                     and is_cjk_text(p.text) != (prompt.lang == "zh")]
+            if other:
+                yield OTHER_LANGUAGE[prompt.lang].format(n=other[0].number)
+            return
         sep = "" if prompt.lang == "zh" else " "
         for i, (sentence, passage, family) in enumerate(chosen):
             if limits.expired():

@@ -17,7 +17,7 @@ MAX_LISTED = 12
 _WORD = re.compile(r"[^\W\d_]+")
 # Words for kinds of bird, not names of one: never reported as "not in the catalogue".
 GENERIC_ZH = frozenset("鸟 小鸟 大鸟 鸟儿 水鸟 海鸟 候鸟 留鸟 飞鸟 益鸟 野鸟 雏鸟 幼鸟 成鸟 雄鸟 雌鸟 亲鸟 笼鸟 猛禽 鸣禽 "
-                       "涉禽 游禽 攀禽 陆禽 家禽 禽".split())
+                       "涉禽 游禽 攀禽 陆禽 家禽 禽 国鸟 省鸟 市鸟 吉祥鸟 神鸟 宠物鸟 观赏鸟 其他鸟 别的鸟".split())
 _STOP_CHARS = frozenset("我你他她它些的了吗呢吧啊呀么是在有和与及或这那请给下只种个哪什")
 
 
