@@ -2,10 +2,10 @@
 from flask import Blueprint
 
 from ..errors import APIError
-from ..services import get_service
 from ..vision.location import Location, check_position, region_location
 from .forms import bool_field, int_field, raw_field, text_field, upload_bytes
 from .metrics import observe_stages
+from .photos import detect_and_keep
 
 bp = Blueprint("detect", __name__)
 
@@ -16,9 +16,12 @@ def detect():
     top_k = int_field("top_k", 5, lo=1, hi=20)
     annotate = bool_field("annotate", True)
     location = _location_fields()
-    result = get_service("vision").detect(data, top_k=top_k, annotate_image=annotate, location=location)
+    result, photo_id, warning = detect_and_keep(data, top_k=top_k, annotate_image=annotate, location=location)
     observe_stages(result.timings_ms)
-    return result.to_dict()
+    out = {**result.to_dict(), "photo_id": photo_id}  # follow-up questions send it to /get_response
+    if warning:
+        out["warnings"] = [warning]
+    return out
 
 
 def _location_fields() -> Location | None:

@@ -1,0 +1,38 @@
+"""The conversation's photos for the views: one store per app (built on first use from the config), and
+"detect this upload and keep it" shared by /detect and /get_response (which may be sent the image itself)."""
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+
+from ..errors import APIError
+from ..services import get_service
+from ..vision.photos import PhotoStore, StoredPhoto, build_photo_store, keep
+
+log = logging.getLogger(__name__)
+
+
+def photo_store() -> PhotoStore:
+    store = current_app.extensions.get("birdsdao.photos")
+    if store is None:
+        store = current_app.extensions["birdsdao.photos"] = build_photo_store(current_app.config)
+    return store
+
+
+def detect_and_keep(data: bytes, **options):
+    """(/detect's result, its photo_id). A store that cannot write (disk full, read-only) leaves the
+    photo_id None and says so in ``warnings``: the detection itself still answers."""
+    result = get_service("vision").detect(data, keep_image=True, **options)
+    try:
+        photo_id, warning = keep(photo_store(), result, data, current_app.config), None
+    except APIError as exc:
+        photo_id, warning = None, f"the photo was not kept for the conversation: {exc.message}"
+    except OSError as exc:
+        log.warning("photo not kept: %r", exc)
+        photo_id, warning = None, "the photo was not kept for the conversation (storage error)"
+    return result, photo_id, warning
+
+
+def stored_photo(photo_id: str) -> StoredPhoto:
+    return photo_store().get(photo_id)
