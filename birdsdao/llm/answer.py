@@ -96,6 +96,7 @@ class AnswerService:
         self.top_k = int(config["LLM_TOP_K"])
         self.default_kb = config["KB_DEFAULT"]
         self.card_docs = card_species(self.catalog) if self.catalog is not None else {}
+        self.photo_options = photo_context.options(config)
         self.stats = {"answers": 0, "cancelled": 0, "timeouts": 0}
         self._stats_lock = threading.Lock()
 
@@ -142,7 +143,7 @@ class AnswerService:
         backend = entry.backend
         lang = "zh" if has_cjk(question) else "en"
         warnings: list[str] = []
-        photo = photo_context.PhotoFacts(req.photo) if req.photo is not None else None
+        photo = photo_context.PhotoFacts(req.photo, **self.photo_options) if req.photo is not None else None
         if req.prompt_type == "caption" and photo is None:
             raise APIError(400, "photo_required", "prompt_type=caption needs a 'photo_id' or an 'image'")
         if photo is not None and not req.species_label and photo.species_labels():
