@@ -167,6 +167,16 @@ def test_a_close_runner_up_and_a_genus_answer_are_said_as_such():
     assert "only sure to the genus" in genus.description("en")
 
 
+def test_how_to_tell_look_alikes_comes_from_detects_pair_and_otherwise_goes_to_the_cards():
+    det = bird([0, 0, 500, 500], "COMMON TERN", 0.45, "FORSTERS TERN", 0.4)
+    det["lookalike"] = {"species": det["species"][:2], "how_to_tell": {"zh": "看嘴尖。", "en": "Look at the bill tip."}}
+    facts = PhotoFacts(record([det]))
+    assert facts.direct_answer("How do I tell them apart?", "en", []).endswith(
+        "looks like both Common Tern and Forsters Tern; to tell them apart: Look at the bill tip.")
+    assert "区分方法：看嘴尖。" in facts.description("zh")
+    assert PhotoFacts(record([bird([0, 0, 500, 500], "MALLARD", 0.9)])).direct_answer("怎么区分它和绿翅鸭？", "zh", []) is None
+
+
 def test_no_bird_and_no_exif_are_said_plainly():
     facts = PhotoFacts(record([]))
     assert facts.direct_answer("图里有几只鸟？", "zh", []).endswith("照片里没有找到鸟。")

@@ -367,6 +367,8 @@ class Job:
         if kind in KE_TYPES:
             text, self.extracted = self.photo.extract(kind, lang)
             return text
+        if kind != "chat":
+            return None  # a species description of the photo's bird is the cards' job
         cards = [p for p in self.prompt.passages if p.kb_name != photo_context.PHOTO_KB]
         return self.photo.direct_answer(self.prompt.question, lang, cards)
 

@@ -16,9 +16,10 @@ from .base import Passage
 
 PHOTO_KB = "photo"  # the kb_name of the description passage among an answer's sources
 
-KINDS = ("sex", "position", "count", "place", "date", "camera", "species")
+KINDS = ("sex", "compare", "position", "count", "place", "date", "camera", "species")
 _KIND_WORDS = {
     "sex": r"雄|雌|公的|母的|公鸟|母鸟|\bmale\b|\bfemale\b|\bsex\b",
+    "compare": r"区分|区别|分辨|分清|不同|\btell (?:them |it )?apart\b|\bdifference\b|\bdistinguish\b",
     "position": r"左|右|哪一边|哪边|哪一侧|哪侧|\bwhich side\b|中间|中央|正中|最大|最小|最近|最远|前面|后面|上面|下面|上方|下方|\bleft|\bright\b|\bmiddle\b|"
                 r"\bcent(?:re|er)\b|\bbiggest\b|\blargest\b|\bsmallest\b|\bnearest\b|\bclosest\b|\bfront\b",
     "count": r"几只|多少只|多少个|几个|数量|多少鸟|\bhow many\b|\bnumber of\b|\bcount\b",
@@ -30,7 +31,7 @@ _KIND_WORDS = {
 }
 _KIND_RE = {k: re.compile(v, re.I) for k, v in _KIND_WORDS.items()}
 # "它在哪里分布？" asks the card, not the photo, unless the photo is named too.
-_CARD_TOPIC = re.compile(r"分布|栖息|迁徙|繁殖|生活在|\brange\b|\bhabitat|\bmigrat|\bbreed|\blives?\b", re.I)
+_CARD_TOPIC = re.compile(r"分布|栖息|迁徙|繁殖|生活在|过冬|越冬|\bwinters?\b|\brange\b|\bhabitat|\bmigrat|\bbreed|\blives?\b", re.I)
 _PHOTO_WORD = re.compile(r"拍|照片|图|画面|\bphoto|\bpicture|\bimage|\btaken\b|\bshot\b", re.I)
 _SEX_SENTENCE = re.compile(r"雄|雌|\bmales?\b|\bfemales?\b|\bsexes\b", re.I)
 _SEASON_SENTENCE = re.compile(r"冬|夏|春|秋|迁|留鸟|候鸟|繁殖|\bwinters?\b|\bsummers?\b|\bmigrat(?:es?|ion|ing|ory)\b|"
@@ -54,6 +55,7 @@ class Bird:
     whole_image: bool
     box: tuple = (0.0, 0.0, 0.0, 0.0)
     box_confidence: float = 0.0
+    lookalike: dict | None = None  # /detect's look-alike pair: both species and how_to_tell {zh, en}
     same_as: int | None = None  # the number of the bird whose box holds this one's (same species): one bird
 
     def name(self, lang: str) -> str:
@@ -115,7 +117,7 @@ class PhotoFacts:
                     cx=(x1 + x2) / 2 / width, cy=(y1 + y2) / 2 / height,
                     area=max(0.0, (x2 - x1) * (y2 - y1)) / (width * height),
                     whole_image=det.get("box_confidence") is None, box=(x1, y1, x2, y2),
-                    box_confidence=float(det.get("box_confidence") or 0.0)))
+                    box_confidence=float(det.get("box_confidence") or 0.0), lookalike=det.get("lookalike")))
         for b in sorted(self.birds, key=lambda b: b.area):
             if b.whole_image or b.box_confidence >= confident_box:
                 continue
@@ -197,6 +199,18 @@ class PhotoFacts:
         line = f"Bird {b.number}: {self._where(b, 'en')}; {what}"
         return line + ("; looks nearest (largest box)" if b is self.nearest() else "")
 
+    def how_to_tell(self, b: Bird, lang: str) -> str:
+        """How to tell bird ``b``'s two close species apart, from the cards /detect quoted; "" when none."""
+        pair = b.lookalike or {}
+        how = (pair.get("how_to_tell") or {}).get(lang)
+        species = pair.get("species") or []
+        if not how or len(species) < 2:
+            return ""
+        first, second = _name(species[0], lang), _name(species[1], lang)
+        if lang == "zh":
+            return f"鸟 {b.number} 像{first}也像{second}，区分方法：{how}"
+        return f"Bird {b.number} looks like both {first} and {second}; to tell them apart: {how}"
+
     def season(self, lang: str) -> str | None:
         date = self.taken.get("date")
         if not date:
@@ -246,6 +260,7 @@ class PhotoFacts:
         """The composed description: the grounding document for answers about the photo."""
         lines = [self.count_text(lang)]
         lines += [self.bird_line(b, lang) + ("。" if lang == "zh" else ".") for b in self.birds]
+        lines += [text for b in self.seen if (text := self.how_to_tell(b, lang))]
         lines += [self.date_text(lang), self.place_text(lang)]
         if self.taken.get("camera"):
             lines.append(self.camera_text(lang))
@@ -275,7 +290,12 @@ class PhotoFacts:
         kind = self.kind(question)
         if kind is None:
             return None
-        if kind == "count":
+        if kind == "compare":
+            told = [text for b in self.seen if (text := self.how_to_tell(b, lang))]
+            if not told:
+                return None  # no close look-alike was seen: the cards of the species named answer it
+            body = "\n".join(told)
+        elif kind == "count":
             body = self.count_text(lang)
         elif kind == "position":
             body = self.position_answer(question, lang)

@@ -1,11 +1,11 @@
 """POST /detect: a photo in, every bird boxed and named out (contract in shared/API.md)."""
-from flask import Blueprint
+from flask import Blueprint, Response
 
 from ..errors import APIError
 from ..vision.location import Location, check_position, region_location
 from .forms import bool_field, int_field, raw_field, text_field, upload_bytes
 from .metrics import observe_stages
-from .photos import detect_and_keep
+from .photos import detect_and_keep, stored_photo
 
 bp = Blueprint("detect", __name__)
 
@@ -22,6 +22,14 @@ def detect():
     if warning:
         out["warnings"] = [warning]
     return out
+
+
+@bp.get("/photos/<photo_id>")
+def photo(photo_id: str):
+    """The kept JPEG of a photo (the page shows it as the user's message); 400/404/410 as /get_response."""
+    kept = stored_photo(photo_id)
+    return Response(kept.jpeg, mimetype="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
 def _location_fields() -> Location | None:
