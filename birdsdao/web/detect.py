@@ -16,9 +16,9 @@ def detect():
     top_k = int_field("top_k", 5, lo=1, hi=20)
     annotate = bool_field("annotate", True)
     location = _location_fields()
-    result, photo_id, warning = detect_and_keep(data, top_k=top_k, annotate_image=annotate, location=location)
+    result, kept, warning = detect_and_keep(data, top_k=top_k, annotate_image=annotate, location=location)
     observe_stages(result.timings_ms)
-    out = {**result.to_dict(), "photo_id": photo_id}  # follow-up questions send it to /get_response
+    out = {**result.to_dict(), "photo_id": kept.photo_id}  # follow-up questions send it to /get_response
     if warning:
         out["warnings"] = [warning]
     return out

@@ -8,7 +8,7 @@ from flask import current_app
 
 from ..errors import APIError
 from ..services import get_service
-from ..vision.photos import PhotoStore, StoredPhoto, build_photo_store, keep
+from ..vision.photos import PhotoStore, StoredPhoto, build_photo_store, prepare
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +21,19 @@ def photo_store() -> PhotoStore:
 
 
 def detect_and_keep(data: bytes, **options):
-    """(/detect's result, its photo_id). A store that cannot write (disk full, read-only) leaves the
-    photo_id None and says so in ``warnings``: the detection itself still answers."""
+    """(/detect's result, the kept photo (id None when it could not be stored), a warning or None). A store
+    that cannot write (disk full or read-only, photo too large) leaves the id None and says so: the detection
+    itself, and an answer about the photo, still go ahead."""
     result = get_service("vision").detect(data, keep_image=True, **options)
+    jpeg, record = prepare(result, data, current_app.config)
     try:
-        photo_id, warning = keep(photo_store(), result, data, current_app.config), None
+        photo_id, warning = photo_store().put(jpeg, record), None
     except APIError as exc:
         photo_id, warning = None, f"the photo was not kept for the conversation: {exc.message}"
     except OSError as exc:
         log.warning("photo not kept: %r", exc)
         photo_id, warning = None, "the photo was not kept for the conversation (storage error)"
-    return result, photo_id, warning
+    return result, StoredPhoto(photo_id, jpeg, record), warning
 
 
 def stored_photo(photo_id: str) -> StoredPhoto:
