@@ -3,8 +3,10 @@
 
     python bench/bench_photo_qa.py [--limit N] [--show]
 
-bench/photo_qa.csv holds the labelled set: 93 questions over 26 natural-dev/natural-val photos, of kinds
-count, position, place, date (date/season) and species. Counts and positions were judged by eye on the
+bench/photo_qa.csv holds the labelled set: 100 questions over 26 natural-dev/natural-val photos, of kinds
+count, position, place, date (date/season) and species, plus sex ("雄鸟还是雌鸟？": quoted from the card when it
+tells the sexes apart, else "cannot tell") and card (questions for the species cards, "它吃什么？", which must
+NOT be taken for photo facts: the expected regex refuses the photo label and wants the card's words). Counts and positions were judged by eye on the
 photos; species are the photos' folder labels. Places and dates are synthetic: each photo is copied to a
 temporary folder with the row's GPS position and DateTimeOriginal written into its EXIF by Pillow (a blank
 lat/taken: none written), so place answers test EXIF reading + offline reverse geocoding, and the GPS also
@@ -119,7 +121,7 @@ def main() -> None:
     total = [sum(v[0] for v in per_kind.values()), sum(v[1] for v in per_kind.values())]
     print(f"\n{len(names)} photos, {total[1]} questions (detect {detect_s:.1f} s, answers {answer_s:.1f} s)")
     print("kind      correct / asked   accuracy")
-    for kind in ("count", "position", "place", "date", "species"):
+    for kind in ("count", "position", "place", "date", "species", "sex", "card"):
         if kind in per_kind:
             ok, n = per_kind[kind]
             print(f"{kind:9} {ok:7d} / {n:<5d}    {ok / n:.2f}")

@@ -370,7 +370,12 @@ class Job:
         if kind != "chat":
             return None  # a species description of the photo's bird is the cards' job
         cards = [p for p in self.prompt.passages if p.kb_name != photo_context.PHOTO_KB]
-        return self.photo.direct_answer(self.prompt.question, lang, cards)
+        direct = self.photo.direct_answer(self.prompt.question, lang, cards)
+        if direct is None:  # a question for the cards: quoting the photo's description would not answer it
+            for i, p in enumerate(cards, start=1):
+                p.number = i
+            self.prompt.passages = cards
+        return direct
 
     def _subject_line(self) -> str:
         sp = self.focus[0]
