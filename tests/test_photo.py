@@ -334,6 +334,11 @@ def test_a_generative_backend_gets_the_description_and_the_jpeg_in_its_prompt(ma
         assert job.prompt.image == b"\xff\xd8jpg" and job.prompt.passages[0].kb_name == "photo"
     finally:
         job.close()
+    ke = llm._prepare(AnswerRequest(user_input="抽取三元组", prompt_type="KE1", model_type="llama", photo=record))
+    try:  # KE over a photo: the text the model extracts from is the description of what was seen
+        assert "图中有 2 只鸟" in ke.prompt.messages[-1]["content"] and ke.prompt.question.startswith("图中有 2 只鸟")
+    finally:
+        ke.close()
     answer = llm.answer(AnswerRequest(user_input="How many birds?", model_type="llama", photo=record, max_new_tokens=8))
     assert answer.generative and answer.sources[0].kb_name == "photo" and answer.response.strip()
 
@@ -350,3 +355,26 @@ def test_a_store_that_cannot_write_still_detects_and_answers_without_a_photo_id(
     r = client.post("/get_response", data={"user_input": "图里有几只鸟？", "image": (io.BytesIO(WAXWINGS.read_bytes()), "w.jpg")})
     answer = r.get_json()
     assert r.status_code == 200 and "photo_id" not in answer and "图中有 2 只鸟" in answer["response"]
+
+
+def test_get_photos_serves_the_kept_jpeg_and_refuses_bad_unknown_and_expired_ids(app, waxwings):
+    client = app.test_client()
+    r = client.get(f"/photos/{waxwings['photo_id']}")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg" and Image.open(io.BytesIO(r.data)).size[0] <= 640
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/photos/..%2F..%2Fetc%2Fpasswd").status_code in (400, 404)
+    assert client.get("/photos/p" + "Z" * 24).get_json()["code"] == "bad_field"
+    assert client.get(f"/photos/{new_photo_id()}").status_code == 404
+    assert client.get("/photos/p" + "a" * 24).status_code == 410
+
+
+def test_an_unknown_model_with_an_image_is_refused_before_anything_is_kept(app):
+    from birdsdao.web.photos import photo_store
+
+    with app.app_context():
+        before = photo_store().stats()["photos"]
+    r = app.test_client().post("/get_response", data={"user_input": "几只？", "model_type": "nope",
+                                                      "image": (io.BytesIO(WAXWINGS.read_bytes()), "w.jpg")})
+    assert r.status_code == 404 and r.get_json()["code"] == "unknown_model"
+    with app.app_context():
+        assert photo_store().stats()["photos"] == before

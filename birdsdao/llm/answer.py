@@ -181,6 +181,8 @@ class AnswerService:
             for i, p in enumerate(passages, start=1):
                 p.number = i
             prompt.image = req.image
+            if req.prompt_type in KE_TYPES and backend.generative:
+                prompt.question = photo.description(lang)  # the text to extract from is what was seen
         prompt.passages = passages
         retrieve_ms = (time.perf_counter() - t0) * 1000
 

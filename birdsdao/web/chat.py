@@ -29,6 +29,7 @@ def get_response():
         species_label=text_field("species_label", max_len=200),
         max_new_tokens=int_field("max_new_tokens", llm.max_new_tokens, lo=1, hi=llm.max_new_tokens),
     )
+    llm.registry.get(request.model_type)  # an unknown or unavailable backend is refused before any photo is kept
     _attach_photo(request)
     if bool_field("stream", False):
         return Response(_SSE(llm.stream(request)), mimetype="text/event-stream",
