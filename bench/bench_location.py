@@ -4,7 +4,7 @@
 
 Each photo goes through ``VisionPipeline.detect`` once (no location); the crop features of its birds are
 kept and ranked again with and without the prior (``SpeciesClassifier.probabilities(feats, prior)``), for the
-server's fusion (FUSION_ALPHA from config) and for the iNat head alone (alpha=1). Scored at species level
+server's fusion (FUSION_ALPHA and FUSION_ALPHA_SHARED from config) and for the iNat head alone (alpha=1). Scored at species level
 (first two words of the scientific name) on the main bird (the most confident box).
 
 - natural-val (244 photos, labels from natural-val-labels.csv by iNat output) and natural-dev (30): no
@@ -64,10 +64,12 @@ def main_bird_features(vision, path: Path):
     return feats.take([int(np.argmax(confs))])
 
 
-def ranked_species(vision, feats, alpha: float, prior, k: int = 5) -> list[str]:
+def ranked_species(vision, feats, alpha: float | None, prior, k: int = 5) -> list[str]:
+    """Top-k species; ``alpha``: one mixture weight for both cases (1.0: the iNat head alone), None: the server's."""
     clf = vision.classifier
     saved = clf.fusion
-    clf.fusion = dataclasses.replace(saved, alpha=alpha)
+    if alpha is not None:
+        clf.fusion = dataclasses.replace(saved, alpha=alpha, alpha_shared=alpha)
     try:
         probs, state = clf.probabilities(feats, prior)
     finally:
@@ -106,7 +108,7 @@ def main() -> int:
                       "YOLO_WEIGHTS": str(SHARED / "weights" / "yolov8n.pt"), "REGION": None})
     with app.app_context():
         vision = get_service("vision")
-    alpha = float(app.config["FUSION_ALPHA"])
+    alpha = None
     prior_na = vision.location_prior.vector(*NA_EAST)
     prior_cn = vision.location_prior.vector(*CHINA)
     table = []
@@ -144,7 +146,8 @@ def main() -> int:
             row += [ranks[0], float(probs[0][state.vocab.index[sp.id]]), ranks[1],
                     float(probs[0][state.vocab.index[other.id]])]
         asian_rows.append(row)
-    print(f"\nLocation prior (species/ranges.py) x fusion (FUSION_ALPHA={alpha}); species-level accuracy, main bird")
+    print(f"\nLocation prior (species/ranges.py) x fusion (FUSION_ALPHA={app.config['FUSION_ALPHA']}, "
+          f"FUSION_ALPHA_SHARED={app.config['FUSION_ALPHA_SHARED']}); species-level accuracy, main bird")
     print(f"{'set':<12} {'head':<16} {'location':<16} {'top-1':>6} {'top-5':>6} {'n':>4}")
     for name, head, where, t1, t5, n in table:
         print(f"{name:<12} {head:<16} {where:<16} {t1:6.3f} {t5:6.3f} {n:4d}")

@@ -32,7 +32,7 @@ from birdsdao.vision.naming import answer_at_rank, flock_context  # noqa: E402
 from birdsdao.vision.classifier import top_guesses  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
-FORMER = Fusion(alpha=0.5, power=2.0, scale=40.0, generic_min_share=float("inf"), sharpen=1.0, spread=0.0)
+FORMER = Fusion(alpha=0.5, alpha_shared=0.5, power=2.0, scale=40.0, generic_min_share=float("inf"), sharpen=1.0, spread=0.0)
 
 
 def species_level(entry) -> str:
@@ -104,8 +104,8 @@ class Bench:
         self.server = self.clf.fusion
         self.catalog = self.vision.catalog
         self.shipped_base = dict(self.clf.base)
-        self.rules = {"iNat head alone": dataclasses.replace(self.server, alpha=1.0),
-                      "prototype head alone": dataclasses.replace(self.server, alpha=0.0),
+        self.rules = {"iNat head alone": dataclasses.replace(self.server, alpha=1.0, alpha_shared=1.0),
+                      "prototype head alone": dataclasses.replace(self.server, alpha=0.0, alpha_shared=0.0),
                       "former server rule (no mirror)": FORMER,
                       "server rule": self.server}
 
@@ -231,7 +231,7 @@ def main():
     args = parser.parse_args()
     bench = Bench()
     s = bench.server
-    print(f"server rule: alpha {s.alpha}, power {s.power}, prototype scale {s.scale}, coarse-class share "
+    print(f"server rule: alpha {s.alpha} (shared {s.alpha_shared}), power {s.power}, prototype scale {s.scale}, coarse-class share "
           f"{s.generic_min_share}, sharpen {s.sharpen}, spread {s.spread}, location prior power {s.prior_power}, "
           f"taught boost {s.taught_boost}, "
           f"mirror view below iNat top probability {bench.clf.mirror_below}")
@@ -326,7 +326,7 @@ def teach(bench, field_items):
         clf.base = {k: v for k, v in bench.shipped_base.items() if k != key}
         clf.set_taught({key: feats}, [])
         taught_top1 += scorer.right(row, int(clf.probabilities(test)[0].argmax()))
-        proto_alone = dataclasses.replace(bench.server, alpha=0.0, taught_boost=1.0)  # the head, no teaching boost
+        proto_alone = dataclasses.replace(bench.server, alpha=0.0, alpha_shared=0.0, taught_boost=1.0)  # the head, no teaching boost
         proto_top1 += scorer.right(row, int(bench.probs(test, proto_alone).argmax()))
         # (2) shipped prototype kept: rank before vs after teaching, without the taught boost (the rule under
         # test is that taught photos of a known species stay out of the head weights)
@@ -338,6 +338,28 @@ def teach(bench, field_items):
         after = rank_of(bench.probs(test, no_boost)[0], row)
         falls += after > before
         rises += after < before
+    # (3) species only the iNat head named (no shipped prototype), taught from 3 of their natural-val photos:
+    # their rank on the other photos, without the boost (they enter the head weights: may that lower them?)
+    by_truth = {}
+    for _, truth, pm in field_items:
+        f = main_row(*pm[True])
+        if f is not None:
+            by_truth.setdefault(truth, []).append(f)
+    inat_only = [(t, fs) for t, fs in by_truth.items()
+                 if state.vocab.entries[t].key not in bench.shipped_base and len(fs) >= 4]
+    clf.base = dict(bench.shipped_base)
+    no_boost = dataclasses.replace(bench.server, taught_boost=1.0)
+    inat_falls = inat_rises = inat_tests = 0
+    for truth, fs in inat_only:
+        tests = concat(fs[3:])
+        clf.set_taught({}, [])
+        before = [rank_of(r, truth) for r in bench.probs(tests, no_boost)]
+        clf.set_taught({state.vocab.entries[truth].key: concat(fs[:3]).proto}, [])
+        after = [rank_of(r, truth) for r in bench.probs(tests, no_boost)]
+        inat_falls += sum(a > b for a, b in zip(after, before))
+        inat_rises += sum(a < b for a, b in zip(after, before))
+        inat_tests += len(before)
+    clf.set_taught({}, [])
     # The same 50 taught at once (their shipped prototypes left out): does teaching cost the field photos?
     clf.base = {k: v for k, v in bench.shipped_base.items() if k not in chosen}
     clf.set_taught({k: tta.proto[np.where((keys == k) & (fold != 4))[0]] for k in chosen}, [])
@@ -351,6 +373,8 @@ def teach(bench, field_items):
     print(f"  shipped prototype left out, taught from 3 photos, 4th photo: taught species top-1 {taught_top1 / n:.3f}; "
           f"the prototype head alone (taught prototype, whole vocabulary) {proto_top1 / n:.3f}")
     print(f"  known species taught 3 more photos (no boost): rank on the 4th photo fell {falls}/{n}, rose {rises}/{n}")
+    print(f"  species only the iNat head named, taught 3 of their natural-val photos (no boost): {len(inat_only)} "
+          f"species, rank on their other {inat_tests} photos fell {inat_falls}, rose {inat_rises}")
     print(f"  natural-val top-1 with those {n} species taught instead of shipped: {field_top1:.3f}")
 
 

@@ -41,9 +41,14 @@ DEFAULTS: dict = {
     # LiteRT threads (None: library default). The shared README saw all-zero scores with 2 threads on one
     # build; tests/test_vision.py checks the configured value against the default.
     "LITERT_THREADS": None,
+    # Threads of numpy's BLAS in the server process (None: the library's default, one per core). The ranking's
+    # products are small (a few crops x 2,560 x ~550 prototypes); OpenBLAS's spinning threads made one cost
+    # 10-30 ms instead of under 1 ms on a busy 2-core machine, and a web worker runs requests side by side.
+    "BLAS_THREADS": 1,
     # Fusion of the iNat head and the prototype head (vision/classifier.py and vision/README.md; chosen on
     # natural-val and the BIRDS-525 folds by bench/bench_species.py).
-    "FUSION_ALPHA": 0.7,  # prior weight of the iNat head
+    "FUSION_ALPHA": 0.6,  # prior weight of the iNat head when only the prototypes name their top species
+    "FUSION_ALPHA_SHARED": 0.9,  # ... and when the iNat head names the prototype head's top species too
     "FUSION_POWER": 2.0,  # how strongly each head's own top probability sways its weight
     "PROTOTYPE_SCALE": 40.0,  # softmax scale on cosine similarities
     "GENERIC_MIN_SHARE": 0.05,  # a coarse class (CROW) hands its probability to its species when they hold this much of it
@@ -130,6 +135,8 @@ DEFAULTS: dict = {
     "OPENAI_BASE_URL": None,
     "OPENAI_MODEL": None,
     "OPENAI_API_KEY": None,
+    # The OpenAI-compatible model can read images: a question about a photo sends it as an image_url part.
+    "OPENAI_VISION": False,
     "CHATGLM2_PATH": None,
     "CHATGLM2_PTUNING": None,
     "CHATGLM2_QUANTIZE": None,  # 4 or 8: ChatGLM2's own int4/int8 kernels (CUDA only; CPU stays float32)
@@ -137,8 +144,16 @@ DEFAULTS: dict = {
     "TRANSFORMERS_MODEL": None,
     "TRANSFORMERS_ADAPTER": "",  # a `python -m birdsdao.train finetune-llm` adapter folder (LoRA / prefix, peft) on it
     "TRANSFORMERS_QUANTIZE": None,  # 4 or 8 with bitsandbytes on CUDA
+    # TRANSFORMERS_MODEL is an image-text-to-text model (AutoProcessor + AutoModelForImageTextToText, e.g.
+    # Qwen2.5-VL, SmolVLM, LLaVA): a question about a photo gives it the photo.
+    "TRANSFORMERS_VLM": False,
     "LLAMA_CONTEXT": 4096,  # n_ctx for llama.cpp (capped by the model's trained context)
     "LLAMA_THREADS": None,  # None: llama.cpp's own choice
+    # A vision GGUF's projector (mmproj) file: the llama backend then reads the question's photo through
+    # llama-cpp-python's multimodal chat handler for LLAMA_CHAT_HANDLER's model family (required with it):
+    # llava-1-5 | llava-1-6 | minicpm-v | qwen2.5-vl | moondream | nanollava | llama-3-vision-alpha.
+    "LLAMA_MMPROJ": "",
+    "LLAMA_CHAT_HANDLER": "",
     "OPENAI_CONTEXT": 8192,  # the remote model's context window (prompt fitting uses an estimate)
     "LLM_REMOTE_CONCURRENCY": 4,  # generations at once for backends without a local model to serialise on
     "LLM_QUEUE_SIZE": 4,  # requests waiting per backend before 503 + Retry-After

@@ -75,6 +75,10 @@ def init_services(app) -> Services:
     """Build each configured service once; record failures instead of raising."""
     services = Services()
     config = app.config
+    if config["BLAS_THREADS"] is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=int(config["BLAS_THREADS"]), user_api="blas")  # process-wide (config.py says why)
     for name in config["SERVICES"]:
         if name not in BUILDERS:
             raise ValueError(f"unknown service {name!r} in SERVICES; known: {sorted(BUILDERS)}")

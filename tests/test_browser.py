@@ -944,8 +944,11 @@ def test_knowledge_extraction_results_render_as_tables(page):
     triples = reply.find_elements(By.CSS_SELECTOR, ".extras table tr")
     assert triples and all(len(tr.find_elements(By.TAG_NAME, "td")) == 3 for tr in triples)
     prompt.select_by_value("KE3")
-    reply = ask(driver, "白头海雕的学名和保护级别是什么？")
-    assert reply.find_elements(By.CSS_SELECTOR, ".extras dl.attributes dt")
+    reply = ask(driver, "白头海雕体长约80厘米，翼展2米。")
+    assert [dt.text for dt in reply.find_elements(By.CSS_SELECTOR, ".extras > dl.attributes dt")] == ["体长", "翼展"]
+    # The species card's facts are there too, but folded apart under their own label.
+    cards = reply.find_element(By.CSS_SELECTOR, ".extras details.from-cards")
+    assert "From the cards" in cards.find_element(By.TAG_NAME, "summary").text
     # Copy puts the reply on the clipboard (or the fallback) and says so.
     copy = reply.find_element(By.CSS_SELECTOR, ".copy-btn")
     copy.click()

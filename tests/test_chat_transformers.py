@@ -129,3 +129,92 @@ def test_chat_messages_become_chatglm2_query_and_history():
                 {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"}]
     assert chatglm_turns(messages) == ("u2", [("S\n\nu1", "a1")])
     assert chatglm_turns(messages[:1] + messages[-1:]) == ("S\n\nu2", [])
+
+
+# --- vision: a tiny randomly initialised LLaVA (CLIP vision tower + Llama) built from configs here --------
+# No real VLM weights exist offline; this exercises the real AutoProcessor / AutoModelForImageTextToText path.
+VLM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+                "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PATCHES = (16 // 4) ** 2  # image side / patch size, squared: image tokens per photo
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", extra_special_tokens={"image_token": "<image>"})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+        tokenizer=tokenizer, patch_size=4, vision_feature_select_strategy="default", image_token="<image>",
+        num_additional_image_tokens=1, chat_template=VLM_TEMPLATE)
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=16, patch_size=4, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=384,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
+    path = tmp_path_factory.mktemp("tiny-vlm")
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def _photo(color) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def vlm_app(make_module_app, tiny_vlm_dir):
+    return make_module_app(services=["llm"], TRANSFORMERS_MODEL=tiny_vlm_dir, TRANSFORMERS_VLM=True, LLM_TEMPERATURE=0)
+
+
+def test_vision_transformers_vlm_loads_from_a_config_built_model_and_reports_vision(vlm_app):
+    models = {m["name"]: m for m in vlm_app.test_client().get("/models").get_json()["models"]}
+    assert models["transformers"]["loaded"], models["transformers"].get("error")
+    assert models["transformers"]["vision"] is True and models["transformers"]["context_window"] == 384
+
+
+def test_vision_transformers_vlm_generates_from_the_photo_which_reaches_the_vision_tower(vlm_app):
+    from birdsdao.llm.base import Limits, Prompt
+
+    backend = vlm_app.extensions["birdsdao"].get("llm").registry.get("transformers").backend
+    messages = [{"role": "system", "content": "Describe bird photos."},
+                {"role": "user", "content": "Describe the photo. (The server saw: one American Robin.)"}]
+    red = Prompt("d", prompt_type="caption", messages=messages, image=_photo((200, 30, 30)))
+    inputs = backend._inputs(red)
+    image_id = backend.tokenizer.convert_tokens_to_ids("<image>")
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, 16, 16)
+    assert int((inputs["input_ids"] == image_id).sum()) == PATCHES  # the processor expanded the image part
+    seen = []
+    hook = backend.model.model.vision_tower.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape))
+    try:
+        text = backend.generate(red, Limits(max_new_tokens=6))
+    finally:
+        hook.remove()
+    assert text and seen and tuple(seen[0]) == (1, 3, 16, 16)
+    # The pixels change the model's next-token scores; without a photo, no pixel_values and no image tokens.
+    with torch.no_grad():
+        blue = backend.model(**backend._inputs(Prompt("d", messages=messages, image=_photo((20, 40, 220))))).logits
+        red_logits = backend.model(**inputs).logits
+    assert not torch.allclose(red_logits[0, -1], blue[0, -1])
+    plain = backend._inputs(Prompt("d", messages=messages))
+    assert "pixel_values" not in plain and int((plain["input_ids"] == image_id).sum()) == 0
+    assert messages[-1]["content"].startswith("Describe")  # the prompt's own messages are not changed

@@ -209,12 +209,13 @@ def test_extractive_quotes_keep_lone_underscores_and_drop_only_paired_markdown()
 
 
 def test_extraction_keeps_well_formed_items_and_says_when_valid_json_held_none():
-    got, warnings = extraction_from_json("KE1", '{"triples": [["白头海雕", "属于", "鹰科"], ["bad"]]}', "q")
-    assert got == {"triples": [["白头海雕", "属于", "鹰科"]]} and warnings == []
+    got, warnings = extraction_from_json("KE1", '{"triples": [["白头海雕", "属于", "鹰科"], ["bad"]]}', "白头海雕属于鹰科。")
+    assert got == {"triples": [["白头海雕", "属于", "鹰科"]]}
+    assert warnings == ["dropped 1 of the model's triples: not in the asked shape or not stated in the text"]
     # Valid JSON under another key: nothing usable, and the answer must say so rather than be silently empty.
     got, warnings = extraction_from_json("KE1", '{"relations": [["a", "b", "c"]]}', "q")
     assert got == {"triples": []} and warnings == ["the model's JSON held no usable triples"]
     got, warnings = extraction_from_json("KE2", '[{"text": "白头海雕", "type": "species"}]', "白头海雕吃鱼吗")
-    assert got == {"entities": [{"text": "白头海雕", "type": "species", "start": 0, "end": 4}]}
+    assert got == {"entities": [{"text": "白头海雕", "type": "species", "start": 0, "end": 4, "species_id": None}]}
     got, warnings = extraction_from_json("KE3", "no json here", "q")
     assert got == {"attributes": {}} and warnings == ["the model did not return valid JSON"]

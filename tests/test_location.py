@@ -242,3 +242,25 @@ def test_chinese_gps_ranks_asian_species_above_north_american_lookalikes(app, cl
     print("\n(label, Asian rank / look-alike rank without location, the same with Chinese GPS, top conf before/after)")
     for row in rows:
         print(row)
+
+
+def test_herring_gull_keeps_its_american_range_from_the_wider_concept(table):
+    # BirdLife splits American Herring Gull; the iNat head's Herring Gull (Clements) includes it, and without
+    # range_concepts.csv the prior put the east's commonest large gull at the floor.
+    at_home = table.weights(*NEW_YORK, ["Larus argentatus", "Larus fuscus"])
+    assert at_home[0] >= 0.95 and at_home[1] < at_home[0], at_home
+
+
+def test_build_ranges_adds_the_rows_of_a_wider_concept():
+    from birdsdao.tools.build_ranges import build
+
+    avonet = [{"name": n, "family": "Laridae", "min_lat": "30", "max_lat": "70", "centroid_lat": lat,
+               "centroid_lon": lon, "range_km2": "1000000", "migration": "2"}
+              for n, lat, lon in (("Larus argentatus", "60", "20"), ("Larus smithsonianus", "50", "-80"))]
+    species = [{"id": "Larus argentatus", "aliases": [], "family": "Laridae"}]
+    rows, counts = build(avonet, species, {"Larus argentatus": ["Larus smithsonianus"]})
+    assert [(r["species_id"], r["avonet_name"], r["match"]) for r in rows] == [
+        ("Larus argentatus", "Larus argentatus", "scientific name"),
+        ("Larus argentatus", "Larus smithsonianus", "wider concept")]
+    rows, _ = build(avonet, species, {})
+    assert len(rows) == 1

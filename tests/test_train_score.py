@@ -63,3 +63,60 @@ def test_score_command_refuses_missing_answers(tmp_path):
     hyps = _jsonl(tmp_path / "hyps.jsonl", [{"id": 1, "text": "a"}])
     with pytest.raises(SystemExit, match="no answer for ids 2"):
         main(["score", "--refs", str(refs), "--hyps", str(hyps), "--out", str(tmp_path)])
+
+
+# --- score captions: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr ------------------------------------------
+from pathlib import Path  # noqa: E402
+
+from birdsdao.train.score import caption_scores, caption_tokens  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTIONS = ROOT / "bench" / "natural_dev_captions.jsonl"
+NATURAL_DEV = ROOT.parent / "shared" / "datasets" / "natural-dev"
+
+
+def test_reference_captions_cover_each_natural_dev_photo_in_english_and_chinese():
+    rows = [json.loads(line) for line in CAPTIONS.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 30 and len({r["id"] for r in rows}) == 30
+    if NATURAL_DEV.is_dir():
+        assert {r["id"] for r in rows} == {p.name for p in NATURAL_DEV.iterdir() if p.is_dir()}
+        assert all((NATURAL_DEV.parent / r["image"]).is_file() for r in rows)
+    for r in rows:
+        assert r["species"].split()[-1].lower() in r["en"].lower() and r["species_zh"] in r["zh"]
+        assert r["en"].isascii() and all("\u4e00" <= c <= "\u9fff" for c in r["species_zh"])
+
+
+def test_caption_tokens_drop_punctuation_and_split_chinese_by_character_or_jieba_word():
+    assert caption_tokens("A Killdeer, on a rock.") == "a killdeer on a rock"
+    assert caption_tokens("一只旅鸫，停在树枝上。") == "一 只 旅 鸫 停 在 树 枝 上"
+    assert "树枝" in caption_tokens("一只旅鸫停在树枝上。", "jieba").split()
+
+
+def test_score_captions_is_at_max_for_the_reference_set_against_itself_and_lower_when_shuffled(tmp_path):
+    rows = [json.loads(line) for line in CAPTIONS.read_text(encoding="utf-8").splitlines()]
+    ids = [r["id"] for r in rows]
+    # Each photo gets the next photo's captions: same vocabulary and style, wrong bird.
+    shuffled = _jsonl(tmp_path / "shuffled.jsonl", [{**r, "id": i} for r, i in zip(rows, ids[1:] + ids[:1])])
+    table = main(["score", "captions", "--refs", str(CAPTIONS), "--hyps", str(CAPTIONS), str(shuffled),
+                  "--out", str(tmp_path)])
+    for lang in ("en", "zh"):
+        same, other = table[f"{CAPTIONS}:{lang}"], table[f"{shuffled}:{lang}"]
+        assert same["items"] == other["items"] == 30
+        for metric in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l"):
+            assert same[metric] == pytest.approx(100), (lang, metric)
+            assert other[metric] < 0.6 * same[metric], (lang, metric)
+        assert same["cider"] == pytest.approx(1000)  # CIDEr-D's maximum: 10, here x100
+        assert other["cider"] < 0.2 * same["cider"]
+    saved = json.loads((tmp_path / "score" / "caption_scores.json").read_text(encoding="utf-8"))
+    assert saved["zh_tokens"] == "char" and len(saved["scores"]) == 4
+
+
+def test_without_java_meteor_is_reported_unavailable_with_the_reason(monkeypatch, tmp_path):
+    assert caption_scores(["a b"], [["a b"]])["meteor_note"] == "METEOR not requested"  # java is here
+    refs = _jsonl(tmp_path / "refs.jsonl", [{"id": "a", "en": "a bird sits on a branch"}])
+    hyps = _jsonl(tmp_path / "hyps.jsonl", [{"id": "a", "en": "a bird on a branch"}])
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no java on it
+    s = main(["score", "captions", "--lang", "en", "--refs", str(refs), "--hyps", str(hyps), "--out", str(tmp_path)])
+    s = s[f"{hyps}:en"]
+    assert s["meteor"] is None and "Java" in s["meteor_note"] and 0 < s["bleu_1"] < 100
+

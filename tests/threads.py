@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-WAIT = 30  # seconds: only ever reached when the code under test deadlocks
+WAIT = 180  # seconds: only ever reached when the code under test deadlocks (or a busy machine embeds slowly)
 
 
 def run_in_thread(fn, *args):

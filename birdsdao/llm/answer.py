@@ -11,9 +11,10 @@ from ..errors import APIError
 from ..kb.species_kb import SPECIES_KB, card_of, card_species
 from ..species.names import NameResolver, Resolution
 from . import entities as ent
-from . import naming
+from . import extraction, naming
 from . import photo_context
 from .base import Limits, Passage, Prompt, has_cjk
+from .extraction import Extractor
 from .extractive import NOTHING
 from .prompts import KE_TYPES, PROMPT_TYPES, extraction_from_json, fit
 from .registry import Registry
@@ -86,8 +87,9 @@ class AnswerService:
         self.kb = services.optional("kb")
         self._services = services
         self.registry = Registry(config, services)
-        self.recognizer = ent.EntityRecognizer(self.catalog)
         self.names = NameResolver(self.catalog) if self.catalog is not None else None
+        # KE1-3 from a text without an LLM: ``extractor.extract(text, lang)`` (photo chat may call it too).
+        self.extractor = Extractor(self.catalog, self.names)
         self.max_input_chars = int(config["LLM_MAX_INPUT_CHARS"])
         self.max_history_turns = int(config["LLM_MAX_HISTORY_TURNS"])
         self.max_history_chars = int(config["LLM_MAX_HISTORY_CHARS"])
@@ -174,15 +176,16 @@ class AnswerService:
                     passages = self._kb_passages(self.default_kb, search_query, focus, lang)
                 except APIError:
                     passages = []
-        if req.prompt_type == "KE2":
-            passages = []  # entities are found in the user's text, not in documents
-        if photo is not None:  # what the server saw comes first: the answer's grounding, cited as [1]
-            passages = [photo.passage(lang)] + passages
-            for i, p in enumerate(passages, start=1):
-                p.number = i
+        if req.prompt_type in KE_TYPES:
+            passages = []  # KE1-3 extract from the user's text, not from documents
+        if photo is not None:
             prompt.image = req.image
-            if req.prompt_type in KE_TYPES and backend.generative:
-                prompt.question = photo.description(lang)  # the text to extract from is what was seen
+            if req.prompt_type not in KE_TYPES:  # what the server saw comes first: the grounding, cited as [1]
+                passages = [photo.passage(lang)] + passages
+                for i, p in enumerate(passages, start=1):
+                    p.number = i
+            elif backend.generative:
+                prompt.question = photo.description(lang)  # KE over a photo: the text to extract from is what was seen
         prompt.passages = passages
         retrieve_ms = (time.perf_counter() - t0) * 1000
 
@@ -388,24 +391,13 @@ class Job:
         return f"About the {sp.english_name} ({', '.join(x for x in (sp.scientific_name, sp.family) if x)}): "
 
     def _extract_without_llm(self) -> str:
-        """KE1-3 with the project's own recogniser and the catalogue's facts."""
-        lang, text = self.prompt.lang, self.prompt.question
-        items = self.service.recognizer.entities(text)
-        species = [e for e in items if e["type"] == "species"]
-        found = [self.service.catalog.get(e["species_id"]) for e in species] if species else list(self.focus)
-        found = [sp for i, sp in enumerate(found) if sp is not None and all(sp.id != o.id for o in found[:i])]
-        kind = self.prompt.prompt_type
-        if kind == "KE2":
-            self.extracted = {"entities": items}
-            return ("、".join(f"{e['text']}（{e['type']}）" for e in items) if lang == "zh" else
-                    ", ".join(f"{e['text']} ({e['type']})" for e in items)) or _nothing_found(lang)
-        if kind == "KE1":
-            rows = [t for sp in found for t in ent.triples(sp, lang)]
-            self.extracted = {"triples": rows}
-            return "\n".join(f"({h}, {r}, {t})" for h, r, t in rows) or _nothing_found(lang)
-        attrs = ent.attributes(found[0], lang) if found else {}
-        self.extracted = {"attributes": attrs}
-        return "\n".join(f"{k}: {v}" for k, v in attrs.items()) or _nothing_found(lang)
+        """KE1-3 from the text itself (``extraction.py``); card facts about the birds it names only under the
+        separate, labelled ``from_cards``."""
+        lang, kind = self.prompt.lang, self.prompt.prompt_type
+        text = self.prompt.question
+        self.extracted = extraction.ke_result(kind, self.service.extractor.extract(text, lang), text,
+                                              self.service.catalog, lang, also=self.focus)
+        return extraction.ke_text(kind, self.extracted, lang)
 
     def finish(self, text: str) -> Answer:
         self.finished = True
@@ -454,10 +446,6 @@ class Job:
                 self.service.count("cancelled")
             self.ticket.release()
             self.ticket = None
-
-
-def _nothing_found(lang: str) -> str:
-    return "没有在文本中找到鸟类实体。" if lang == "zh" else "No bird entities were found in the text."
 
 
 class EventStream:

@@ -75,6 +75,7 @@ class Backend:
     kind: str = "generative"     # "generative" | "retrieval-only"
     generative: bool = True
     local: bool = True           # local models answer one request at a time (see Gate)
+    vision: bool = False         # reads Prompt.image; a text-only backend ignores it (the description is in the text)
 
     def __init__(self, name: str, context_window: int = 4096):
         self.name = name

@@ -1,6 +1,6 @@
-"""The project's own bird-entity recogniser and fact extractor, used for KE1/KE2/KE3 when no LLM is asked
-(and to ground LLM answers): species names in Chinese/English/Latin via the species catalogue, family and
-order names (Chinese and scientific) and IUCN status terms, plus triples/attributes from the card facts."""
+"""Catalogue terms and card facts: the recogniser of species names in Chinese/English/Latin (via the species
+catalogue), family and order names (Chinese and scientific) and IUCN status terms that ``extraction.py`` starts
+from, and a species' card facts as triples/attributes (KE answers list those only under ``from_cards``)."""
 from __future__ import annotations
 
 import re

@@ -7,6 +7,7 @@ import re
 from typing import Callable
 
 from .base import Passage, Prompt
+from .extraction import validate
 
 KE_TYPES = ("KE1", "KE2", "KE3")  # knowledge extraction: triples, entities, attributes (JSON answers)
 # caption: one paragraph in Chinese and one in English about a photo (needs a photo_id or an image)
@@ -36,25 +37,33 @@ TASK = {
         "en": "Using the documents, describe this bird: {name}. Include its names, order and family, "
               "conservation status and main features.",
     },
+    # KE1-3 ask for what the text states, in the schema the rule-based extractor answers in (extraction.py);
+    # the validator drops whatever is not written in the text.
     "KE1": {
-        "zh": ('从下面的文本中抽取知识三元组。只输出一个 JSON 对象，格式为 {{"triples": [["头实体", "关系", "尾实体"]]}}，'
+        "zh": ('从下面的文本中抽取文本明确写出的知识三元组（如 鸟名-体长-约80厘米、鸟名-食物-鱼），头实体和尾实体都照原文写，'
+               '不要加入文本没有的知识。只输出一个 JSON 对象，格式为 {{"triples": [["头实体", "关系", "尾实体"]]}}，'
                "不要输出其他内容。\n文本：{text}"),
-        "en": ('Extract knowledge triples from the text below. Output only one JSON object of the form '
-               '{{"triples": [["head", "relation", "tail"]]}} and nothing else.\nText: {text}'),
+        "en": ('Extract the knowledge triples the text below states (e.g. bird - length - about 80 cm, bird - diet - '
+               'fish), head and tail copied as written, nothing the text does not say. Output only one JSON object '
+               'of the form {{"triples": [["head", "relation", "tail"]]}} and nothing else.\nText: {text}'),
     },
     "KE2": {
-        "zh": ('找出下面文本中的命名实体（物种、科、目、保护级别、地点等）。只输出一个 JSON 对象，格式为 '
-               '{{"entities": [{{"text": "实体", "type": "类型"}}]}}，不要输出其他内容。\n文本：{text}'),
-        "en": ('Find the named entities (species, family, order, conservation status, place...) in the text below. '
-               'Output only one JSON object of the form {{"entities": [{{"text": "...", "type": "..."}}]}}.'
-               "\nText: {text}"),
+        "zh": ('找出下面文本中的命名实体，类型为 species（鸟名）、person（人名）、place（地点）、organization（机构）、'
+               'date（日期）、quantity（带单位的数量）、family（科）、order（目）、iucn_status（保护级别）之一，'
+               '实体照原文写。只输出一个 JSON 对象，格式为 {{"entities": [{{"text": "实体", "type": "类型"}}]}}，'
+               '不要输出其他内容。\n文本：{text}'),
+        "en": ('Find the named entities in the text below, each typed as one of species, person, place, organization, '
+               'date, quantity (a number with its unit), family, order, iucn_status, copied as written. Output only '
+               'one JSON object of the form {{"entities": [{{"text": "...", "type": "..."}}]}}.\nText: {text}'),
     },
     "KE3": {
-        "zh": ('从下面的文本中抽取鸟类的属性键值对（如 学名、英文名、目、科、保护级别）。只输出一个 JSON 对象，格式为 '
-               '{{"attributes": {{"属性": "值"}}}}，不要输出其他内容。\n文本：{text}'),
-        "en": ('Extract the bird\'s attributes as key-value pairs (scientific name, English name, order, family, '
-               'conservation status) from the text below. Output only one JSON object of the form '
-               '{{"attributes": {{"key": "value"}}}}.\nText: {text}'),
+        "zh": ('从下面的文本中抽取文本写明的鸟类属性键值对（如 体长、翼展、体重、食性、分布、栖息地、繁殖期、寿命、保护级别），'
+               '值照原文写，不要加入文本没有的内容。只输出一个 JSON 对象，格式为 {{"attributes": {{"属性": "值"}}}}，'
+               '不要输出其他内容。\n文本：{text}'),
+        "en": ('Extract the bird attributes the text below states (length, wingspan, weight, diet, distribution, '
+               'habitat, breeding season, lifespan, conservation status...) as key-value pairs, values copied as '
+               'written. Output only one JSON object of the form {{"attributes": {{"key": "value"}}}}.'
+               '\nText: {text}'),
     },
 }
 
@@ -201,26 +210,17 @@ EXTRACTION_KEYS = {"KE1": "triples", "KE2": "entities", "KE3": "attributes"}
 
 
 def extraction_from_json(kind: str, text: str, question: str) -> tuple[dict, list[str]]:
-    """A KE1-3 model answer → ({key: validated items}, warnings). Items that do not have the asked shape are
-    dropped; when none is left from JSON that did parse, a warning says so (never an empty answer in silence)."""
+    """A KE1-3 model answer → ({key: validated items}, warnings), in the schema the rule-based extractor answers
+    in (``extraction.validate``): items without the asked shape, or naming what ``question`` (the text to
+    extract from) does not say, are dropped, and a warning says how many; when none is left from JSON that did
+    parse, a warning says so (never an empty answer in silence)."""
     key = EXTRACTION_KEYS[kind]
     parsed, warning = parse_json(text)
     warnings = [warning] if warning else []
     value = parsed.get(key, parsed if kind == "KE3" else None) if isinstance(parsed, dict) else parsed
-    if kind == "KE1":
-        ok = [list(map(str, t)) for t in (value if isinstance(value, list) else [])
-              if isinstance(t, (list, tuple)) and len(t) == 3]
-    elif kind == "KE2":
-        ok = []
-        for e in value if isinstance(value, list) else []:
-            if isinstance(e, dict) and isinstance(e.get("text"), str) and e["text"]:
-                start = question.find(e["text"])
-                ok.append({"text": e["text"], "type": str(e.get("type", "other")),
-                           "start": start if start >= 0 else None,
-                           "end": start + len(e["text"]) if start >= 0 else None})
-    else:
-        ok = {str(k): str(v) for k, v in value.items()
-              if isinstance(v, (str, int, float))} if isinstance(value, dict) else {}
+    ok, dropped = validate(kind, value, question)
+    if dropped:
+        warnings.append(f"dropped {dropped} of the model's {key}: not in the asked shape or not stated in the text")
     if not ok and parsed is not None:
         warnings.append(f"the model's JSON held no usable {key}")
     return {key: ok}, warnings

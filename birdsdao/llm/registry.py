@@ -39,7 +39,7 @@ class Entry:
                 "load_ms": round(self.load_ms, 1)}
         if b is not None:
             info.update({"generative": b.generative, "backend_kind": b.kind, "context_window": b.context_window,
-                         **b.describe()})
+                         "vision": b.vision, **b.describe()})
         else:
             info["error"] = self.error
         return info

@@ -1,5 +1,6 @@
-"""Chat models through Hugging Face transformers: a generic backend (chat template, streamed) and ChatGLM2
-(``stream_chat``, P-tuning v2 prefixes); local paths only, no full unpickling."""
+"""Chat models through Hugging Face transformers: a generic backend (chat template, streamed; with
+TRANSFORMERS_VLM an image-text-to-text model that sees the question's photo) and ChatGLM2 (``stream_chat``,
+P-tuning v2 prefixes); local paths only, no full unpickling."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from typing import Iterator
 
 from ..config import DEFAULTS
 from .base import Backend, Limits, Prompt
+from .vision import as_parts, decode_rgb, with_image
 
 PREFIX_KEY = "transformer.prefix_encoder."
 
@@ -38,29 +40,48 @@ class TransformersChatBackend(Backend):
 
     def __init__(self, name: str, path: str, quantize: int | None = None,
                  temperature: float = DEFAULTS["LLM_TEMPERATURE"], context_window: int | None = None,
-                 adapter: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+                 adapter: str | None = None, vlm: bool = False):
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         self.path, self.adapter = path, adapter or None
-        # A finetune-llm adapter folder carries the tokenizer (and chat template) it was trained with.
-        self.tokenizer = AutoTokenizer.from_pretrained(self.adapter or path, local_files_only=True)
+        self.vision = bool(vlm)
         kwargs, self.note = _quantization_kwargs(quantize)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+        if self.vision:
+            # The processor pairs the tokenizer with the image preprocessor and owns the chat template that
+            # places the image tokens.
+            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            self.tokenizer = self.processor.tokenizer
+            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, **kwargs)
+        else:
+            self.processor = None
+            # A finetune-llm adapter folder carries the tokenizer (and chat template) it was trained with.
+            self.tokenizer = AutoTokenizer.from_pretrained(self.adapter or path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
         if self.adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, self.adapter, local_files_only=True)
         self.model = model.eval()
-        window = context_window or getattr(self.model.config, "max_position_embeddings", None) or 2048
+        text_config = self.model.config.get_text_config()  # a VLM's language model holds the window
+        window = context_window or getattr(text_config, "max_position_embeddings", None) or 2048
         super().__init__(name, context_window=int(window))
         self.temperature = temperature
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _inputs(self, messages: list[dict]):
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)
+    def _inputs(self, prompt: Prompt):
+        if self.vision:
+            # Processor chat templates read part lists; the photo goes in the last user message as an image
+            # part, and its pixels go to the processor beside the text.
+            images = [decode_rgb(prompt.image)] if prompt.image else None
+            messages = (with_image(prompt.messages, {"type": "image"}, all_parts=True) if images else
+                        [{**m, "content": as_parts(m["content"])} for m in prompt.messages])
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            encoded = self.processor(text=text, images=images, return_tensors="pt")
+        else:
+            encoded = self.tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True,
+                                                         return_tensors="pt", return_dict=True)
         return {k: v.to(self.model.device) for k, v in encoded.items()}
 
     def stream(self, prompt: Prompt, limits: Limits) -> Iterator[str]:
@@ -74,7 +95,7 @@ class TransformersChatBackend(Backend):
         stop = threading.Event()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60)
         sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
-        kwargs = dict(**self._inputs(prompt.messages), max_new_tokens=limits.max_new_tokens, streamer=streamer,
+        kwargs = dict(**self._inputs(prompt), max_new_tokens=limits.max_new_tokens, streamer=streamer,
                       stopping_criteria=StoppingCriteriaList([_Stop()]),
                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
         errors: list[BaseException] = []
@@ -99,7 +120,7 @@ class TransformersChatBackend(Backend):
             raise errors[0]
 
     def describe(self) -> dict:
-        info = {"model": os.path.basename(os.path.normpath(self.path))}
+        info = {"model": os.path.basename(os.path.normpath(self.path)), "vision": self.vision}
         if getattr(self, "adapter", None):
             info["adapter"] = os.path.basename(os.path.normpath(self.adapter))
         if self.note:
@@ -213,7 +234,7 @@ class ChatGLM2Backend(TransformersChatBackend):
 def create(name: str, config, services) -> TransformersChatBackend:
     return TransformersChatBackend(name, config["TRANSFORMERS_MODEL"], quantize=config["TRANSFORMERS_QUANTIZE"],
                                    temperature=float(config["LLM_TEMPERATURE"]),
-                                   adapter=config["TRANSFORMERS_ADAPTER"])
+                                   adapter=config["TRANSFORMERS_ADAPTER"], vlm=bool(config["TRANSFORMERS_VLM"]))
 
 
 def create_chatglm2(name: str, config, services) -> Backend:

@@ -8,6 +8,9 @@ epithet (Latin endings -us/-a/-um alike) in the same family when unique (genus m
 auritus -> Nannopterum auritum). Ids that are a genus or a family (BIRDS-525's CROW = Corvus, ALBATROSS =
 Diomedeidae) get one row per member species: the prior takes the best of them (the union of ranges).
 Domestic forms get no row (they live wherever people keep them: the prior leaves them neutral).
+A species whose concept is wider than BirdLife's (``data/range_concepts.csv``: Herring Gull includes
+American Herring Gull in the Clements/iNat taxonomy the iNat head follows) also gets the rows of the
+BirdLife species it contains.
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ from pathlib import Path
 
 from ..fileio import write_atomic
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
 SPECIES_FILE = DATA_DIR / "species.jsonl"
 OUT_FILE = DATA_DIR / "ranges.csv"
+CONCEPTS_FILE = DATA_DIR / "range_concepts.csv"
 COLUMNS = ["species_id", "avonet_name", "match", "min_lat", "max_lat", "centroid_lat", "centroid_lon",
            "range_km2", "migration"]
 _AVONET = {"min_lat": "Min.Latitude", "max_lat": "Max.Latitude", "centroid_lat": "Centroid.Latitude",
@@ -50,7 +54,17 @@ def read_avonet(path: Path) -> list[dict]:
     return out
 
 
-def build(avonet: list[dict], species: list[dict]) -> tuple[list[dict], Counter]:
+def read_concepts(path: Path = CONCEPTS_FILE) -> dict[str, list[str]]:
+    """species id → the BirdLife species its wider concept contains."""
+    out: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["species_id"], []).append(row["avonet_name"])
+    return out
+
+
+def build(avonet: list[dict], species: list[dict], concepts: dict[str, list[str]] | None = None
+          ) -> tuple[list[dict], Counter]:
     by_name = {r["name"]: r for r in avonet}
     by_genus, by_family, by_stem = {}, {}, {}
     for r in avonet:
@@ -87,6 +101,9 @@ def build(avonet: list[dict], species: list[dict]) -> tuple[list[dict], Counter]
         binomial = " ".join(words[:2])
         if binomial in by_name:
             emit(sid, [by_name[binomial]], "scientific name")
+            wider = [by_name[name] for name in (concepts or {}).get(sid, []) if name in by_name]
+            if wider:
+                emit(sid, wider, "wider concept")
             continue
         alias = next((a for a in sp.get("aliases", []) if _BINOMIAL.match(a) and a in by_name), None)
         if alias:
@@ -114,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_FILE)
     args = parser.parse_args(argv)
     species = [json.loads(line) for line in SPECIES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows, counts = build(read_avonet(args.avonet_csv), species)
+    rows, counts = build(read_avonet(args.avonet_csv), species, read_concepts())
     data = render(rows).encode("utf-8")
     write_atomic(args.out, lambda fh: fh.write(data), mode=0o644)
     with_data = len(species) - counts["no data"] - counts["domestic (neutral)"]

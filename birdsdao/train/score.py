@@ -1,29 +1,38 @@
 """``score``: BLEU-4, ROUGE-L and chrF of answers against references, with Chinese tokenisation (characters or
-jieba words), one row per hypothesis file (metric definitions: README.md)."""
+jieba words), one row per hypothesis file; ``score captions``: the COCO caption metrics (BLEU-1..4, METEOR,
+ROUGE-L, CIDEr from pycocoevalcap) per language (metric definitions: README.md)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
 from .common import summary, write_json
 
-HELP = "BLEU / ROUGE-L / chrF of hypothesis JSONL files against a reference JSONL (Chinese-aware)"
+HELP = ("BLEU / ROUGE-L / chrF of hypothesis JSONL files against a reference JSONL (Chinese-aware); "
+        "'score captions': BLEU-1..4, METEOR, ROUGE-L, CIDEr per language")
 
 TEXT_KEYS = ("text", "answer", "output", "caption", "reference", "hypothesis")
 _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[A-Za-z0-9]+(?:['’][A-Za-z]+)?|[^\sA-Za-z0-9]")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", nargs="?", choices=("answers", "captions"), default="answers",
+                   help="answers: BLEU-4 / ROUGE-L / chrF; captions: the COCO caption metrics, one row per language "
+                        '(files hold {"id", "en", "zh"} per photo, as bench/natural_dev_captions.jsonl)')
     p.add_argument("--refs", required=True, type=Path, help='references, one JSON object per line ({"id", "text"}; '
                                                             '"text" may be a list of references)')
     p.add_argument("--hyps", required=True, type=Path, nargs="+", help="one or more hypothesis JSONL files")
     p.add_argument("--key", default=None, help=f"text field (default: first of {', '.join(TEXT_KEYS)})")
     p.add_argument("--tokenize", choices=("char", "jieba"), default="char",
                    help="char: each Chinese character and each Latin word is a token; jieba: Chinese words")
+    p.add_argument("--lang", nargs="+", default=["en", "zh"], help="captions: the language fields scored")
     p.add_argument("--out", type=Path, default=Path("runs"))
     p.add_argument("--name", default="score")
 
@@ -156,8 +165,93 @@ def score_texts(hyps: list[str], refs: list[list[str]], mode: str = "char") -> d
     return {"items": len(hyps), "bleu": bleu(th, tr), "rouge_l": rouge_l(th, tr), "chrf": chrf(hyps, refs)}
 
 
+# --- captions: the COCO caption evaluation's scorers (pycocoevalcap) -------------------------------------
+CAPTION_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
+
+
+def caption_tokens(text: str, mode: str = "char") -> str:
+    """A caption as the space-joined tokens the COCO scorers expect: lower-cased words (each Chinese character,
+    or jieba word with ``mode="jieba"``), punctuation dropped as the COCO PTB tokenisation does."""
+    return " ".join(t for t in tokenize(text, mode) if t[0].isalnum())  # str.isalnum() holds for CJK too
+
+
+def meteor_unavailable() -> str | None:
+    """Why METEOR cannot be computed here, or None: pycocoevalcap runs METEOR 1.5 (a Java jar)."""
+    return None if shutil.which("java") else "METEOR needs Java (pycocoevalcap runs meteor-1.5.jar); no java on PATH"
+
+
+@contextlib.contextmanager
+def meteor_scorer():
+    """pycocoevalcap's METEOR (one JVM, loaded once for every file and language scored), or None where it cannot
+    run. Its wrapper closes only stdin (in ``__del__``): the JVM and its pipes are ended here."""
+    if meteor_unavailable():
+        yield None
+        return
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    try:
+        yield scorer
+    finally:
+        proc = scorer.meteor_p
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def caption_scores(hyps: list[str], refs: list[list[str]], mode: str = "char", meteor=None) -> dict:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr(-D) × 100 of one caption per item against its references
+    (pycocoevalcap's scorers; CIDEr's document frequencies come from these references). METEOR (``meteor``,
+    from ``meteor_scorer()``) is None, with ``meteor_note``, where it cannot run."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if not hyps:
+        raise ValueError("no captions to score")
+    res = {i: [caption_tokens(h, mode)] for i, h in enumerate(hyps)}
+    gts = {i: [caption_tokens(r, mode) for r in rs] for i, rs in enumerate(refs)}
+    with contextlib.redirect_stdout(io.StringIO()):  # the BLEU scorer prints its n-gram counts
+        bleus = Bleu(4).compute_score(gts, res, verbose=0)[0]
+    out = {"items": len(hyps), **{f"bleu_{n}": 100 * b for n, b in enumerate(bleus, 1)},
+           "rouge_l": 100 * Rouge().compute_score(gts, res)[0], "cider": 100 * Cider().compute_score(gts, res)[0]}
+    out["meteor"] = None if meteor is None else 100 * meteor.compute_score(gts, res)[0]
+    if meteor is None:
+        out["meteor_note"] = meteor_unavailable() or "METEOR not requested"
+    return out
+
+
+def run_captions(args) -> dict:
+    refs = {lang: read_jsonl(args.refs, lang) for lang in args.lang}
+    table = {}
+    with meteor_scorer() as meteor:
+        for path in args.hyps:
+            for lang in args.lang:
+                hyps, matched = pair_up(refs[lang], read_jsonl(path, lang), path)
+                mode = args.tokenize if lang == "zh" else "char"
+                table[f"{path}:{lang}"] = caption_scores(hyps, matched, mode, meteor=meteor)
+    out = Path(args.out) / args.name
+    write_json(out / "caption_scores.json", {"refs": str(args.refs), "zh_tokens": args.tokenize, "scores": table})
+    rows = {}
+    for key, s in table.items():
+        meteor = "  n/a" if s["meteor"] is None else f"{s['meteor']:5.1f}"
+        rows[Path(key).name] = ("  ".join(f"B{n} {s[f'bleu_{n}']:5.1f}" for n in range(1, 5))
+                                + f"  METEOR {meteor}  ROUGE-L {s['rouge_l']:5.1f}  CIDEr {s['cider']:6.1f}"
+                                + f"  ({s['items']} items)")
+    if any(s["meteor"] is None for s in table.values()):
+        rows["METEOR"] = meteor_unavailable()
+    rows["scores"] = out / "caption_scores.json"
+    summary(f"caption scores (x100; Chinese as {args.tokenize} tokens)", rows)
+    return table
+
+
 def run(args) -> dict:
     from tqdm import tqdm
+
+    if args.task == "captions":
+        return run_captions(args)
 
     refs = read_jsonl(args.refs, args.key)
     table = {}

@@ -114,7 +114,8 @@ class VisionPipeline:
             if species is not None:
                 label_to_key[label] = species.id
         trained, trained_entries = _trained_species_model(config, catalog)
-        fusion = Fusion(alpha=float(config["FUSION_ALPHA"]), power=float(config["FUSION_POWER"]),
+        fusion = Fusion(alpha=float(config["FUSION_ALPHA"]), alpha_shared=float(config["FUSION_ALPHA_SHARED"]),
+                        power=float(config["FUSION_POWER"]),
                         scale=float(config["PROTOTYPE_SCALE"]), generic_min_share=float(config["GENERIC_MIN_SHARE"]),
                         sharpen=float(config["CONFIDENCE_SHARPEN"]), spread=float(config["CONFIDENCE_SPREAD"]),
                         prior_power=float(config["LOCATION_PRIOR_POWER"]), taught_boost=float(config["TAUGHT_BOOST"]))

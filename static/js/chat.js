@@ -24,9 +24,9 @@ const MODEL_LABELS = {
 const PROMPT_HELP = {
   chat: "自由对话，可多轮追问。Free conversation with follow-up questions.",
   species: "介绍一种鸟：外形、分布、习性（可用照片识别的结果）。Describe a species, e.g. the one in your photo.",
-  KE1: "从文本中抽取知识三元组（头实体，关系，尾实体）。Extract knowledge triples from the text.",
-  KE2: "标出文本中的命名实体，如鸟名、地点。Mark named entities (species, places…).",
-  KE3: "抽取属性键值对，如体长、食性。Extract key–value attributes (length, diet…).",
+  KE1: "从文本中抽取文中写明的知识三元组（头实体，关系，尾实体），如（白头海雕，体长，约80厘米）。Extract the knowledge triples the text states.",
+  KE2: "标出文本中的命名实体：鸟名、人名、地点、机构、日期、带单位的数量。Mark named entities (birds, people, places, organisations, dates, quantities).",
+  KE3: "抽取文中写明的属性键值对，如体长、翼展、食性、分布，值照原文。Extract the attributes the text states (length, wingspan, diet…), values as written.",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -113,6 +113,29 @@ function renderExtras(msg) {
     const dl = h("dl", "attributes");
     for (const [k, v] of Object.entries(msg.attributes)) dl.append(h("dt", null, k), h("dd", null, typeof v === "string" ? v : JSON.stringify(v)));
     box.append(h("p", "extras-title", "属性 Attributes"), dl);
+  }
+  // Facts from the species cards about the birds the text names: shown apart, labelled as not from the text.
+  const cards = msg.from_cards;
+  if (box.childNodes.length && cards && typeof cards === "object") {
+    const section = h("details", "from-cards");
+    section.append(h("summary", null, `资料卡片 From the cards（${typeof cards.note === "string" ? cards.note : ""}）`));
+    if (Array.isArray(cards.triples)) {
+      const table = h("table");
+      for (const t of cards.triples) {
+        const tr = h("tr");
+        for (const cell of t.slice(0, 3)) tr.append(h("td", null, String(cell)));
+        table.append(tr);
+      }
+      section.append(table);
+    }
+    if (cards.attributes && typeof cards.attributes === "object") {
+      for (const [name, attrs] of Object.entries(cards.attributes)) {
+        const dl = h("dl", "attributes card-attributes");
+        for (const [k, v] of Object.entries(attrs || {})) dl.append(h("dt", null, `${name} · ${k}`), h("dd", null, String(v)));
+        section.append(dl);
+      }
+    }
+    box.append(section);
   }
   return box.childNodes.length ? box : null;
 }
@@ -280,7 +303,7 @@ async function ask(userIndex) {
       }
       if (event.done) {
         if (Array.isArray(event.sources)) msg.sources = event.sources;
-        for (const key of ["triples", "entities", "attributes", "model_type", "warnings", "stopped"]) if (event[key] !== undefined) msg[key] = event[key];
+        for (const key of ["triples", "entities", "attributes", "from_cards", "model_type", "warnings", "stopped"]) if (event[key] !== undefined) msg[key] = event[key];
         if (typeof event.response === "string" && event.response && !msg.text) msg.text = event.response;
       }
       if (!frame) frame = requestAnimationFrame(paint);
