@@ -519,10 +519,11 @@ def test_tell_me_about_this_bird_asks_with_the_species_label(page):
     button.click()
     reply = wait_reply_finished(driver)
     assert reply.get_attribute("data-status") == "done", reply.text
-    question = driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user .bubble").text
+    question = driver.find_element(By.CSS_SELECTOR, "#messages li.msg-user:not(.msg-photo) .bubble").text
     assert name.split()[0] in question
     stored = json.loads(driver.execute_script("return localStorage.getItem('birdsdao.chat')"))
-    assert stored["speciesLabel"] and stored["messages"][0]["extra"]["prompt_type"] == "species"
+    asked = [m for m in stored["messages"] if m["role"] == "user" and not m.get("photo")]
+    assert stored["speciesLabel"] and asked[0]["extra"]["prompt_type"] == "species"
     screenshot(driver, "chat-photo-answer", scroll_to="#messages li:last-child")
     assert_page_clean(driver)
 
@@ -884,7 +885,8 @@ def test_follow_ups_send_history_and_the_photo_species(page):
     wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"))
     first = ask(driver, "它吃什么？")
     assert first.get_attribute("data-status") == "done"
-    answer = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[1].text")
+    # messages[0] is the photo itself (the user's message), then the question and its answer
+    answer = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).messages[2].text")
     ask(driver, "它在哪里过冬？")
     sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/get_response"]
     assert len(sent) == 2
@@ -892,8 +894,40 @@ def test_follow_ups_send_history_and_the_photo_species(page):
     assert json.loads(sent[0]["history"]) == []
     assert json.loads(sent[1]["history"]) == [["它吃什么？", answer]]
     assert sent[1]["stream"] == "1" and sent[1]["mode"] == "plain" and sent[1]["prompt_type"] == "chat"
+    assert sent[0]["photo_id"] == sent[1]["photo_id"] and sent[0]["photo_id"].startswith("p")
     detect = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/detect"]
     assert detect == [{"image": "<file American_Robin.jpg>", "top_k": "5", "annotate": "0"}]
+    assert_page_clean(driver)
+
+
+def test_photo_shows_in_the_chat_and_how_many_birds_gets_the_right_count(page):
+    """Issue #17: two Cedar Waxwings (counted by eye); the photo is the user's message, the question goes with
+    its photo_id and the retrieval-only answer says 2; a suggested question is sent with it too."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/")
+    driver.find_element(By.ID, "photo-input").send_keys(str(SHARED / "datasets" / "natural-val" / "Cedar_Waxwing" /
+                                                            "Cedar_Waxwing.jpg"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .suggestions .suggest"),
+             message="no suggested questions under the detection")
+    wait_for(driver, lambda d: d.execute_script(
+        "const img = document.querySelector('#messages li.msg-photo img.chat-photo');"
+        "return img !== null && img.complete && img.naturalWidth > 0;"), message="the photo is not in the chat")
+    reply = ask(driver, "图里有几只鸟？")
+    assert reply.get_attribute("data-status") == "done", reply.text
+    assert "图中有 2 只鸟" in reply.text, reply.text
+    labels = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#detections .detection:first-child .suggest")]
+    assert labels[0] == "有几只鸟？" and labels[-1] == "在哪里拍的？"
+    driver.find_element(By.CSS_SELECTOR, "#detections .detection:first-child .suggest:last-child").click()
+    wait_for(driver, lambda d: d.execute_script(
+        "return document.querySelectorAll('#messages li.msg-assistant').length") == 2)
+    where = wait_reply_finished(driver)
+    assert "GPS" in where.text, where.text  # the photo has none, and the answer says so
+    sent = [fields for url, fields in driver.execute_script("return window.__requests") if url == "/get_response"]
+    detected = driver.execute_script("return JSON.parse(localStorage.getItem('birdsdao.chat')).photoId")
+    assert [f["photo_id"] for f in sent] == [detected, detected]
+    assert sent[1]["user_input"] == "这张照片是在哪里拍的？"
+    screenshot(driver, "chat-photo-question", scroll_to="#messages li:last-child")
     assert_page_clean(driver)
 
 

@@ -13,6 +13,7 @@ from ..kb.species_kb import SPECIES_KB, card_of, card_species
 from ..species.names import NameResolver, Resolution
 from . import entities as ent
 from . import extraction, naming
+from . import photo_context
 from .base import Limits, Passage, Prompt, has_cjk
 from .extraction import Extractor
 from .extractive import NOTHING, intents_of, is_comparison
@@ -46,6 +47,9 @@ class AnswerRequest:
     history: object = None
     species_label: str | None = None
     max_new_tokens: int | None = None
+    photo_id: str | None = None  # the photo the question is about (issue #17): its id, record and JPEG
+    photo: dict | None = None
+    image: bytes | None = None
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Answer:
     stopped: str | None = None  # "timeout" | "cancelled" when generation ended early
     extracted: dict = field(default_factory=dict)  # triples / entities / attributes for KE1-3
     name_resolution: dict | None = None  # how the bird the question names was understood (naming.py)
+    photo_id: str | None = None
 
     def to_dict(self, with_response: bool = True) -> dict:
         out = {"model_type": self.model_type, "prompt_type": self.prompt_type, "mode": self.mode,
@@ -79,6 +84,8 @@ class Answer:
             out["warnings"] = self.warnings
         if self.stopped:
             out["stopped"] = self.stopped
+        if self.photo_id:
+            out["photo_id"] = self.photo_id
         return out
 
 
@@ -99,6 +106,7 @@ class AnswerService:
         self.top_k = int(config["LLM_TOP_K"])
         self.default_kb = config["KB_DEFAULT"]
         self.card_docs = card_species(self.catalog) if self.catalog is not None else {}
+        self.photo_options = photo_context.options(config)
         self.stats = {"answers": 0, "cancelled": 0, "timeouts": 0}
         self._stats_lock = threading.Lock()
 
@@ -145,6 +153,11 @@ class AnswerService:
         backend = entry.backend
         lang = "zh" if has_cjk(question) else "en"
         warnings: list[str] = []
+        photo = photo_context.PhotoFacts(req.photo, **self.photo_options) if req.photo is not None else None
+        if req.prompt_type == "caption" and photo is None:
+            raise APIError(400, "photo_required", "prompt_type=caption needs a 'photo_id' or an 'image'")
+        if photo is not None and not req.species_label and photo.species_labels():
+            req.species_label = photo.species_labels()[0]  # the photo's bird is the default subject
 
         focus, label_species, resolution = self._focus_species(req, question, history, warnings)
         unknown_name = resolution is not None and resolution.status in ("suggestions", "missing")
@@ -181,6 +194,14 @@ class AnswerService:
                     p.number = i
         if req.prompt_type in KE_TYPES:
             passages = []  # KE1-3 extract from the user's text, not from documents
+        if photo is not None:
+            prompt.image = req.image
+            if req.prompt_type not in KE_TYPES:  # what the server saw comes first: the grounding, cited as [1]
+                passages = [photo.passage(lang)] + passages
+                for i, p in enumerate(passages, start=1):
+                    p.number = i
+            elif backend.generative:
+                prompt.question = photo.description(lang)  # KE over a photo: the text to extract from is what was seen
         prompt.passages = passages
         retrieve_ms = (time.perf_counter() - t0) * 1000
 
@@ -191,7 +212,7 @@ class AnswerService:
         ticket = entry.gate.enter()  # 503 + Retry-After right here when the queue is full
         limits = Limits(max_new_tokens=max_new, deadline=time.monotonic() + self.timeout_s)
         return Job(self, entry, prompt, limits, ticket, req, kb_name, focus, warnings, t0=t0,
-                   retrieve_ms=retrieve_ms, resolution=resolution)
+                   retrieve_ms=retrieve_ms, resolution=resolution, photo=photo)
 
     def _history(self, raw) -> list[tuple[str, str]]:
         if raw is None or raw == "":
@@ -352,7 +373,7 @@ class Job:
     """One answer in progress: owns its place in the backend's queue and its cancel flag."""
 
     def __init__(self, service: AnswerService, entry, prompt: Prompt, limits: Limits, ticket, req, kb_name, focus,
-                 warnings, *, t0: float, retrieve_ms: float, resolution: Resolution | None = None):
+                 warnings, *, t0: float, retrieve_ms: float, resolution: Resolution | None = None, photo=None):
         """t0: when the request started (perf_counter); retrieve_ms: time spent finding its passages;
         resolution: how the question's bird name was understood (naming.py)."""
         self.service = service
@@ -371,6 +392,7 @@ class Job:
         self._stream = None
         self.extracted: dict | None = None
         self.resolution = resolution
+        self.photo = photo  # photo_context.PhotoFacts of the photo the question is about, or None
 
     def start(self) -> None:
         remaining = self.limits.deadline - time.monotonic()
@@ -380,6 +402,11 @@ class Job:
 
     def deltas(self):
         """Text deltas of the answer."""
+        if self.photo is not None and not self.backend.generative:
+            direct = self._photo_answer()
+            if direct is not None:
+                yield direct
+                return
         if not self.backend.generative and self.prompt.prompt_type in KE_TYPES:
             yield self._extract_without_llm()
             return
@@ -395,6 +422,25 @@ class Job:
                 self.timings_ms["first_token"] = (time.perf_counter() - self.t0) * 1000
                 first = False
             yield delta
+
+    def _photo_answer(self) -> str | None:
+        """The retrieval-only answer built from the photo's facts: caption, KE1-3 over what was seen, or a
+        count/position/place/date/camera/species/sex question answered directly; None: answer as usual."""
+        kind, lang = self.prompt.prompt_type, self.prompt.lang
+        if kind == "caption":
+            return self.photo.caption()
+        if kind in KE_TYPES:
+            text, self.extracted = self.photo.extract(kind, lang)
+            return text
+        if kind != "chat":
+            return None  # a species description of the photo's bird is the cards' job
+        cards = [p for p in self.prompt.passages if p.kb_name != photo_context.PHOTO_KB]
+        direct = self.photo.direct_answer(self.prompt.question, lang, cards)
+        if direct is None:  # a question for the cards: quoting the photo's description would not answer it
+            for i, p in enumerate(cards, start=1):
+                p.number = i
+            self.prompt.passages = cards
+        return direct
 
     def _subject_line(self) -> str:
         sp = self.focus[0]
@@ -430,7 +476,7 @@ class Job:
             backend_kind=self.backend.kind, sources=self.prompt.passages, kb_name=self.kb_name,
             species=self._species(), timings_ms=self.timings_ms, warnings=self.warnings,
             extracted=extracted or {},
-            name_resolution=self.resolution.to_dict() if self.resolution else None)
+            name_resolution=self.resolution.to_dict() if self.resolution else None, photo_id=self.req.photo_id)
         if self.limits.cancel.is_set():
             answer.stopped = "cancelled"
         elif self.limits.expired():

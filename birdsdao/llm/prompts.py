@@ -10,7 +10,8 @@ from .base import Passage, Prompt
 from .extraction import validate
 
 KE_TYPES = ("KE1", "KE2", "KE3")  # knowledge extraction: triples, entities, attributes (JSON answers)
-PROMPT_TYPES = ("chat", "species", *KE_TYPES)
+# caption: one paragraph in Chinese and one in English about a photo (needs a photo_id or an image)
+PROMPT_TYPES = ("chat", "species", *KE_TYPES, "caption")
 
 SYSTEM = {
     "zh": "你是“鸟之道”（BirdsDao）的鸟类知识助手。回答要准确、简洁，用中文回答。",
@@ -26,6 +27,11 @@ FENCE_RULE = {
            "from the documents and cite them as [n]; if they do not contain the answer, say so."),
 }
 TASK = {
+    "caption": {
+        "zh": "请只根据资料 1（服务器对照片的识别结果）写照片说明：先写一段中文，再写一段英文，各一段；不要写资料里没有的内容。",
+        "en": "Using only document 1 (what the server saw in the photo), write a caption: one paragraph in Chinese, "
+              "then one in English; add nothing the documents do not say.",
+    },
     "species": {
         "zh": "请根据资料介绍这种鸟：{name}。包括名称、分类（目、科）、保护级别和主要特征。",
         "en": "Using the documents, describe this bird: {name}. Include its names, order and family, "
@@ -74,6 +80,8 @@ def user_message(prompt: Prompt, species_name: str | None, passages: list[Passag
     lang = prompt.lang
     if prompt.prompt_type in KE_TYPES:
         task = TASK[prompt.prompt_type][lang].format(text=question)
+    elif prompt.prompt_type == "caption":
+        task = TASK["caption"][lang]
     elif prompt.prompt_type == "species":
         task = TASK["species"][lang].format(name=species_name or question)
     else:

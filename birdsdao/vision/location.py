@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 _GPS_IFD, _EXIF_IFD = 0x8825, 0x8769
 _DATETIME_ORIGINAL, _DATETIME = 0x9003, 0x0132
-_EXIF_DATE = re.compile(r"^\s*(\d{4})[:\-](\d{2})[:\-](\d{2})")
+_MAKE, _MODEL = 0x010F, 0x0110
+_EXIF_DATE = re.compile(r"^\s*(\d{4})[:\-](\d{2})[:\-](\d{2})(?:[ T](\d{2}):(\d{2}))?")
+_PRINTABLE = re.compile(r"[^\w .,+()/\-]+")
 
 
 @dataclass(frozen=True)
@@ -83,18 +85,26 @@ def _dms(values, ref, positive: str, negative: str) -> float:
 def read_exif(data: bytes) -> tuple[tuple[float, float] | None, str | None]:
     """(lat, lon) from the GPS IFD and the capture date (YYYY-MM-DD) of an already decoded upload. Anything
     missing, broken or out of range is None: EXIF is the photo's metadata, never a reason to refuse it."""
+    facts = read_photo_exif(data)
+    return facts["position"], facts["date"]
+
+
+def read_photo_exif(data: bytes) -> dict:
+    """What the photo's EXIF says about its taking: ``position`` (lat, lon), ``date`` (YYYY-MM-DD), ``time``
+    (HH:MM, local to the camera) and ``camera`` (make and model, printable characters only, at most 64).
+    Missing or broken parts are None."""
+    facts = {"position": None, "date": None, "time": None, "camera": None}
     try:
         exif = _pillow_open()(io.BytesIO(data)).getexif()
     except Exception:
-        return None, None
-    position = date = None
+        return facts
     try:
         gps = exif.get_ifd(_GPS_IFD)
         if gps and 2 in gps and 4 in gps:
             lat = _dms(gps[2], gps.get(1), "N", "S")
             lon = _dms(gps[4], gps.get(3), "E", "W")
             if math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180:
-                position = (lat, lon)
+                facts["position"] = (lat, lon)
     except Exception as exc:  # zero denominators, wrong types, truncated IFDs
         log.info("EXIF GPS ignored: %r", exc)
     try:
@@ -103,12 +113,27 @@ def read_exif(data: bytes) -> tuple[tuple[float, float] | None, str | None]:
             raw = raw.decode("ascii", "replace")
         match = _EXIF_DATE.match(raw) if isinstance(raw, str) else None
         if match:
-            year, month, day = (int(g) for g in match.groups())
+            year, month, day = (int(g) for g in match.groups()[:3])
             if 1800 <= year <= 2200 and 1 <= month <= 12 and 1 <= day <= 31:
-                date = f"{year:04d}-{month:02d}-{day:02d}"
+                facts["date"] = f"{year:04d}-{month:02d}-{day:02d}"
+                if match.group(4) is not None and int(match.group(4)) < 24 and int(match.group(5)) < 60:
+                    facts["time"] = f"{match.group(4)}:{match.group(5)}"
     except Exception as exc:
         log.info("EXIF date ignored: %r", exc)
-    return position, date
+    try:
+        make, model = (_PRINTABLE.sub("", _text(exif.get(tag))).strip() for tag in (_MAKE, _MODEL))
+        # Model often repeats Make ("Canon" + "Canon EOS R5"): say it once.
+        camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}".strip()
+        facts["camera"] = camera[:64] or None
+    except Exception as exc:
+        log.info("EXIF camera ignored: %r", exc)
+    return facts
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
 def resolve(requested: Location | None, data: bytes, default: Location | None) -> Location | None:

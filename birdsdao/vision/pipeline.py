@@ -49,6 +49,7 @@ class DetectResult:
     annotated_image: str | None = None
     timings_ms: dict = field(default_factory=dict)
     location: geo.Location | None = None  # the place whose prior ranked the species (None: no prior)
+    image: object = None  # the decoded (downscaled) PIL image, when detect(keep_image=True): the photo store's copy
 
     def to_dict(self) -> dict:
         out = {
@@ -135,7 +136,7 @@ class VisionPipeline:
 
     # -- /detect -----------------------------------------------------------------------------------------
     def detect(self, data: bytes, *, top_k: int = 5, annotate_image: bool = True,
-               location: geo.Location | None = None) -> DetectResult:
+               location: geo.Location | None = None, keep_image: bool = False) -> DetectResult:
         """``location``: the place the request named (form lat/lon or region); None lets the photo's EXIF
         GPS, then the configured REGION, decide (``location.resolve``)."""
         clock = _Clock()
@@ -159,7 +160,8 @@ class VisionPipeline:
                 items.append((box, annotate.caption(g.entry.names, g.confidence) if g else "?"))
             annotated = annotate.draw(image, items, self.font_path)
             clock.lap("annotate")
-        return DetectResult(width, height, detections, bool(detections), annotated, clock.done(), where)
+        return DetectResult(width, height, detections, bool(detections), annotated, clock.done(), where,
+                            image if keep_image else None)
 
     def observe(self, image, clock: _Clock | None = None) -> tuple[list[Box | None], object]:
         """The birds of a decoded image: their boxes (None: the whole image) and crop features, in one

@@ -9,7 +9,9 @@ from ..llm import AnswerRequest
 from ..llm.answer import MODES
 from ..llm.prompts import PROMPT_TYPES
 from ..services import get_service
-from .forms import bool_field, choice_field, int_field, json_field, text_field
+from ..errors import APIError
+from .forms import bool_field, choice_field, files_field, int_field, json_field, read_upload, text_field
+from .photos import detect_and_keep, stored_photo
 
 bp = Blueprint("chat", __name__)
 
@@ -27,10 +29,29 @@ def get_response():
         species_label=text_field("species_label", max_len=200),
         max_new_tokens=int_field("max_new_tokens", llm.max_new_tokens, lo=1, hi=llm.max_new_tokens),
     )
+    llm.registry.get(request.model_type)  # an unknown or unavailable backend is refused before any photo is kept
+    _attach_photo(request)
     if bool_field("stream", False):
         return Response(_SSE(llm.stream(request)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return jsonify(llm.answer(request).to_dict())
+
+
+def _attach_photo(request: AnswerRequest) -> None:
+    """``photo_id`` (a photo /detect kept) or an ``image`` upload (detected and kept now) → the request's
+    photo record and JPEG; both at once is a 400, an unknown id 404, an expired one 410."""
+    photo_id = text_field("photo_id", max_len=64)
+    uploads = files_field("image", required=False, max_count=1)
+    if photo_id is not None and uploads:
+        raise APIError(400, "bad_field", "send either 'photo_id' or an 'image', not both")
+    if uploads:
+        # answered from the photo even when the store could not keep it (the response then has no photo_id)
+        _result, photo, _warning = detect_and_keep(read_upload(uploads[0]))
+    elif photo_id is not None:
+        photo = stored_photo(photo_id)
+    else:
+        return  # prompt_type=caption without a photo is refused by the answer service (400 photo_required)
+    request.photo_id, request.photo, request.image = photo.photo_id, photo.record, photo.jpeg
 
 
 class _SSE:

@@ -34,6 +34,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   messages: [], // {role: "user"|"assistant", text, sources?, extra?, status?: "streaming"|"done"|"stopped"|"error", error?}
   speciesLabel: null, // the species the last photo named, sent so follow-ups are about it
+  photoId: null, // the last photo /detect kept: questions go with it (the server answers from what it saw)
   controller: null,
 };
 
@@ -46,6 +47,7 @@ function load() {
         .filter((m) => m && (m.role === "user" || m.role === "assistant") && typeof m.text === "string")
         .map((m) => (m.status === "streaming" ? { ...m, status: "stopped" } : m));
       state.speciesLabel = typeof saved.speciesLabel === "string" ? saved.speciesLabel : null;
+      state.photoId = typeof saved.photoId === "string" && PHOTO_ID.test(saved.photoId) ? saved.photoId : null;
     }
   } catch { /* corrupt or disabled storage: start fresh */ }
 }
@@ -53,7 +55,7 @@ function load() {
 function save() {
   try {
     const messages = state.messages.slice(-MAX_STORED);
-    localStorage.setItem(STORE_KEY, JSON.stringify({ messages, speciesLabel: state.speciesLabel }));
+    localStorage.setItem(STORE_KEY, JSON.stringify({ messages, speciesLabel: state.speciesLabel, photoId: state.photoId }));
   } catch { /* quota or disabled storage: the page still works */ }
 }
 
@@ -138,7 +140,20 @@ function renderExtras(msg) {
   return box.childNodes.length ? box : null;
 }
 
+const PHOTO_ID = /^p[a-z2-7]{24}$/;
+
 function fillBubble(bubble, msg) {
+  if (msg.role === "user" && msg.photo) {
+    // The uploaded photo as the user's message, served back by the server while it keeps it.
+    const id = PHOTO_ID.test(msg.photo.id || "") ? msg.photo.id : null;
+    const img = h("img", "chat-photo");
+    img.alt = "你上传的照片 Your photo";
+    if (id) img.src = `/photos/${id}`;
+    img.addEventListener("error", () => img.replaceWith(h("span", null, "（照片已过期 Photo no longer kept）")), { once: true });
+    bubble.replaceChildren(img);
+    if (msg.text) bubble.append(h("p", "photo-note", msg.text));
+    return;
+  }
   if (msg.role === "user") {
     bubble.textContent = msg.text;
     return;
@@ -187,7 +202,7 @@ function sourceList(msg, index) {
 
 function renderMessage(index) {
   const msg = state.messages[index];
-  const li = h("li", `msg msg-${msg.role}`);
+  const li = h("li", `msg msg-${msg.role}${msg.photo ? " msg-photo" : ""}`);
   li.dataset.index = String(index);
   li.dataset.status = msg.status || "done";
   const who = h("span", "visually-hidden", msg.role === "user" ? "你说：You said:" : "助手：Assistant:");
@@ -254,6 +269,7 @@ function requestFields(text, extra, userIndex) {
   if (mode === "kb" && $("kb-name").value) fields.kb_name = $("kb-name").value;
   const label = extra.species_label || state.speciesLabel;
   if (label) fields.species_label = label;
+  if (extra.photo_id && PHOTO_ID.test(extra.photo_id)) fields.photo_id = extra.photo_id;
   return fields;
 }
 
@@ -316,6 +332,8 @@ async function ask(userIndex) {
 function send(text, extra = {}) {
   text = text.trim();
   if (!text || state.controller) return;
+  // A question after a photo is about it (a retry sends the same photo again).
+  if (state.photoId && !extra.photo_id) extra = { ...extra, photo_id: state.photoId };
   state.messages.push({ role: "user", text, extra });
   ask(state.messages.length - 1);
 }
@@ -323,7 +341,7 @@ function send(text, extra = {}) {
 function retry() {
   if (state.controller) return;
   let i = state.messages.length - 1;
-  while (i >= 0 && state.messages[i].role !== "user") i--;
+  while (i >= 0 && (state.messages[i].role !== "user" || state.messages[i].photo)) i--;
   if (i >= 0) ask(i);
 }
 
@@ -480,6 +498,7 @@ function init() {
     if (state.controller) state.controller.abort();
     state.messages = [];
     state.speciesLabel = null;
+    state.photoId = null;
     save();
     renderAll();
   });
@@ -499,7 +518,17 @@ function init() {
       // Follow-up questions ("它吃什么？") are about the bird in the latest photo.
       const top = result.is_bird && result.detections[0] && result.detections[0].species[0];
       state.speciesLabel = top ? top.label : null;
+      state.photoId = PHOTO_ID.test(result.photo_id || "") ? result.photo_id : null;
+      if (state.photoId && !state.controller) {
+        const n = result.is_bird ? result.detections.length : 0;
+        state.messages.push({ role: "user", text: "", photo: { id: state.photoId, boxes: n } });
+        rerender(state.messages.length - 1);
+        scrollToEnd();
+      }
       save();
+    },
+    onSuggest(question) {
+      send(question);
     },
     onAsk(species) {
       state.speciesLabel = species.label;

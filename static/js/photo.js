@@ -59,7 +59,20 @@ function lookalikeBox(pair) {
   return box;
 }
 
-export function initPhoto({ onAsk, onResult }) {
+/** Questions to ask about the photo under a detection: they go to the chat with the photo's id. */
+export function suggestedQuestions(det) {
+  const out = [["有几只鸟？", "图里有几只鸟？"]];
+  const pair = det.lookalike && det.lookalike.species;
+  const other = pair ? pair[1] : null;
+  if (other) {
+    const name = other.chinese_name || other.english_name || other.label;
+    out.push([`怎么区分它和${name}？`, `怎么区分它和${name}？`]);
+  }
+  out.push(["在哪里拍的？", "这张照片是在哪里拍的？"]);
+  return out;
+}
+
+export function initPhoto({ onAsk, onResult, onSuggest }) {
   const zone = document.getElementById("drop-zone");
   const inputs = [document.getElementById("photo-input"), document.getElementById("camera-input")];
   const status = document.getElementById("photo-status");
@@ -200,6 +213,18 @@ export function initPhoto({ onAsk, onResult }) {
         ask.setAttribute("aria-label", `介绍这只鸟：${speciesName(top)} Tell me about ${top.english_name || top.label}`);
         ask.addEventListener("click", () => onAsk(top));
         card.append(ask);
+      }
+      if (onSuggest && result.photo_id) {
+        const row = h("div", "suggestions");
+        row.setAttribute("aria-label", "可以问 Suggested questions");
+        for (const [label, question] of suggestedQuestions(det)) {
+          const b = h("button", "suggest small", label);
+          b.type = "button";
+          b.dataset.question = question;
+          b.addEventListener("click", () => onSuggest(question));
+          row.append(b);
+        }
+        card.append(row);
       }
       list.append(card);
     });

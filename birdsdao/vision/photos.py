@@ -1,0 +1,239 @@
+"""Recent photos of the conversation: ``/detect`` keeps each photo (a bounded JPEG, EXIF stripped) and what
+the server saw in it (the record: detections, EXIF date/time/camera, place) so ``/get_response`` can answer
+questions about it by ``photo_id``.
+
+Photo ids carry their own creation time: ``p`` + 8 base32 characters of the creation second + 16 base32
+characters of randomness (80 bits). The id is checked against a strict pattern before any lookup and is never
+part of a path: the index maps it to a file name the server drew itself. Because an id says when it was
+made, "expired" (410) is told from "unknown" (404) without keeping ids forever: an id older than the TTL is
+expired; a younger one evicted early (count or byte limit, oldest first) is at or below the store's eviction
+watermark (the newest creation second evicted so far), so it is expired too; anything else not in the index
+was never issued here (404).
+
+``PhotoStore`` is the interface; ``FilePhotoStore`` keeps everything under ``<instance>/photos`` (or
+``PHOTO_STORE_PATH``), written atomically under one cross-process lock, so all gunicorn workers of a host
+share it. A shared store (PostgreSQL, for several hosts) implements the same three methods."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import APIError
+from ..fileio import exclusive_lock, fsync_dir, stat_key, write_atomic
+
+log = logging.getLogger(__name__)
+
+PHOTO_ID = re.compile(r"^p[a-z2-7]{24}$")
+_FILE_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_photo_id(now: float | None = None) -> str:
+    second = int(time.time() if now is None else now)
+    stamp = base64.b32encode(second.to_bytes(5, "big")).decode().lower()
+    rand = base64.b32encode(secrets.token_bytes(10)).decode().lower()
+    return f"p{stamp}{rand}"
+
+
+def id_created(photo_id: str) -> int:
+    return int.from_bytes(base64.b32decode(photo_id[1:9].upper()), "big")
+
+
+def check_photo_id(raw) -> str:
+    """A well-formed photo id, or 400 ``bad_field`` (nothing is looked up for a malformed one)."""
+    if not isinstance(raw, str) or not PHOTO_ID.match(raw):
+        raise APIError(400, "bad_field", "'photo_id' is not a photo id this server issues")
+    return raw
+
+
+@dataclass
+class StoredPhoto:
+    photo_id: str
+    jpeg: bytes
+    record: dict
+
+
+class PhotoStore:
+    """What every photo store does. ``put`` may evict the oldest photos to stay within its limits."""
+
+    def put(self, jpeg: bytes, record: dict) -> str:
+        raise NotImplementedError
+
+    def get(self, photo_id: str) -> StoredPhoto:
+        """The photo, or 404 ``unknown_photo`` / 410 ``photo_expired`` / 400 ``bad_field``."""
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        raise NotImplementedError
+
+
+class FilePhotoStore(PhotoStore):
+    def __init__(self, root: Path, *, ttl_s: float, max_count: int, max_bytes: int, clock=time.time):
+        self.root = Path(root)
+        self.ttl_s = float(ttl_s)
+        self.max_count = int(max_count)
+        self.max_bytes = int(max_bytes)
+        self.clock = clock
+        self._index_path = self.root / "index.json"
+        self._cache_key, self._cache = None, None
+        self._cache_lock = threading.Lock()
+
+    # -- index --------------------------------------------------------------------------------------
+    def _read_index(self) -> dict:
+        key = stat_key(self._index_path)
+        with self._cache_lock:
+            if key is not None and key == self._cache_key:
+                return self._cache
+        try:
+            index = json.loads(self._index_path.read_text(encoding="utf-8")) if key else {}
+        except (OSError, ValueError) as exc:
+            log.warning("photo index unreadable, starting empty: %r", exc)
+            index = {}
+        index.setdefault("photos", {})
+        index.setdefault("evicted_up_to", 0)
+        with self._cache_lock:
+            self._cache_key, self._cache = key, index
+        return index
+
+    def _write_index(self, index: dict) -> None:
+        data = json.dumps(index, separators=(",", ":")).encode()
+        write_atomic(self._index_path, lambda fh: fh.write(data))
+
+    def _paths(self, token: str) -> tuple[Path, Path]:
+        if not _FILE_TOKEN.match(token):  # the index is ours, but a file name is never taken on trust
+            raise ValueError("bad file token in the photo index")
+        return self.root / f"{token}.jpg", self.root / f"{token}.json"
+
+    # -- the interface ------------------------------------------------------------------------------
+    def put(self, jpeg: bytes, record: dict) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        now = self.clock()
+        photo_id, token = new_photo_id(now), secrets.token_hex(16)
+        meta = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        size = len(jpeg) + len(meta)
+        if size > self.max_bytes:
+            raise APIError(413, "photo_too_large", "the photo is larger than this server keeps for conversations")
+        jpg_path, json_path = self._paths(token)
+        with exclusive_lock(self.root / ".lock"):
+            # the files first, then the index that names them: a crash in between leaves only orphans
+            write_atomic(jpg_path, lambda fh: fh.write(jpeg))
+            write_atomic(json_path, lambda fh: fh.write(meta))
+            index = json.loads(json.dumps(self._read_index()))  # a private copy to change
+            index["photos"][photo_id] = {"file": token, "created": int(now), "bytes": size}
+            doomed = self._evict(index, now)
+            self._write_index(index)
+            for old in doomed:
+                for path in self._paths(old):
+                    path.unlink(missing_ok=True)
+            if doomed:
+                fsync_dir(self.root)
+        return photo_id
+
+    def _evict(self, index: dict, now: float) -> list[str]:
+        """Drop expired photos, then the oldest until count and bytes fit; return their file tokens."""
+        photos = index["photos"]
+        order = sorted(photos, key=lambda pid: (photos[pid]["created"], pid))
+        total = sum(p["bytes"] for p in photos.values())
+        doomed = []
+        for pid in order:
+            entry = photos[pid]
+            expired = now - entry["created"] > self.ttl_s
+            if not expired and len(photos) <= self.max_count and total <= self.max_bytes:
+                break
+            if not expired:  # pushed out early: ids up to this second now answer 410, not 404
+                index["evicted_up_to"] = max(index["evicted_up_to"], entry["created"])
+            total -= entry["bytes"]
+            doomed.append(entry["file"])
+            del photos[pid]
+        return doomed
+
+    def get(self, photo_id: str) -> StoredPhoto:
+        photo_id = check_photo_id(photo_id)
+        created = id_created(photo_id)
+        now = self.clock()
+        if now - created > self.ttl_s:
+            raise _expired()
+        index = self._read_index()
+        entry = index["photos"].get(photo_id)
+        if entry is None:
+            if created <= index["evicted_up_to"]:
+                raise _expired()
+            raise APIError(404, "unknown_photo", "no photo with this 'photo_id' was uploaded to this server")
+        jpg_path, json_path = self._paths(entry["file"])
+        try:
+            return StoredPhoto(photo_id, jpg_path.read_bytes(), json.loads(json_path.read_text(encoding="utf-8")))
+        except FileNotFoundError:  # evicted by another worker after we read the index
+            raise _expired() from None
+
+    def stats(self) -> dict:
+        index = self._read_index()
+        return {"photos": len(index["photos"]), "bytes": sum(p["bytes"] for p in index["photos"].values())}
+
+
+def _expired() -> APIError:
+    return APIError(410, "photo_expired", "this photo is no longer kept on the server; upload it again")
+
+
+def build_photo_store(config) -> PhotoStore:
+    kind = config["PHOTO_STORE"]
+    if kind != "file":
+        raise ValueError(f"PHOTO_STORE must be 'file' (got {kind!r})")
+    root = Path(config["PHOTO_STORE_PATH"] or Path(config["INSTANCE_PATH"]) / "photos")
+    return FilePhotoStore(root, ttl_s=config["PHOTO_TTL_S"], max_count=config["PHOTO_MAX_COUNT"],
+                          max_bytes=config["PHOTO_MAX_BYTES"])
+
+
+# -- what is kept ------------------------------------------------------------------------------------
+def encode_jpeg(image, max_side: int, quality: int) -> bytes:
+    """The decoded photo as a bounded JPEG without metadata (its EXIF facts are in the record)."""
+    image = image.convert("RGB")
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def photo_record(result: dict, exif: dict, place) -> dict:
+    """What the conversation may know about a photo: /detect's answer (without the annotated image and
+    timings), the EXIF date, time and camera, and the place name of its position (``places.Place`` or None)."""
+    keep = ("box", "box_confidence", "species", "answer", "lookalike", "not_bird")
+    detections = []
+    for det in result.get("detections", []):
+        d = {k: det[k] for k in keep if k in det}
+        d["species"] = list(d.get("species") or [])[:3]
+        detections.append(d)
+    return {
+        "image": result.get("image"),
+        "is_bird": bool(result.get("is_bird")),
+        "detections": detections,
+        "location": result.get("location"),
+        "taken": {"date": exif.get("date"), "time": exif.get("time"), "camera": exif.get("camera")},
+        "place": place.to_dict() if place is not None else None,
+    }
+
+
+def prepare(result, data: bytes, config) -> tuple[bytes, dict]:
+    """(JPEG, record) of a ``VisionPipeline.detect(..., keep_image=True)`` result and the upload's EXIF facts.
+    The place is named only for a real position (EXIF GPS or the form's lat/lon), never for a region."""
+    from . import location as geo
+    from .places import place_name
+
+    exif = geo.read_photo_exif(data)
+    where = result.location
+    place = None
+    if where is not None and where.source in ("exif", "form"):
+        try:
+            place = place_name(where.lat, where.lon)
+        except Exception as exc:  # the place is a nicety: a broken table must not lose the photo
+            log.warning("reverse geocoding failed: %r", exc)
+    jpeg = encode_jpeg(result.image, int(config["PHOTO_MAX_SIDE"]), int(config["PHOTO_JPEG_QUALITY"]))
+    return jpeg, photo_record(result.to_dict(), exif, place)
