@@ -487,21 +487,21 @@ def test_photo_location_region_or_clicked_geolocation_is_sent_and_the_used_one_s
     assert_page_clean(driver)
 
 
-def test_unsure_photo_is_answered_at_the_genus_with_look_alikes_and_how_to_tell_them_apart(page, live_server):
-    """natural-val's Herring Gull: no species holds half the probability, so the card says "一种鸥 … a gull
-    (Larus)" with the most likely species, and the look-alike box names both gulls with the line from the
-    species data, as text."""
+def test_unsure_photo_is_answered_at_the_family_with_look_alikes_and_how_to_tell_them_apart(page, live_server):
+    """natural-val's Broad-winged Hawk: no species (nor genus) holds half the probability, so the card says
+    "鹰科 … (Accipitridae)" with the most likely species, and the look-alike box names both hawks with the line
+    from the species data, as text."""
     from selenium.webdriver.common.by import By
 
     driver = page("/")
-    driver.find_element(By.ID, "photo-input").send_keys(str(SHARED / "datasets" / "natural-val" / "Herring_Gull" / "Herring_Gull.jpg"))
+    driver.find_element(By.ID, "photo-input").send_keys(str(SHARED / "datasets" / "natural-val" / "Broad-winged_Hawk" / "Broad-winged_Hawk.jpg"))
     wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#detections .detection"), message="no detection")
     card = driver.find_elements(By.CSS_SELECTOR, "#detections .detection")[0]
     answer = card.find_element(By.CSS_SELECTOR, ".answer").text
-    assert "鸥" in answer and "(Larus)" in answer and "most likely" in answer, answer
+    assert "一种鹰（鹰科）" in answer and "Accipitridae" in answer and "most likely Broad-winged Hawk" in answer, answer
     box = card.find_element(By.CSS_SELECTOR, ".lookalike")
     catalog = live_app.app.extensions["birdsdao"].get("species")
-    line = catalog.how_to_tell("Larus argentatus", "Larus californicus")
+    line = catalog.how_to_tell("Buteo platypterus", "Rupornis magnirostris")
     assert line["zh"] in box.text and line["en"] in box.text, box.text
     assert not box.find_elements(By.CSS_SELECTOR, "script, b, a")  # text nodes only
     screenshot(driver, "chat-photo-genus-lookalike", scroll_to=".lookalike")
