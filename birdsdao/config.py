@@ -116,6 +116,11 @@ DEFAULTS: dict = {
     "KB_MAX_ZIP_ENTRIES": 2000,
     "KB_MAX_PDF_PAGES": 2000,
     "KB_MAX_KBS": 200,
+    # PostgreSQL store (DATABASE_URL): a KB below this many chunks is searched exactly (no HNSW recall loss, and a
+    # small KB is not crowded out of the HNSW index it shares with larger KBs of the same width); hnsw.ef_search
+    # for larger ones (bench/bench_kb_search_pg.py).
+    "KB_PG_EXACT_BELOW": 20_000,
+    "KB_PG_EF_SEARCH": 100,
     # --- answers ---
     "DEFAULT_MODEL": "extractive",
     "LLAMA_MODEL": None,

@@ -19,6 +19,7 @@ _MIGRATION_RE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 MIGRATION_LOCK = 0x42_44_41_4F_0001  # "BDAO" + 1
 SPECIES_BUILD_LOCK = 0x42_44_41_4F_0002
 TAUGHT_LOCK = 0x42_44_41_4F_0003
+KB_CREATE_LOCK = 0x42_44_41_4F_0004
 
 _pools: dict[str, object] = {}
 _pools_lock = threading.Lock()
