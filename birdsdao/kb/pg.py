@@ -55,6 +55,13 @@ def tsquery_literal(query: str) -> str:
     return " | ".join(_quote(t) for t in tokens)
 
 
+def hnsw_index_sql(dim: int) -> str:
+    """The HNSW index of one embedding width (inner product: the vectors are unit length, as in FAISS)."""
+    dim = int(dim)
+    return (f"CREATE INDEX IF NOT EXISTS chunks_hnsw_{dim} ON chunks USING hnsw "
+            f"((embedding::vector({dim})) vector_ip_ops) WHERE dim = {dim}")
+
+
 def _quote(token: str) -> str:
     return "'" + token.replace("\\", "\\\\").replace("'", "''") + "'"
 
@@ -329,8 +336,7 @@ class PgKnowledgeBaseService(KnowledgeBaseService):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.KB_CREATE_LOCK,))
                 if conn.execute("SELECT count(*) FROM kbs").fetchone()[0] >= self.limits.max_kbs:
                     raise APIError(400, "too_many", f"at most {self.limits.max_kbs} knowledge bases")
-                conn.execute(f"CREATE INDEX IF NOT EXISTS chunks_hnsw_{dim} ON chunks USING hnsw "
-                             f"((embedding::vector({dim})) vector_ip_ops) WHERE dim = {dim}")
+                conn.execute(hnsw_index_sql(dim))
                 conn.execute("INSERT INTO kbs (kb_id, name, dim, manifest) VALUES (%s, %s, %s, %s)",
                              (uuid.uuid4().hex, kb_name, dim, Jsonb(manifest)))
         except errors.UniqueViolation:
