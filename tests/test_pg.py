@@ -414,6 +414,7 @@ def test_what_one_app_server_writes_the_other_answers_on_its_next_request(two_se
     a, b, proxy = two_servers["a"], two_servers["b"], two_servers["nginx"]
     # Four workers started together and each ran the species KB build: one built it, the rest waited and reused.
     actions = [_wait_species_kb(port)["action"] for port in (a, b)]
+    assert {_call(port, "/healthz")[1]["models"]["kb"]["storage"] for port in (a, b)} == {"postgresql"}
     assert set(actions) <= {"built", "reused"} and "failed" not in actions
     with db.pool(two_servers["url"]).connection() as conn:
         docs, distinct = conn.execute("SELECT count(*), count(DISTINCT (doc_name, pos)) FROM chunks c JOIN kbs k "

@@ -211,9 +211,10 @@ class PgKnowledgeBase(EmbeddingReuse):
         if not total:
             return []
         vector_hits, text_hits = [], []
+        # Embedded before a connection is taken: the pool's connections are not held through model time.
+        q = self.embedder.embed_array([query], is_query=True)[0] if mode != "bm25" else None
         with self.pool.connection() as conn:
-            if mode != "bm25":
-                q = self.embedder.embed_array([query], is_query=True)[0]
+            if q is not None:
                 vector_hits = self._vector_top(conn, q, snap.manifest["dim"], min(CANDIDATES, total), total)
             if mode != "vector":
                 text_hits = self._text_top(conn, query)

@@ -334,7 +334,8 @@ class KnowledgeBaseService:
             opening = sorted(self._opening)
         return {"search_mode": self.search_mode, "default_kb": self.default_kb, "building": sorted(self.building),
                 "opening": opening, "bundled": self.status,
-                "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith("."))}
+                "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")),
+                "storage": "files"}
 
 
 def build(config, services) -> KnowledgeBaseService:
