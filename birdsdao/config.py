@@ -11,6 +11,10 @@ WEIGHTS_DIR = PROJECT_ROOT / "weights"
 DEFAULTS: dict = {
     # Where runtime data lives: knowledge bases, taught species, uploads. Never inside the code tree's git.
     "INSTANCE_PATH": str(PROJECT_ROOT / "instance"),
+    # PostgreSQL (postgresql://user:pass@host/db): knowledge bases and taught species live there, shared by several
+    # app servers (birdsdao/db.py, kb/README.md). Empty: the embedded file store under INSTANCE_PATH.
+    "DATABASE_URL": "",
+    "DATABASE_POOL_SIZE": 8,  # connections per app process
     # Which heavy services create_app builds at start-up (tests trim this list to what they exercise).
     "SERVICES": ["species", "vision", "embedder", "kb", "llm"],
     # --- vision ---
@@ -137,6 +141,11 @@ DEFAULTS: dict = {
     "KB_MAX_ZIP_ENTRIES": 2000,
     "KB_MAX_PDF_PAGES": 2000,
     "KB_MAX_KBS": 200,
+    # PostgreSQL store (DATABASE_URL): a KB below this many chunks is searched exactly (no HNSW recall loss, and a
+    # small KB is not crowded out of the HNSW index it shares with larger KBs of the same width); hnsw.ef_search
+    # for larger ones (bench/bench_kb_search_pg.py).
+    "KB_PG_EXACT_BELOW": 20_000,
+    "KB_PG_EF_SEARCH": 100,
     # --- answers ---
     "DEFAULT_MODEL": "extractive",
     "LLAMA_MODEL": None,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import DEFAULTS
 from ..errors import APIError
+from ..fileio import exclusive_lock
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
 from .jobs import Jobs
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
@@ -52,6 +53,16 @@ class KnowledgeBaseService:
                  retry_after_s: int = DEFAULTS["KB_RETRY_AFTER_S"]):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._setup(embedders, limits=limits, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                    search_mode=search_mode, bm25_weight=bm25_weight, lang_balance=lang_balance,
+                    default_kb=default_kb, retry_after_s=retry_after_s)
+        self._folders_lock = threading.Lock()  # serialises create/delete: the set of KB folders
+
+    def _setup(self, embedders, *, limits: Limits | None = None, chunk_size: int = DEFAULTS["KB_CHUNK_SIZE"],
+               chunk_overlap: int = DEFAULTS["KB_CHUNK_OVERLAP"], search_mode: str = DEFAULTS["KB_SEARCH_MODE"],
+               bm25_weight: float = DEFAULTS["KB_BM25_WEIGHT"], lang_balance: float = DEFAULTS["KB_LANG_BALANCE"],
+               default_kb: str = DEFAULTS["KB_DEFAULT"], retry_after_s: int = DEFAULTS["KB_RETRY_AFTER_S"]):
+        """What both stores' services hold: embedders, limits, the splitter, search settings, build state, jobs."""
         self.embedders = embedders
         self.limits = limits or Limits.from_config()
         self.splitter = ChineseSentenceSplitter(chunk_size, chunk_overlap)
@@ -70,7 +81,6 @@ class KnowledgeBaseService:
         # and BM25 matrix and maybe its embedding model (seconds for a sentence-transformers one), and requests
         # to other KBs must not wait behind that.
         self._lock = threading.Lock()
-        self._folders_lock = threading.Lock()  # serialises create/delete: the set of KB folders
         self.jobs = Jobs()  # uploads run in the background (upload_job)
 
     # --- the folder of one KB: the only place a name becomes a path ---------------------------------------
@@ -239,6 +249,10 @@ class KnowledgeBaseService:
             self._replace_open(kb_name, None)
         shutil.rmtree(trash, ignore_errors=True)
 
+    def build_lock(self, kb_name: str):
+        """Held while a bundled KB is built: across every worker process of this store (here, a flock)."""
+        return exclusive_lock(self.root / f".{kb_name}-build.lock")
+
     # --- documents -----------------------------------------------------------------------------------
 
     def prepare(self, filename: str, data: bytes):
@@ -329,18 +343,27 @@ class KnowledgeBaseService:
             opening = sorted(self._opening)
         return {"search_mode": self.search_mode, "bm25_weight": self.bm25_weight, "lang_balance": self.lang_balance, "default_kb": self.default_kb, "building": sorted(self.building),
                 "opening": opening, "bundled": self.status,
-                "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith("."))}
+                "kbs": sum(1 for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")),
+                "storage": "files"}
 
 
 def build(config, services) -> KnowledgeBaseService:
+    """The "kb" service: PostgreSQL when ``DATABASE_URL`` is set, else the folders under <instance>/kb (the one
+    place the store is chosen; views and answers see the same interface either way)."""
     embedders = services.get("embedder")
-    service = KnowledgeBaseService(
-        Path(config["INSTANCE_PATH"]) / "kb", embedders, limits=Limits.from_config(config),
-        chunk_size=int(config["KB_CHUNK_SIZE"]), chunk_overlap=int(config["KB_CHUNK_OVERLAP"]),
-        search_mode=config["KB_SEARCH_MODE"], bm25_weight=float(config["KB_BM25_WEIGHT"]),
-        lang_balance=float(config["KB_LANG_BALANCE"]),
-        default_kb=config["KB_DEFAULT"],
-        retry_after_s=int(config["KB_RETRY_AFTER_S"]))
+    options = dict(limits=Limits.from_config(config), chunk_size=int(config["KB_CHUNK_SIZE"]),
+                   chunk_overlap=int(config["KB_CHUNK_OVERLAP"]), search_mode=config["KB_SEARCH_MODE"],
+                   bm25_weight=float(config["KB_BM25_WEIGHT"]), lang_balance=float(config["KB_LANG_BALANCE"]),
+                   default_kb=config["KB_DEFAULT"], retry_after_s=int(config["KB_RETRY_AFTER_S"]))
+    if config["DATABASE_URL"]:
+        from .pg import PgKnowledgeBaseService
+
+        service = PgKnowledgeBaseService(config["DATABASE_URL"], embedders,
+                                         pool_size=int(config["DATABASE_POOL_SIZE"]),
+                                         exact_below=int(config["KB_PG_EXACT_BELOW"]),
+                                         ef_search=int(config["KB_PG_EF_SEARCH"]), **options)
+    else:
+        service = KnowledgeBaseService(Path(config["INSTANCE_PATH"]) / "kb", embedders, **options)
     from .species_kb import start_species_kb
 
     start_species_kb(service, services, config["KB_SPECIES_BUILD"])

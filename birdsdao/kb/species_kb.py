@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Iterator
 
-from ..fileio import exclusive_lock
 from ..species.cards import doc_name, render_card
 
 log = logging.getLogger(__name__)
@@ -100,8 +99,9 @@ def start_species_kb(service, services, mode: str) -> None:
 
     def run():
         try:
-            # gunicorn workers each run this: the first builds, the others wait, then find it up to date.
-            with exclusive_lock(service.root / f".{SPECIES_KB}-build.lock"):
+            # Every gunicorn worker (of every app server, on PostgreSQL) runs this: the first builds, the others
+            # wait for its lock, then find it up to date.
+            with service.build_lock(SPECIES_KB):
                 service.status[SPECIES_KB] = ensure_species_kb(service, documents)
         except Exception as exc:  # noqa: BLE001 - a failed build must not take the server down
             log.exception("species knowledge base build failed")

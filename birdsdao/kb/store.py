@@ -123,7 +123,57 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class KnowledgeBase:
+class EmbeddingReuse:
+    """How both stores embed new chunks (``KnowledgeBase`` here, ``kb.pg.PgKnowledgeBase``): the store answers
+    two questions, which stored document carries a chunk text (``_text_owners``) and which embedded texts it
+    already holds a vector for (``_stored_vectors``); both keyed by ``embeddings.text_key``."""
+
+    def embed_documents(self, docs: list[tuple[str, list[Chunk]]], progress=None) -> list[np.ndarray]:
+        """Vectors for the chunks of several new documents in one batched pass. Boilerplate (a chunk text
+        that other documents also carry: headers, licences) is indexed by its bare text, not prefixed with
+        this document's title, so it is embedded once for the whole knowledge base. ``progress``: see
+        ``embeddings.embed_array`` (it may raise to stop; nothing is written then)."""
+        owners: dict[str, set] = {}
+        for doc_name, chunks in docs:
+            for chunk in chunks:
+                owners.setdefault(text_key(chunk.text), set()).add(doc_name)
+        stored_owner = self._text_owners(set(owners))
+        for doc_name, chunks in docs:
+            for chunk in chunks:
+                key = text_key(chunk.text)
+                other_doc = stored_owner.get(key)
+                if len(owners[key]) > 1 or (other_doc is not None and other_doc != doc_name):
+                    chunk.index_text = chunk.text
+        flat = [c for _, chunks in docs for c in chunks]
+        vectors = self.embed_chunks(flat, progress)
+        out, start = [], 0
+        for _, chunks in docs:
+            out.append(vectors[start:start + len(chunks)])
+            start += len(chunks)
+        return out
+
+    def embed_chunks(self, chunks: list[Chunk], progress=None) -> np.ndarray:
+        """Vectors for new chunks: texts already in the index (same embedded text) reuse their stored
+        vector, duplicates within the batch are embedded once, the rest go to the model in batches."""
+        keys = [text_key(c.index_text or c.text) for c in chunks]
+        out = np.zeros((len(chunks), self.current().manifest["dim"]), np.float32)
+        stored = self._stored_vectors(keys)
+        todo: dict[str, list[int]] = {}
+        for row, key in enumerate(keys):
+            if key in stored:
+                out[row] = stored[key]
+            else:
+                todo.setdefault(key, []).append(row)
+        if todo:
+            firsts = [rows[0] for rows in todo.values()]
+            vectors = self.embedder.embed_array([chunks[r].index_text or chunks[r].text for r in firsts],
+                                                progress=progress)
+            for vector, rows in zip(vectors, todo.values()):
+                out[rows] = vector
+        return out
+
+
+class KnowledgeBase(EmbeddingReuse):
     def __init__(self, folder: Path, embedder, name: str):
         self.folder = folder
         self.name = name
@@ -241,54 +291,17 @@ class KnowledgeBase:
         if self._pointer_key() not in (None, self._pointer_stat):
             self.snapshot = self._load()
 
-    def embed_documents(self, docs: list[tuple[str, list[Chunk]]], progress=None) -> list[np.ndarray]:
-        """Vectors for the chunks of several new documents in one batched pass. Boilerplate (a chunk text
-        that other documents also carry: headers, licences) is indexed by its bare text, not prefixed with
-        this document's title, so it is embedded once for the whole knowledge base. ``progress``: see
-        ``embeddings.embed_array`` (it may raise to stop; nothing is written then)."""
+    def _text_owners(self, keys: set[str]) -> dict[str, str]:
         snap = self.current()
-        owners: dict[str, set] = {}
-        for doc_name, chunks in docs:
-            for chunk in chunks:
-                owners.setdefault(text_key(chunk.text), set()).add(doc_name)
-        for doc_name, chunks in docs:
-            for chunk in chunks:
-                key = text_key(chunk.text)
-                other_doc = snap.text_owner.get(key)
-                if len(owners[key]) > 1 or (other_doc is not None and other_doc != doc_name):
-                    chunk.index_text = chunk.text
-        flat = [c for _, chunks in docs for c in chunks]
-        vectors = self.embed_chunks(flat, progress)
-        out, start = [], 0
-        for _, chunks in docs:
-            out.append(vectors[start:start + len(chunks)])
-            start += len(chunks)
-        return out
+        return {k: snap.text_owner[k] for k in keys if k in snap.text_owner}
 
-    def embed_chunks(self, chunks: list[Chunk], progress=None) -> np.ndarray:
-        """Vectors for new chunks: texts already in the index (same embedded text) reuse their stored
-        vector, duplicates within the batch are embedded once, the rest go to the model in batches."""
+    def _stored_vectors(self, keys: list[str]) -> dict[str, np.ndarray]:
         snap = self.current()
-        keys = [text_key(c.index_text or c.text) for c in chunks]
-        out = np.zeros((len(chunks), snap.manifest["dim"]), np.float32)
-        todo: dict[str, list[int]] = {}
-        reuse_rows, reuse_ids = [], []
-        for row, key in enumerate(keys):
-            known = snap.key_to_id.get(key)
-            if known is not None:
-                reuse_rows.append(row)
-                reuse_ids.append(known)
-            else:
-                todo.setdefault(key, []).append(row)
-        if reuse_ids:
-            out[reuse_rows] = snap.index.reconstruct_batch(np.asarray(reuse_ids, np.int64))
-        if todo:
-            firsts = [rows[0] for rows in todo.values()]
-            vectors = self.embedder.embed_array([chunks[r].index_text or chunks[r].text for r in firsts],
-                                                progress=progress)
-            for vector, rows in zip(vectors, todo.values()):
-                out[rows] = vector
-        return out
+        known = [(k, snap.key_to_id[k]) for k in dict.fromkeys(keys) if k in snap.key_to_id]
+        if not known:
+            return {}
+        vectors = snap.index.reconstruct_batch(np.asarray([i for _, i in known], np.int64))
+        return {k: v for (k, _), v in zip(known, vectors)}
 
     def add_documents(self, docs: list[tuple[str, list[Chunk], np.ndarray, dict]], replace: bool) -> list[dict]:
         """Commit several documents in one new version: (doc_name, chunks, vectors, info). Returns one

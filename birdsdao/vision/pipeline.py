@@ -17,7 +17,7 @@ from .classifier import Fusion, Guess, Prototypes, SpeciesClassifier
 from .detector import Box, build_detector
 from .imaging import crop_with_margin, decode_image, to_model_input
 from .naming import Reading, flock_context, read_detection
-from .taught import TaughtStore, normalize_label
+from .taught import TaughtStore, normalize_label, open_store
 from .vocabulary import Entry, Vocabulary
 
 
@@ -122,7 +122,7 @@ class VisionPipeline:
         classifier = SpeciesClassifier(inat, imagenet, vocab, base, label_to_key, fusion,
                                        mirror_below=float(config["TEST_TIME_MIRROR_BELOW"]), trained=trained,
                                        trained_entries=trained_entries)
-        pipeline = cls(config, detector, classifier, catalog, TaughtStore(instance / "taught"))
+        pipeline = cls(config, detector, classifier, catalog, open_store(config, instance))
         pipeline.warm_up()
         return pipeline
 

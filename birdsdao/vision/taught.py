@@ -169,3 +169,88 @@ class TaughtStore:
     def _write_index(self, records: dict) -> None:
         payload = json.dumps({"version": 1, "species": records}, ensure_ascii=False, indent=1).encode("utf-8")
         write_atomic(self.index_path, lambda fh: fh.write(payload))
+
+
+class PgTaughtStore:
+    """``TaughtStore``'s interface on PostgreSQL (``DATABASE_URL`` set): one row per label in ``taught_species``
+    and a version counter that every write bumps in its own transaction, so ``index_key()`` (one indexed read)
+    tells each app process that another one taught or forgot. ``locked()`` is a session advisory lock: a teach's
+    records → put is one step across every process on the database, as the flock is on one host."""
+
+    def __init__(self, url: str, pool_size: int = 8):
+        from .. import db
+
+        self._db = db
+        self.url = url
+        self.pool = db.pool(url, max_size=pool_size)
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def locked(self):
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with self._db.advisory_lock(self.url, self._db.TAUGHT_LOCK):
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+
+    def index_key(self):
+        with self.pool.connection() as conn:
+            return conn.execute("SELECT version FROM taught_version").fetchone()[0]
+
+    def records(self) -> dict[str, dict]:
+        with self.pool.connection() as conn:
+            return {label: record for label, record in
+                    conn.execute("SELECT label, record FROM taught_species ORDER BY label")}
+
+    def features(self, label: str) -> np.ndarray:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT n, dim, features FROM taught_species WHERE label = %s", (label,)).fetchone()
+        if row is None:
+            raise KeyError(label)
+        return _features(*row)
+
+    def load_all(self) -> dict[str, tuple[dict, np.ndarray]]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT label, record, n, dim, features FROM taught_species ORDER BY label").fetchall()
+        return {label: (record, _features(n, dim, feats)) for label, record, n, dim, feats in rows}
+
+    def put(self, label: str, record: dict, features: np.ndarray) -> None:
+        from psycopg.types.json import Jsonb
+
+        # Rounded through float16 as the file store keeps them: both stores give the same predictions.
+        feats = np.asarray(features, np.float16).astype(np.float32)
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("INSERT INTO taught_species (label, record, n, dim, features) VALUES (%s, %s, %s, %s, %s) "
+                         "ON CONFLICT (label) DO UPDATE SET record = EXCLUDED.record, n = EXCLUDED.n, "
+                         "dim = EXCLUDED.dim, features = EXCLUDED.features",
+                         (label, Jsonb(record), feats.shape[0], feats.shape[1], feats.ravel().tolist()))
+            conn.execute("UPDATE taught_version SET version = version + 1")
+
+    def remove(self, label: str) -> bool:
+        with self.pool.connection() as conn, conn.transaction():
+            gone = conn.execute("DELETE FROM taught_species WHERE label = %s", (label,)).rowcount
+            if gone:
+                conn.execute("UPDATE taught_version SET version = version + 1")
+            return bool(gone)
+
+
+def _features(n: int, dim: int, flat) -> np.ndarray:
+    return np.asarray(flat, np.float32).reshape(n, dim)
+
+
+def open_store(config, instance: Path):
+    """The taught-species store this server uses: PostgreSQL when ``DATABASE_URL`` is set, else the files under
+    ``<instance>/taught`` (the one place the choice is made for taught species)."""
+    if config["DATABASE_URL"]:
+        return PgTaughtStore(config["DATABASE_URL"], int(config["DATABASE_POOL_SIZE"]))
+    return TaughtStore(instance / "taught")
