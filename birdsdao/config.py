@@ -11,6 +11,10 @@ WEIGHTS_DIR = PROJECT_ROOT / "weights"
 DEFAULTS: dict = {
     # Where runtime data lives: knowledge bases, taught species, uploads. Never inside the code tree's git.
     "INSTANCE_PATH": str(PROJECT_ROOT / "instance"),
+    # PostgreSQL (postgresql://user:pass@host/db): knowledge bases and taught species live there, shared by several
+    # app servers (birdsdao/db.py, kb/README.md). Empty: the embedded file store under INSTANCE_PATH.
+    "DATABASE_URL": "",
+    "DATABASE_POOL_SIZE": 8,  # connections per app process
     # Which heavy services create_app builds at start-up (tests trim this list to what they exercise).
     "SERVICES": ["species", "vision", "embedder", "kb", "llm"],
     # --- vision ---
