@@ -153,9 +153,15 @@ def step_worker(cluster: Cluster, repeat: int, rng: random.Random, paragraphs: i
             if running:
                 break
             time.sleep(0.3)
-        # Which worker runs it is the queue's business: kill each one that is alive, one at a time, at random.
-        alive = [w for w in cluster.workers if w.poll() is None]
-        victim = rng.choice(alive)
+        else:
+            print(f"  worker kill {i + 1}/{repeat}: no job got part-way within 300 s; skipped", flush=True)
+            continue
+        # The worker running that job (kb_jobs.worker is its host:pid).
+        import psycopg
+
+        with psycopg.connect(cluster.url) as conn:
+            owner = conn.execute("SELECT worker FROM kb_jobs WHERE job_id = %s", (running[0],)).fetchone()[0]
+        victim = next(w for w in cluster.workers if owner.endswith(f":{w.pid}"))
         victim.kill()
         victim.wait()
         cluster.workers.remove(victim)

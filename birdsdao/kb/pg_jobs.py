@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import uuid
 from contextlib import contextmanager
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TASK = "birdsdao.kb_upload"
 QUEUE = "kb_upload"
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 _SCHEMA_LOCK = 0x6B625F6A6F6273  # pg_advisory_xact_lock key: one process installs the queue schema at a time
 _JOB_COLUMNS = ("job_id::text, kb_name, state, progress, result, attempts, extract(epoch FROM created_at), "
                 "extract(epoch FROM started_at), extract(epoch FROM finished_at)")
@@ -169,9 +172,9 @@ class PgWorker:
     def execute(self, job_id: uuid.UUID, attempt: int) -> str | None:
         """Run one job (its ``attempt``-th run); the state it ended in, None when it was not there to run."""
         with self.pool.connection() as conn:
-            row = conn.execute("UPDATE kb_jobs SET state = 'running', attempts = %s, started_at = now(), "
+            row = conn.execute("UPDATE kb_jobs SET state = 'running', attempts = %s, worker = %s, started_at = now(), "
                                "updated_at = now() WHERE job_id = %s AND state IN ('queued', 'running') "
-                               "RETURNING kb_name, replace", (attempt, job_id)).fetchone()
+                               "RETURNING kb_name, replace", (attempt, WORKER_NAME, job_id)).fetchone()
             if row is None:  # finished already (a late retry) or deleted
                 return None
             kb_name, replace = row

@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS kb_jobs (
     progress    jsonb NOT NULL DEFAULT '{}'::jsonb,
     result      jsonb,
     attempts    integer NOT NULL DEFAULT 0,
+    worker      text,                       -- host:pid of the worker process of the latest run (operators)
     created_at  timestamptz NOT NULL DEFAULT now(),
     started_at  timestamptz,
     finished_at timestamptz,
