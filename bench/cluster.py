@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-SHARED = HERE.parent / "shared"
+SHARED = Path(os.environ.get("BIRDSDAO_SHARED", HERE.parent / "shared")).resolve()  # weights, data sets
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TOKEN = "bench-token"
 
@@ -133,7 +133,11 @@ class Cluster:
             try:
                 if request(port, "GET", "/readyz", timeout=5)[0] == 200:
                     return time.monotonic() - started
-            except OSError:
+                models = json.loads(request(port, "GET", "/healthz", timeout=5)[2]).get("models", {})
+                failed = {name: m["error"] for name, m in models.items() if m.get("error")}
+                if failed:  # never becomes ready: say why now
+                    raise RuntimeError(f"app server on {port}: services failed: {failed}")
+            except (OSError, ValueError):
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"app server on {port} not ready after {timeout_s} s")
