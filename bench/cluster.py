@@ -157,7 +157,9 @@ class Cluster:
     def start_nginx(self) -> int:
         self.nginx_port = free_port()
         site = (self.root / "deploy" / "nginx.conf").read_text()
-        upstream = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in self.servers)
+        # The shipped upstream lines (their max_fails / fail_timeout kept), one per app server started here.
+        options = re.search(r"upstream birdsdao \{\n    server 127\.0\.0\.1:\d+( [^;]*)?;", site).group(1) or ""
+        upstream = "".join(f"    server 127.0.0.1:{p}{options};\n" for p in self.servers)
         site = re.sub(r"(upstream birdsdao \{\n)(    server [^\n]*\n)+", lambda m: m.group(1) + upstream, site)
         site = site.replace("listen 80;", f"listen 127.0.0.1:{self.nginx_port};")
         tmp = self.dir / "nginx"

@@ -173,3 +173,27 @@ def test_an_unreachable_job_database_is_503_database_unavailable_within_seconds(
         assert jobs.counts() == {}  # a /metrics scrape still answers
     finally:
         jobs.pool.close()
+
+
+def test_the_job_queue_answers_503_while_postgresql_is_down_and_recovers_without_a_restart(pg_server, pg_db):
+    from pgserver._commands import pg_ctl
+
+    from birdsdao.errors import APIError
+    from birdsdao.kb.pg_jobs import PgJobs
+
+    jobs = PgJobs(pg_db, max_waiting=8, connect_timeout_s=1)
+    try:
+        job = jobs.submit("kb", [("a.md", b"x")], False)
+        assert jobs.get(job["job_id"])["state"] == "queued"
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg_server.pgdata, user=pg_server.system_user, timeout=60)
+        try:
+            started = time.monotonic()
+            with pytest.raises(APIError) as caught:
+                jobs.get(job["job_id"])
+            assert (caught.value.status, caught.value.code) == (503, "database_unavailable")
+            assert time.monotonic() - started < 5
+        finally:
+            pg_server.ensure_postgres_running()
+        assert jobs.get(job["job_id"])["state"] == "queued"  # the same object: no restart
+    finally:
+        jobs.pool.close()

@@ -54,7 +54,9 @@ def unavailable(exc: BaseException) -> APIError:
 
 def make_pool(conninfo: str, timeout_s: float, max_size: int = 4) -> psycopg_pool.ConnectionPool:
     """A pool that fails fast (``timeout_s``) while the database is down and heals by itself when it is back:
-    each connection is checked as it is handed out, so the ones a database restart broke are replaced."""
+    each connection is checked as it is handed out, so the ones a database restart broke are replaced, and a
+    failed connection attempt is not retried in the background (``reconnect_timeout=0``): the next request
+    tries afresh, so the first one after the database returns is served."""
     return psycopg_pool.ConnectionPool(
         conninfo, min_size=1, max_size=max_size, timeout=timeout_s, open=True,
         kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
@@ -130,6 +132,7 @@ class PgJobs:
     def get(self, job_id: str) -> dict:
         key = _job_uuid(job_id)
         with self._conn() as conn:
+            self._ensure_schema(conn)
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM kb_jobs WHERE job_id = %s", (key,)).fetchone()
         if row is None:
             raise unknown_job()
@@ -139,6 +142,7 @@ class PgJobs:
         """Jobs by state for /metrics; empty while the database is unreachable (a scrape must not fail)."""
         try:
             with self._conn() as conn:
+                self._ensure_schema(conn)
                 rows = conn.execute("SELECT state, count(*) FROM kb_jobs GROUP BY state").fetchall()
         except APIError:
             return {}
