@@ -15,6 +15,8 @@ DEFAULTS: dict = {
     # app servers (birdsdao/db.py, kb/README.md). Empty: the embedded file store under INSTANCE_PATH.
     "DATABASE_URL": "",
     "DATABASE_POOL_SIZE": 8,  # connections per app process
+    # Connect / pool wait of the upload-job queue (kb/pg_jobs.py) before a request fails fast with 503.
+    "DATABASE_TIMEOUT_S": 3,
     # Which heavy services create_app builds at start-up (tests trim this list to what they exercise).
     "SERVICES": ["species", "vision", "embedder", "kb", "llm"],
     # --- vision ---
@@ -146,6 +148,15 @@ DEFAULTS: dict = {
     # for larger ones (bench/bench_kb_search_pg.py).
     "KB_PG_EXACT_BELOW": 20_000,
     "KB_PG_EF_SEARCH": 100,
+    # --- background jobs (birdsdao/kb/jobs.py; README "Deployment") ---
+    "JOBS_MAX_WAITING": 8,  # queued uploads before /kb/upload async=1 answers 503 busy
+    # PostgreSQL queue (DATABASE_URL set; run `python -m birdsdao.worker`): a worker beats every
+    # JOBS_HEARTBEAT_S; a job whose worker has been silent for JOBS_STALLED_AFTER_S is run again, up to
+    # JOBS_MAX_ATTEMPTS runs in all, then marked failed with the reason.
+    "JOBS_HEARTBEAT_S": 5,
+    "JOBS_STALLED_AFTER_S": 30,
+    "JOBS_MAX_ATTEMPTS": 3,
+    "JOBS_CONCURRENCY": 1,  # jobs one worker process runs at once (embedding is CPU-bound: add processes)
     # --- answers ---
     "DEFAULT_MODEL": "extractive",
     "LLAMA_MODEL": None,

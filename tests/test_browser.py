@@ -631,6 +631,44 @@ def test_kb_page_uploads_files_with_results_and_finds_them_in_search(page, tmp_p
     assert "birds_test" not in [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#kb-select option")]
 
 
+def test_kb_page_upload_runs_as_a_background_job_and_its_bar_shows_the_chunks_embedded(page, tmp_path):
+    """The page sends async=1 and follows /kb/jobs/<id>: while the job runs, the bar is the job's real
+    chunks-embedded count (seen strictly between 0 and the total), and the result line is the job's result."""
+    from selenium.webdriver.common.by import By
+
+    driver = page("/kb")
+    _create_kb(driver, "jobs_test")
+    doc = tmp_path / "long.md"
+    # ~70 distinct chunks: three embedding batches (KB_EMBED_BATCH 32), so the job reports progress midway.
+    doc.write_text("\n\n".join(f"第{i}段：丹顶鹤在第{i}号湿地越冬，编号{i * 7919}。" * 14 for i in range(70)), encoding="utf-8")
+    driver.find_element(By.ID, "upload-files").send_keys(str(doc))
+    driver.find_element(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
+    seen = []  # (job state, bar value, bar max) as the page shows them
+    end = time.monotonic() + 240
+    while time.monotonic() < end:
+        row = driver.execute_script(
+            "const li = document.querySelector('#upload-list li'); const p = li && li.querySelector('progress');"
+            "return li && [li.dataset.job || '', li.dataset.status || '', p.value, p.max, li.dataset.jobId || '']")
+        if row:
+            seen.append(tuple(row[:2]) + (row[2], row[3]))
+            if row[1]:
+                break
+        time.sleep(0.1)
+    assert seen and seen[-1][1] == "added", seen[-5:]
+    job_id = row[4]
+    assert job_id, "the page did not upload through a job"
+    midway = [(v, m) for state, _, v, m in seen if state == "running" and m > 1 and 0 < v < m]
+    assert midway, f"the bar never showed a job's chunks part-way embedded: {sorted(set(seen))[:20]}"
+    with urllib.request.urlopen(f"{driver.current_url.rsplit('/kb', 1)[0]}/kb/jobs/{job_id}") as r:
+        job = json.loads(r.read())
+    assert job["state"] == "done" and midway[-1][1] == job["progress"]["chunks_to_embed"]
+    text = driver.find_element(By.CSS_SELECTOR, "#upload-list li .upload-result").text
+    assert f"{job['result']['files'][0]['chunks']} 片段" in text
+    docs = {tr.get_attribute("data-doc") for tr in driver.find_elements(By.CSS_SELECTOR, "#doc-rows tr[data-doc]")}
+    assert "long.md" in docs
+    _delete_kb_typing_its_name(driver, "jobs_test")
+
+
 def _delete_kb_typing_its_name(driver, name):
     """Click a KB's delete button: the dialog's delete stays disabled until the name is typed exactly."""
     from selenium.webdriver.common.by import By

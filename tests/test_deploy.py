@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -105,9 +106,10 @@ def nginx_proxy(gunicorn_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nginx")
     port = _free_port()
     site = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
-    assert "listen 80;" in site and "server 127.0.0.1:8000;" in site
+    assert "listen 80;" in site and "server 127.0.0.1:8000 " in site and "server 127.0.0.1:8001 " in site
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{gunicorn_server['port']};")
+    # Both upstream servers are the one gunicorn started here (a second one would load every model again).
+    site = re.sub(r"server 127\.0\.0\.1:800[01] ", f"server 127.0.0.1:{gunicorn_server['port']} ", site)
     temp_paths = "".join(
         f"{name}_temp_path {tmp / name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
@@ -144,6 +146,28 @@ def test_gunicorn_serves_the_chat_page(gunicorn_server):
     assert headers["Content-Type"].startswith("text/html")
     assert "鸟之道" in body.decode()
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
+def test_shipped_tls_server_block_is_valid_nginx_once_uncommented(tmp_path):
+    """deploy/nginx.conf's commented HTTPS lines and redirect block, uncommented as their comment says (with a
+    self-signed certificate in place of certbot's), pass ``nginx -t``."""
+    if not Path(NGINX).exists():
+        pytest.fail("nginx is not installed (apt-get install nginx; .ci/run does it)")
+    site = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
+    assert "\n    listen 80;\n    server_name _;\n" in site
+    site = site.replace("\n    listen 80;\n    server_name _;\n", "\n")
+    directive = re.compile(r"^(\s*)# ((listen|server_name|ssl_\w+|add_header|return|server \{|\}).*)$", re.M)
+    site = directive.sub(r"\1\2", site)
+    assert "listen 443 ssl" in site and "return 301 https://" in site, site
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=birds.example.org",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    site = site.replace("/etc/letsencrypt/live/birds.example.org/fullchain.pem", str(tmp_path / "cert.pem"))
+    site = site.replace("/etc/letsencrypt/live/birds.example.org/privkey.pem", str(tmp_path / "key.pem"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'};\nevents {{}}\n"
+                    f"http {{\naccess_log off;\n{site}\n}}\n")
+    out = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_request_passes_through_nginx(nginx_proxy):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -377,9 +378,11 @@ def _start_nginx(folder: Path, ports: list[int], nginx: str, port: int, wait_for
         pytest.fail("nginx is not installed (apt-get install nginx; .ci/run does it)")
     folder.mkdir()
     site = (PROJECT_ROOT / "deploy" / "nginx.conf").read_text()
-    assert "listen 80;" in site and "server 127.0.0.1:8000;" in site
+    upstream = re.compile(r"^\s*server 127\.0\.0\.1:800[01] [^;]*;\n", re.M)
+    assert "listen 80;" in site and len(upstream.findall(site)) == 2
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    site = site.replace("server 127.0.0.1:8000;", "".join(f"server 127.0.0.1:{p};\n" for p in ports))
+    site = upstream.sub("", site, count=1)
+    site = upstream.sub("".join(f"    server 127.0.0.1:{p};\n" for p in ports), site)
     temp_paths = "".join(f"{n}_temp_path {folder / n};\n" for n in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     user = "user root;\n" if os.geteuid() == 0 else ""
     (folder / "nginx.conf").write_text(

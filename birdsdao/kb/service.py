@@ -15,7 +15,7 @@ from ..config import DEFAULTS
 from ..errors import APIError
 from ..fileio import exclusive_lock
 from .ingest import ChineseSentenceSplitter, IngestError, load_sections, make_chunks
-from .jobs import Jobs
+from .jobs import ThreadJobs, make_jobs
 from .names import sanitize_filename, validate_doc_name, validate_kb_name
 from .search import MODES
 from .store import Hit, KnowledgeBase, StoreError, folder_lock, read_current_manifest
@@ -81,7 +81,8 @@ class KnowledgeBaseService:
         # and BM25 matrix and maybe its embedding model (seconds for a sentence-transformers one), and requests
         # to other KBs must not wait behind that.
         self._lock = threading.Lock()
-        self.jobs = Jobs()  # uploads run in the background (upload_job)
+        # Uploads run in the background (upload_job): threads here unless build() was given a database.
+        self.jobs = ThreadJobs(self.run_upload_job)
 
     # --- the folder of one KB: the only place a name becomes a path ---------------------------------------
 
@@ -306,11 +307,13 @@ class KnowledgeBaseService:
         return [r if r is not None else next(committed) for r in results]
 
     def upload_job(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool = False) -> dict:
-        """``upload`` as a background job (404 for an unknown KB at once); the job's state (jobs.py). Its
-        result is what the synchronous upload answers."""
+        """``upload`` as a background job (404 for an unknown KB at once); the job's state (jobs.py)."""
         self.get(kb_name)
-        return self.jobs.submit(lambda progress: {"kb_name": kb_name,
-                                                  "files": self.upload(kb_name, files, replace, progress=progress)})
+        return self.jobs.submit(kb_name, files, replace)
+
+    def run_upload_job(self, kb_name: str, files: list[tuple[str, bytes]], replace: bool, progress) -> dict:
+        """What a job runs, in this process's thread or in a ``birdsdao.worker``: the synchronous upload's answer."""
+        return {"kb_name": kb_name, "files": self.upload(kb_name, files, replace, progress=progress)}
 
     def docs(self, kb_name: str) -> list[dict]:
         snap = self.get(kb_name).current()
@@ -364,6 +367,7 @@ def build(config, services) -> KnowledgeBaseService:
                                          ef_search=int(config["KB_PG_EF_SEARCH"]), **options)
     else:
         service = KnowledgeBaseService(Path(config["INSTANCE_PATH"]) / "kb", embedders, **options)
+    service.jobs = make_jobs(config, service.run_upload_job)  # PostgreSQL's queue when DATABASE_URL is set
     from .species_kb import start_species_kb
 
     start_species_kb(service, services, config["KB_SPECIES_BUILD"])

@@ -1,6 +1,6 @@
-// The knowledge-base page: list / create / delete knowledge bases, upload several files with a progress bar
-// and a result per file, list and delete documents, and try a search.
-import { getJSON, postForm, uploadWithProgress, describeError } from "./api.js";
+// The knowledge-base page: list / create / delete knowledge bases, upload several files as background jobs
+// with a progress bar (the job's chunks embedded) and a result per file, list and delete documents, and try a search.
+import { ApiError, getJSON, postForm, uploadWithProgress, describeError } from "./api.js";
 import { h, initChrome, showError, showNotice, hideNotice, describeScore } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -195,7 +195,57 @@ function uploadRow(file) {
   return { li, progress, result };
 }
 
-/** One request per file so each has its own progress bar and its own result line. */
+const JOB_POLL_MS = 700;
+const JOB_POLL_RETRIES = 10; // consecutive failed polls (server restarting, database failing over) before giving up
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+/**
+ * Follow an upload job (/kb/jobs/<id>) until it ends, showing its real progress: the bar is the chunks
+ * embedded of the chunks to embed, the line says queued / embedding n of m. Returns the finished job.
+ */
+async function followJob(jobId, { li, progress, result }) {
+  li.dataset.jobId = jobId;
+  let failures = 0;
+  for (;;) {
+    let job;
+    try {
+      job = await getJSON(`/kb/jobs/${encodeURIComponent(jobId)}`);
+      failures = 0;
+    } catch (err) {
+      // A 503 or a dropped connection is a server (re)starting: the job lives on in the queue.
+      const transient = !(err instanceof ApiError) || err.status >= 502;
+      if (!transient || ++failures > JOB_POLL_RETRIES) throw err;
+      await sleep(JOB_POLL_MS * 2);
+      continue;
+    }
+    li.dataset.job = job.state;
+    if (job.state === "done" || job.state === "failed") return job;
+    const p = job.progress || {};
+    if (job.state === "running" && p.chunks_to_embed) {
+      progress.max = p.chunks_to_embed;
+      progress.value = p.chunks_embedded || 0;
+      result.textContent = `嵌入中 embedding ${p.chunks_embedded || 0} / ${p.chunks_to_embed} 片段 chunks`;
+    } else {
+      progress.removeAttribute("value"); // indeterminate until the job reports its chunks
+      result.textContent = job.state === "queued" ? "排队中 queued" : "处理中 processing";
+    }
+    await sleep(JOB_POLL_MS);
+  }
+}
+
+function showFileResult(li, result, r) {
+  li.dataset.status = r.status || "unknown";
+  let text = STATUS_TEXT[r.status] || r.status || "?";
+  if (typeof r.chunks === "number" && r.status !== "rejected") text += ` · ${r.chunks} 片段 chunks`;
+  if (r.error) text += ` — ${r.error}`;
+  result.textContent = text;
+}
+
+/**
+ * One background job per file (async=1), so each has its own progress bar and its own result line: the bar
+ * first shows the file being sent, then the job's chunks being embedded; no request waits for the embedding.
+ */
 async function uploadFiles(files, replace) {
   const kb = current();
   if (!kb) {
@@ -209,27 +259,30 @@ async function uploadFiles(files, replace) {
     list.append(row.li);
     return row;
   });
-  // Two uploads at a time: files are parsed and embedded server-side, more in parallel only queue there.
+  // Two at a time: the jobs run one after another on the server anyway, and a full queue answers 503.
   let next = 0;
   const worker = async () => {
     while (next < files.length) {
       const i = next++;
-      const { li, progress, result } = rows[i];
+      const row = rows[i];
+      const { li, progress, result } = row;
       result.textContent = "上传中 uploading";
-      const fields = { kb_name: kb, files: files[i] };
+      const fields = { kb_name: kb, files: files[i], async: "1" };
       if (replace) fields.replace = "1";
       const { promise } = uploadWithProgress("/kb/upload", fields, (f) => {
         progress.value = f;
-        if (f >= 1) result.textContent = "处理中 processing";
       });
       try {
-        const body = await promise;
-        const r = (body.files || [])[0] || {};
-        li.dataset.status = r.status || "unknown";
-        let text = STATUS_TEXT[r.status] || r.status || "?";
-        if (typeof r.chunks === "number" && r.status !== "rejected") text += ` · ${r.chunks} 片段 chunks`;
-        if (r.error) text += ` — ${r.error}`;
-        result.textContent = text;
+        const accepted = await promise;
+        const job = await followJob(accepted.job_id, row);
+        progress.max = 1;
+        progress.value = 1;
+        if (job.state === "failed") {
+          li.dataset.status = "error";
+          result.textContent = `失败 failed — ${(job.result && job.result.error) || "?"}`;
+        } else {
+          showFileResult(li, result, ((job.result && job.result.files) || [])[0] || {});
+        }
       } catch (err) {
         li.dataset.status = "error";
         result.textContent = `失败 failed — ${describeError(err)}`;
