@@ -335,17 +335,18 @@ def build_records(shared_data: Path) -> list[dict]:
         by_sci[record["id"]] = record
         records.append(record)
     records.sort(key=lambda r: r["id"])
-    drop_names_of_others(records, project)
+    settle_shared_names(records, project)
     add_ranks(records, project["ranks"])
     return records
 
 
-def drop_names_of_others(records: list[dict], project: dict) -> None:
+def settle_shared_names(records: list[dict], project: dict) -> None:
     """Chinese names stay unique. An IOC name that the tables already give another species (IOC v15.1
     lumps the Green Heron into the Striated Heron and calls that 北美绿鹭, the tables' name of the Green
     Heron) gives way to the project's name. An IOC name or old project name kept as an alias must not be
     another species' main Chinese name (the card would list it among this species' names): it is dropped."""
-    tables = {r["chinese_name"] for r in records if r["chinese_name_source"] == "published" and not r["chinese_name_ref"]}
+    tables = {r["chinese_name"] for r in records
+              if r["chinese_name_source"] == "published" and not r["chinese_name_ref"]}
     for r in records:
         own = project["zh_names"].get(r["id"])
         if r["chinese_name_ref"] == IOC_REF and r["chinese_name"] in tables and own:
