@@ -12,7 +12,7 @@ import pytest
 from birdsdao.config import DEFAULTS
 from birdsdao.species import SpeciesCatalog, build
 from birdsdao.species.catalog import DATA_FILE, normalize
-from birdsdao.tools.build_species_data import DEFAULT_SHARED_DATA, build_records
+from birdsdao.tools.build_species_data import DEFAULT_SHARED_DATA, IOC_REF, build_records
 
 # Same place conftest looks for ../shared (imported by value: tests may or may not be a package).
 SHARED_DATA = Path(os.environ.get("BIRDSDAO_SHARED", DEFAULT_SHARED_DATA.parent)) / "data"
@@ -256,3 +256,104 @@ def test_no_plant_names_left_in_the_species_data():
     for path in DATA_FILE.parent.iterdir():
         if path.is_file():
             assert "strelitzia" not in path.read_text(encoding="utf-8").lower(), path
+
+
+# --- Published Chinese names (IOC World Bird List) -------------------------------------------------
+
+def _data_csv(name: str) -> list[dict]:
+    with open(DATA_FILE.parent / name, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bald_eagle_carries_the_ioc_name_as_published_not_the_projects(catalog):
+    eagle = catalog.get(BALD_EAGLE)
+    assert eagle.chinese_name == "白头海雕" and eagle.chinese_name_source == "published"
+    assert catalog.card(BALD_EAGLE)["chinese_name_ref"] == IOC_REF
+    text = catalog.card_text(BALD_EAGLE)
+    assert f"中文名取自 {IOC_REF}" in text and "本项目译名" not in text
+    assert f"({IOC_REF})" in catalog.card_text(BALD_EAGLE, "en")
+    row = next(r for r in _data_csv("ioc_zh_names.csv") if r["species_id"] == BALD_EAGLE)
+    assert row["chinese_name"] == "白头海雕" and row["match"] == "scientific name"
+
+
+def test_a_name_the_ioc_list_changed_keeps_the_old_project_name_as_an_alias(catalog):
+    quail = catalog.get("Callipepla squamata")
+    assert quail.chinese_name == "鳞斑鹑" and catalog.card(quail.id)["chinese_name_ref"] == IOC_REF
+    assert catalog.resolve("鳞斑翎鹑") is quail and "鳞斑翎鹑" in quail.aliases
+
+
+def test_every_old_project_name_still_finds_its_species_unless_another_species_now_owns_it(catalog):
+    mains = {s.chinese_name: s.id for s in catalog.all()}
+    renamed = 0
+    for row in _data_csv("project_zh_names.csv"):
+        species = catalog.get(row["scientific_name"])
+        if species.chinese_name == row["chinese_name"]:
+            continue
+        renamed += 1
+        owner = mains.get(row["chinese_name"])
+        expected = catalog.get(owner) if owner else species
+        assert catalog.resolve(row["chinese_name"]) is expected, row
+    assert renamed > 200  # the IOC list renamed hundreds of them: this checked something
+
+
+def test_the_projects_translation_is_used_only_where_no_published_name_exists(catalog):
+    ioc = {r["species_id"]: r for r in _data_csv("ioc_zh_names.csv")}
+    table_names = {s.chinese_name for s in catalog.all()
+                   if s.chinese_name_source == "published" and not catalog.card(s.id)["chinese_name_ref"]}
+    own = [s for s in catalog.all() if s.chinese_name_source == "project"]
+    assert 0 < len(own) < 100
+    for s in own:
+        # an IOC name for it exists only where that name is already another species' name in the tables
+        assert s.id not in ioc or ioc[s.id]["chinese_name"] in table_names, s.id
+    for sid, row in ioc.items():
+        s = catalog.get(sid)
+        assert s is not None and s.rank == "species", sid
+        card = catalog.card(sid)
+        if card["chinese_name_ref"] == IOC_REF:
+            assert s.chinese_name == row["chinese_name"] and s.chinese_name_source == "published", sid
+    assert len(ioc) == len(_data_csv("ioc_zh_names.csv"))  # one row per species
+
+
+def test_data_readme_records_the_ioc_lists_source_version_and_licence():
+    readme = (DATA_FILE.parent / "README.md").read_text(encoding="utf-8")
+    for fact in ("IOC World Bird List", "v15.1", "CC BY 4.0", "ljk5403/eBirdExtraNames",
+                 "9a427e520300158c272d8779911cdf3d639dfa96", "9f8f43df4fff437e8c05b74c131a22eba9528319",
+                 "ioc_zh_names.csv", "build_ioc_names"):
+        assert fact in readme, fact
+    assert IOC_REF.split()[-1] in readme  # the version the records cite is the one documented
+
+
+def test_ioc_matching_follows_genus_moves_and_respellings_but_not_splits():
+    from birdsdao.tools.build_ioc_names import match
+    en = {"Haliaeetus leucocephalus": "Bald Eagle", "Zapornia bicolor": "Black-tailed Crake",
+          "Pseudeos fuscata": "Dusky Lory", "Milvago chimachima": "Yellow-headed Caracara",
+          "Lophoceros fasciatus": "Congo Pied Hornbill", "Lophoceros semifasciatus": "West African Pied Hornbill"}
+    zh = {sci: f"中文{i}" for i, sci in enumerate(en)}
+
+    def sp(sid, english, aliases=(), rank="species"):
+        return {"id": sid, "english_name": english, "aliases": list(aliases), "rank": rank}
+
+    rows, counts = match([sp(BALD_EAGLE, "Bald Eagle"),
+                          sp("Daptrius chimachima", "Yellow-headed Caracara", ["Milvago chimachima"]),
+                          sp("Chalcopsitta fuscata", "Dusky Lory"),
+                          sp("Amaurornis bicolor", "Black Tail Crake"),
+                          sp("Tockus fasciatus", "African Pied Hornbill"),   # split: the name changed
+                          sp("Haliaeetus leucocephalus washingtoniensis", "x", rank="subspecies")], zh, en)
+    got = {r["species_id"]: (r["ioc_name"], r["match"]) for r in rows}
+    assert got == {BALD_EAGLE: (BALD_EAGLE, "scientific name"),
+                   "Daptrius chimachima": ("Milvago chimachima", "latin alias"),
+                   "Chalcopsitta fuscata": ("Pseudeos fuscata", "english name"),
+                   "Amaurornis bicolor": ("Zapornia bicolor", "near english name in genus or epithet")}
+    assert all(r["chinese_name"] == zh[r["ioc_name"]] for r in rows)
+    assert counts["not matched (split, lump or not in the list)"] == 1 and counts["not matched (subspecies)"] == 1
+
+
+def test_ioc_name_map_reader_refuses_a_file_of_another_form(tmp_path):
+    from birdsdao.tools.build_ioc_names import read_name_map
+    good = tmp_path / "zh.txt"
+    good.write_text('"Haliaeetus leucocephalus": "白头海雕",\n"Struthio camelus": "nan",\n', encoding="utf-8")
+    assert read_name_map(good) == [(BALD_EAGLE, "白头海雕")]  # an empty sheet cell (nan) is no name
+    bad = tmp_path / "bad.txt"
+    bad.write_text("scientific_name,chinese_name\nHaliaeetus leucocephalus,白头海雕\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        read_name_map(bad)

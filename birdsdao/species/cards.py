@@ -52,7 +52,7 @@ def _render_zh(r: dict) -> str:
     lines = [f"# {title}", ""]
     facts = []
     if zh:
-        note = "，中文名为本项目译名" if r.get("chinese_name_source") == "project" else ""
+        note = _zh_name_note(r)
         facts.append(f"{zh}的英文名是 {r['english_name']}，学名 {r['scientific_name']}{note}。")
     else:
         facts.append(f"{r['english_name']} 的学名是 {r['scientific_name']}，暂无中文名。")
@@ -88,6 +88,20 @@ def _render_zh(r: dict) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+def _zh_name_note(r: dict) -> str:
+    """Where the Chinese name comes from, said where the name is first given: the project's own
+    translation, or the named published list (IOC); the shared tables' list is covered by the sources line."""
+    if r.get("chinese_name_source") == "project":
+        return "，中文名为本项目译名"
+    return f"，中文名取自 {r['chinese_name_ref']}" if r.get("chinese_name_ref") else ""
+
+
+def _zh_name_note_en(r: dict) -> str:
+    if r.get("chinese_name_source") == "project":
+        return " (the project's own translation)"
+    return f" ({r['chinese_name_ref']})" if r.get("chinese_name_ref") else ""
+
+
 def _source_notes_zh(src: dict) -> list[str]:
     published = ["学名", "英文名"] + [zh for key, zh in (("chinese_name", "中文名"), ("order", "目"),
                                                      ("family", "科"), ("iucn_status", "IUCN 等级"),
@@ -106,7 +120,7 @@ def _render_en(r: dict) -> str:
     en = r["english_name"]
     title = en + (f" {zh}" if zh else "") + f" ({r['scientific_name']})"
     lines = [f"# {title}", ""]
-    lines.append(f"The {en} ({r['scientific_name']}) is called {zh} in Chinese." if zh
+    lines.append(f"The {en} ({r['scientific_name']}) is called {zh} in Chinese{_zh_name_note_en(r)}." if zh
                  else f"The {en} has the scientific name {r['scientific_name']}.")
     if r.get("order") or r.get("family"):
         lines.append(f"The {en} belongs to the order {r.get('order') or '?'}, family {r.get('family') or '?'}.")

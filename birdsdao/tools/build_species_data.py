@@ -21,6 +21,10 @@ INAT_TABLE = "inat_bird_species_reference.csv"
 # Species texts shorter than this (characters) also carry their family's overview on the card.
 SHORT_TEXT = 90
 
+# The list a published Chinese name comes from, when it is not the shared tables' own (unnamed) list:
+# ``chinese_name_ref`` on the record, named on the card. ioc_zh_names.csv; data/README.md has the details.
+IOC_REF = "IOC World Bird List v15.1"
+
 IUCN_ZH = {
     "LC": "无危", "NT": "近危", "VU": "易危", "EN": "濒危", "CR": "极危",
     "EW": "野外灭绝", "EX": "灭绝", "DD": "数据缺乏", "NE": "未评估",
@@ -157,6 +161,9 @@ def load_project_tables() -> dict:
         "families_zh": {r["family"]: r["family_zh"] for r in _read_project_csv("families_zh.csv")},
         "zh_names": {r["scientific_name"]: r["chinese_name"] for r in _read_project_csv("project_zh_names.csv")
                      if r.get("chinese_name")},
+        # Published, not the project's: IOC names matched to catalogue ids by build_ioc_names.
+        "ioc_zh": {r["species_id"]: r["chinese_name"] for r in _read_project_csv("ioc_zh_names.csv")
+                   if r.get("chinese_name")},
         "taxonomy": {r["scientific_name"]: r for r in _read_project_csv("taxonomy_fixes.csv")},
         "ranks": {r["scientific_name"]: r["rank"] for r in _read_project_csv("taxonomy_fixes.csv") if r.get("rank")},
         "aliases": aliases,
@@ -187,7 +194,7 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
     record["birds525_labels"] = sorted(r.birds525_label for r in b525)
     record["inat_indices"] = sorted(r.inat_index for r in group if r.inat_index is not None)
 
-    chinese, chinese_source = _first(group, "chinese_name"), "published"
+    chinese, chinese_source, chinese_ref = _first(group, "chinese_name"), "published", None
     extra_zh: list[str] = []
     if chinese:
         # The published list writes alternatives inline ("麻雀 (树麻雀)", "美洲中杓鹬/中杓鹬"): the first is
@@ -196,10 +203,18 @@ def merge_group(group: list[Row], project: dict, by_sci: dict[str, dict]) -> dic
         if len(parts) > 1:
             extra_zh = [*parts[1:], chinese]
             chinese = parts[0]
-    if not chinese and project["zh_names"].get(sid):
-        chinese, chinese_source = project["zh_names"][sid], "project"
+    # Where the tables have none: the IOC list's name, else the project's own translation. The other
+    # names stay aliases (an old project name still finds its species; so does the IOC name of a species
+    # whose table name differs), unless another species has that name (build_records checks).
+    ioc, own = project["ioc_zh"].get(sid), project["zh_names"].get(sid)
+    if not chinese and ioc:
+        chinese, chinese_ref = ioc, IOC_REF
+    elif not chinese and own:
+        chinese, chinese_source, chinese_ref = own, "project", None
+    extra_zh += [n for n in (ioc, own) if n and n != chinese]
     record["chinese_name"] = chinese or None
     record["chinese_name_source"] = chinese_source if chinese else None
+    record["chinese_name_ref"] = chinese_ref if chinese else None
 
     sources: dict[str, str | None] = {}
     # Taxonomy: the tables first; a subspecies/domestic form inherits its parent species' published row;
@@ -320,8 +335,28 @@ def build_records(shared_data: Path) -> list[dict]:
         by_sci[record["id"]] = record
         records.append(record)
     records.sort(key=lambda r: r["id"])
+    settle_shared_names(records, project)
     add_ranks(records, project["ranks"])
     return records
+
+
+def settle_shared_names(records: list[dict], project: dict) -> None:
+    """Chinese names stay unique. An IOC name that the tables already give another species (IOC v15.1
+    lumps the Green Heron into the Striated Heron and calls that 北美绿鹭, the tables' name of the Green
+    Heron) gives way to the project's name. An IOC name or old project name kept as an alias must not be
+    another species' main Chinese name (the card would list it among this species' names): it is dropped."""
+    tables = {r["chinese_name"] for r in records
+              if r["chinese_name_source"] == "published" and not r["chinese_name_ref"]}
+    for r in records:
+        own = project["zh_names"].get(r["id"])
+        if r["chinese_name_ref"] == IOC_REF and r["chinese_name"] in tables and own:
+            r["aliases"] = [a for a in r["aliases"] if a != own]
+            r["chinese_name"], r["chinese_name_source"], r["chinese_name_ref"] = own, "project", None
+            r["sources"]["chinese_name"] = "project"
+    owner = {r["chinese_name"]: r["id"] for r in records if r["chinese_name"]}
+    for r in records:
+        kept = {project["ioc_zh"].get(r["id"]), project["zh_names"].get(r["id"])}
+        r["aliases"] = [a for a in r["aliases"] if a not in kept or owner.get(a, r["id"]) == r["id"]]
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:
@@ -340,9 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     records = build_records(Path(args.shared_data))
     write_jsonl(records, Path(args.out))
     n_pub = sum(r["chinese_name_source"] == "published" for r in records)
+    n_ioc = sum(r["chinese_name_ref"] == IOC_REF for r in records)
     n_proj = sum(r["chinese_name_source"] == "project" for r in records)
     kinds = [r["description"]["kind"] for r in records]
-    print(f"{len(records)} species -> {args.out}; Chinese names: {n_pub} published, {n_proj} project, "
+    print(f"{len(records)} species -> {args.out}; Chinese names: {n_pub} published ({n_ioc} from the "
+          f"{IOC_REF}), {n_proj} project, "
           f"{len(records) - n_pub - n_proj} missing; descriptions: {kinds.count('species')} species-level, "
           f"{kinds.count('family')} family-level", file=sys.stderr)
     ranks = [r["rank"] for r in records]
