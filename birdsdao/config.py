@@ -98,6 +98,10 @@ DEFAULTS: dict = {
     "PHOTO_MAX_BYTES": 200 * 1024 * 1024,  # JPEG + record bytes kept
     "PHOTO_MAX_SIDE": 1280,  # the kept JPEG's longest side (what a vision-capable backend is sent)
     "PHOTO_JPEG_QUALITY": 85,
+    # /detect returns before its photo is written (vision/photos.py): a question about an id this fresh that
+    # another worker issued looks again for this long before answering 404 (its writer takes milliseconds;
+    # a forged fresh id costs a thread this long, no more).
+    "PHOTO_PENDING_WAIT_S": 1,
     # An unsure bird box (below BIRD_BOX_CONF) lying at least this share inside a larger box is that bird seen
     # twice (YOLO boxes a duck's body inside the whole duck): counted once in answers. Chosen on the question
     # set of bench/bench_photo_qa.py (count 0.73 -> 0.88), which is therefore not held out for it.

@@ -118,6 +118,37 @@ def test_two_store_objects_on_one_folder_share_photos_as_gunicorn_workers_do(tmp
     assert a.get(pid2).record == {"n": 2} and a.get(pid).record == {"n": 1}
 
 
+def test_a_photo_kept_later_is_answered_at_once_here_and_by_another_worker_within_its_wait(tmp_path):
+    import threading
+
+    a, b = store(tmp_path, pending_wait_s=5.0), store(tmp_path, pending_wait_s=5.0)
+    gate = threading.Event()
+
+    def slow_jpeg():  # the writer thread encodes; hold it so the id is handed out before anything is written
+        gate.wait(5)
+        return b"later"
+
+    pid = a.put_later(slow_jpeg, {"n": 3})
+    assert not (tmp_path / "photos" / "index.json").exists()  # nothing written yet: the id came first
+    threading.Timer(0.3, gate.set).start()
+    assert b.get(pid).jpeg == b"later"  # another worker waits for the write instead of a 404
+    assert a.get(pid).record == {"n": 3}
+    unknown = new_photo_id(Clock()())  # as fresh, but never issued: still a 404, after the short wait
+    with pytest.raises(APIError) as exc:
+        store(tmp_path, pending_wait_s=0.2).get(unknown)
+    assert exc.value.status == 404
+
+
+def test_a_photo_the_writer_cannot_keep_is_a_404_not_a_dead_writer(tmp_path):
+    a = store(tmp_path, max_bytes=10)
+    pid = a.put_later(lambda: b"far too many bytes for this store", {"n": 4})
+    a.flush()
+    with pytest.raises(APIError) as exc:
+        store(tmp_path, pending_wait_s=0.1).get(pid)
+    assert exc.value.status == 404
+    assert a.get(a.put_later(lambda: b"ok", {})).jpeg == b"ok"  # the writer still runs
+
+
 def test_place_names_are_chinese_where_known_else_english():
     assert place_name(39.99, 116.33).zh.startswith("中国 · 北京市")
     assert "广东省" in place_name(23.13, 113.26).zh

@@ -12,19 +12,27 @@ was never issued here (404).
 
 ``PhotoStore`` is the interface; ``FilePhotoStore`` keeps everything under ``<instance>/photos`` (or
 ``PHOTO_STORE_PATH``), written atomically under one cross-process lock, so all gunicorn workers of a host
-share it. A shared store (PostgreSQL, for several hosts) implements the same three methods."""
+share it. A shared store (PostgreSQL, for several hosts) implements the same three methods.
+
+``put_later`` (what /detect uses) hands the JPEG encoding and the writes to one writer thread per store and
+returns the id at once: keeping the photo costs a /detect call nothing it waits for (it was a quarter of the
+call: encode, three atomic writes, the index). A ``get`` of an id this process has not written yet waits for
+it; an id another worker issued in the last ``pending_wait_s`` seconds is looked for again until then."""
 from __future__ import annotations
 
 import base64
 import io
+import atexit
 import json
 import logging
+import queue
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import APIError
 from ..fileio import exclusive_lock, fsync_dir, stat_key, write_atomic
@@ -66,6 +74,10 @@ class PhotoStore:
     def put(self, jpeg: bytes, record: dict) -> str:
         raise NotImplementedError
 
+    def put_later(self, make_jpeg: Callable[[], bytes], record: dict) -> str:
+        """The id at once; the photo is stored soon after (a store without a writer stores it now)."""
+        return self.put(make_jpeg(), record)
+
     def get(self, photo_id: str) -> StoredPhoto:
         """The photo, or 404 ``unknown_photo`` / 410 ``photo_expired`` / 400 ``bad_field``."""
         raise NotImplementedError
@@ -75,15 +87,21 @@ class PhotoStore:
 
 
 class FilePhotoStore(PhotoStore):
-    def __init__(self, root: Path, *, ttl_s: float, max_count: int, max_bytes: int, clock=time.time):
+    def __init__(self, root: Path, *, ttl_s: float, max_count: int, max_bytes: int, clock=time.time,
+                 pending_wait_s: float = 5.0, queue_size: int = 32):
         self.root = Path(root)
         self.ttl_s = float(ttl_s)
         self.max_count = int(max_count)
         self.max_bytes = int(max_bytes)
         self.clock = clock
+        self.pending_wait_s = float(pending_wait_s)
         self._index_path = self.root / "index.json"
         self._cache_key, self._cache = None, None
         self._cache_lock = threading.Lock()
+        self._pending: dict[str, threading.Event] = {}  # ids handed out by put_later, not yet written
+        self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     # -- index --------------------------------------------------------------------------------------
     def _read_index(self) -> dict:
@@ -115,7 +133,58 @@ class FilePhotoStore(PhotoStore):
     def put(self, jpeg: bytes, record: dict) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
         now = self.clock()
-        photo_id, token = new_photo_id(now), secrets.token_hex(16)
+        photo_id = new_photo_id(now)
+        self._write(photo_id, now, jpeg, record)
+        return photo_id
+
+    def put_later(self, make_jpeg: Callable[[], bytes], record: dict) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)  # an unusable store fails here, in the request
+        now = self.clock()
+        photo_id = new_photo_id(now)
+        done = threading.Event()
+        with self._writer_lock:
+            self._pending[photo_id] = done
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_behind, name="photo-writer", daemon=True)
+                self._writer.start()
+                atexit.register(self.flush)
+        try:
+            self._jobs.put_nowait((photo_id, now, make_jpeg, record, done))
+        except queue.Full:  # the writer is behind: this request writes its own photo
+            try:
+                self._write(photo_id, now, make_jpeg(), record)
+            finally:
+                self._settle(photo_id, done)
+        return photo_id
+
+    def _write_behind(self) -> None:
+        while True:
+            photo_id, now, make_jpeg, record, done = self._jobs.get()
+            try:
+                self._write(photo_id, now, make_jpeg(), record)
+            except Exception as exc:  # noqa: BLE001 - a photo not kept is answered 404 later, never a dead writer
+                log.warning("photo %s not kept: %r", photo_id, exc)
+            finally:
+                self._settle(photo_id, done)
+                self._jobs.task_done()
+
+    def _settle(self, photo_id: str, done: threading.Event) -> None:
+        with self._writer_lock:
+            self._pending.pop(photo_id, None)
+        done.set()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout``) until every photo handed to the writer is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._writer_lock:
+                waiting = list(self._pending.values())
+            if not waiting:
+                return
+            waiting[0].wait(max(0.0, deadline - time.monotonic()))
+
+    def _write(self, photo_id: str, now: float, jpeg: bytes, record: dict) -> None:
+        token = secrets.token_hex(16)
         meta = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
         size = len(jpeg) + len(meta)
         if size > self.max_bytes:
@@ -134,7 +203,6 @@ class FilePhotoStore(PhotoStore):
                     path.unlink(missing_ok=True)
             if doomed:
                 fsync_dir(self.root)
-        return photo_id
 
     def _evict(self, index: dict, now: float) -> list[str]:
         """Drop expired photos, then the oldest until count and bytes fit; return their file tokens."""
@@ -160,8 +228,17 @@ class FilePhotoStore(PhotoStore):
         now = self.clock()
         if now - created > self.ttl_s:
             raise _expired()
+        with self._writer_lock:
+            pending = self._pending.get(photo_id)
+        if pending is not None:
+            pending.wait(self.pending_wait_s)
         index = self._read_index()
         entry = index["photos"].get(photo_id)
+        deadline = time.monotonic() + self.pending_wait_s - max(0.0, now - created)
+        while entry is None and created > index["evicted_up_to"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # just issued by another worker of this host, whose writer may not be done yet
+            index = self._read_index()
+            entry = index["photos"].get(photo_id)
         if entry is None:
             if created <= index["evicted_up_to"]:
                 raise _expired()
@@ -187,7 +264,7 @@ def build_photo_store(config) -> PhotoStore:
         raise ValueError(f"PHOTO_STORE must be 'file' (got {kind!r})")
     root = Path(config["PHOTO_STORE_PATH"] or Path(config["INSTANCE_PATH"]) / "photos")
     return FilePhotoStore(root, ttl_s=config["PHOTO_TTL_S"], max_count=config["PHOTO_MAX_COUNT"],
-                          max_bytes=config["PHOTO_MAX_BYTES"])
+                          max_bytes=config["PHOTO_MAX_BYTES"], pending_wait_s=float(config["PHOTO_PENDING_WAIT_S"]))
 
 
 # -- what is kept ------------------------------------------------------------------------------------
@@ -221,9 +298,10 @@ def photo_record(result: dict, exif: dict, place) -> dict:
     }
 
 
-def prepare(result, data: bytes, config) -> tuple[bytes, dict]:
-    """(JPEG, record) of a ``VisionPipeline.detect(..., keep_image=True)`` result and the upload's EXIF facts.
-    The place is named only for a real position (EXIF GPS or the form's lat/lon), never for a region."""
+def prepare(result, data: bytes, config) -> tuple[Callable[[], bytes], dict]:
+    """(a function that encodes the JPEG, the record) of a ``VisionPipeline.detect(..., keep_image=True)``
+    result and the upload's EXIF facts. The place is named only for a real position (EXIF GPS or the form's
+    lat/lon), never for a region."""
     from . import location as geo
     from .places import place_name
 
@@ -235,5 +313,5 @@ def prepare(result, data: bytes, config) -> tuple[bytes, dict]:
             place = place_name(where.lat, where.lon)
         except Exception as exc:  # the place is a nicety: a broken table must not lose the photo
             log.warning("reverse geocoding failed: %r", exc)
-    jpeg = encode_jpeg(result.image, int(config["PHOTO_MAX_SIDE"]), int(config["PHOTO_JPEG_QUALITY"]))
-    return jpeg, photo_record(result.to_dict(), exif, place)
+    image, side, quality = result.image, int(config["PHOTO_MAX_SIDE"]), int(config["PHOTO_JPEG_QUALITY"])
+    return (lambda: encode_jpeg(image, side, quality)), photo_record(result.to_dict(), exif, place)

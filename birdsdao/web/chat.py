@@ -46,7 +46,7 @@ def _attach_photo(request: AnswerRequest) -> None:
         raise APIError(400, "bad_field", "send either 'photo_id' or an 'image', not both")
     if uploads:
         # answered from the photo even when the store could not keep it (the response then has no photo_id)
-        _result, photo, _warning = detect_and_keep(read_upload(uploads[0]))
+        _result, photo, _warning = detect_and_keep(read_upload(uploads[0]), with_jpeg=True)
     elif photo_id is not None:
         photo = stored_photo(photo_id)
     else:

@@ -20,14 +20,20 @@ def photo_store() -> PhotoStore:
     return store
 
 
-def detect_and_keep(data: bytes, **options):
+def detect_and_keep(data: bytes, *, with_jpeg: bool = False, **options):
     """(/detect's result, the kept photo (id None when it could not be stored), a warning or None). A store
     that cannot write (disk full or read-only, photo too large) leaves the id None and says so: the detection
-    itself, and an answer about the photo, still go ahead."""
+    itself, and an answer about the photo, still go ahead. The photo is written after the response unless the
+    caller needs its JPEG now (``with_jpeg``: an answer that sends it to a vision-capable backend)."""
     result = get_service("vision").detect(data, keep_image=True, **options)
-    jpeg, record = prepare(result, data, current_app.config)
+    make_jpeg, record = prepare(result, data, current_app.config)
+    jpeg = make_jpeg() if with_jpeg else None
     try:
-        photo_id, warning = photo_store().put(jpeg, record), None
+        if jpeg is not None:
+            photo_id = photo_store().put(jpeg, record)
+        else:
+            photo_id = photo_store().put_later(make_jpeg, record)
+        warning = None
     except APIError as exc:
         photo_id, warning = None, f"the photo was not kept for the conversation: {exc.message}"
     except OSError as exc:
