@@ -289,6 +289,35 @@ def test_a_large_kb_is_searched_through_the_hnsw_index_and_a_small_one_exactly(p
 
 # --- two app servers on one database ------------------------------------------------------------------------
 
+def test_kb_requests_while_postgresql_is_down_answer_503_database_unavailable_and_recover(pg_server, pg_db, registry):
+    """What a client sees through the app's one error handler: a stopped database is the server's state (503,
+    Retry-After), not a bug (500), and the same service answers again once PostgreSQL is back."""
+    from flask import Flask
+    from pgserver._commands import pg_ctl
+
+    from birdsdao.web.errors import register_error_handlers
+
+    service = PgKnowledgeBaseService(pg_db, registry)
+    service.create("t1")
+    app = Flask(__name__)
+    register_error_handlers(app)
+    app.add_url_rule("/docs", "docs", lambda: {"docs": service.docs("t1")})
+    client = app.test_client()
+    assert client.get("/docs").status_code == 200
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg_server.pgdata, user=pg_server.system_user, timeout=60)
+    try:
+        started = time.monotonic()
+        down = client.get("/docs")
+        assert (down.status_code, down.get_json()["code"]) == (503, "database_unavailable"), down.get_json()
+        assert down.headers["Retry-After"] and time.monotonic() - started < 35
+    finally:
+        pg_server.ensure_postgres_running()
+    deadline = time.monotonic() + 60
+    while client.get("/docs").status_code != 200:  # the pool replaces its broken connections
+        assert time.monotonic() < deadline, "no recovery without a restart"
+        time.sleep(0.5)
+
+
 def _multipart(fields: dict, files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
     boundary = "----birdsdao-pg-boundary"
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]

@@ -2,6 +2,7 @@
 Built once per process by ``birdsdao.vision.build``; views call ``detect``, ``teach`` and ``forget``."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from .imaging import crop_with_margin, decode_image, to_model_input
 from .naming import Reading, flock_context, read_detection
 from .taught import TaughtStore, normalize_label, open_store
 from .vocabulary import Entry, Vocabulary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,7 +143,10 @@ class VisionPipeline:
         """``location``: the place the request named (form lat/lon or region); None lets the photo's EXIF
         GPS, then the configured REGION, decide (``location.resolve``)."""
         clock = _Clock()
-        self._refresh_taught()
+        try:
+            self._refresh_taught()
+        except Exception as exc:  # noqa: BLE001 - a database restarting must not stop /detect
+            log.warning("taught species not refreshed, the loaded ones are used: %r", exc)
         image, scale = self._decode(data)
         width, height = round(image.size[0] / scale), round(image.size[1] / scale)
         clock.lap("decode")

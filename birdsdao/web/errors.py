@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 
 from flask import current_app, jsonify
 from werkzeug.exceptions import HTTPException
@@ -75,8 +76,21 @@ def _known_failure(exc: Exception):
             status, code, message = _STORAGE_ERRORS[cause.errno]
             current_app.logger.error("write refused by the instance disk: %s", cause)
             return error_response(status, code, message, {"Retry-After": "60"} if status == 503 else None)
+        if _database_down(cause):
+            current_app.logger.error("database unavailable: %r", cause)
+            return error_response(503, "database_unavailable",
+                                  "the database is unavailable; try again soon (nothing was changed)", {"Retry-After": "5"})
         # Matched by module, not imported: the app runs under any WSGI server (and tests without gunicorn).
         # gunicorn marks such a body failed and closes the connection after this answer.
         if type(cause).__module__ == "gunicorn.http.errors":
             return error_response(400, "bad_request", f"malformed request body ({type(cause).__name__})")
     return None
+
+
+def _database_down(exc: BaseException) -> bool:
+    """psycopg's connection failures (server gone, restarting, refusing) and the pool's wait running out:
+    the PostgreSQL store's state, answered 503 like the job queue's, not a bug. Looked up only when psycopg
+    was loaded (the file store never loads it)."""
+    psycopg, pool = sys.modules.get("psycopg"), sys.modules.get("psycopg_pool")
+    return bool((psycopg is not None and isinstance(exc, psycopg.OperationalError))
+                or (pool is not None and isinstance(exc, pool.PoolTimeout)))
