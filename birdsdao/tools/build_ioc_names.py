@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import re
 import sys
@@ -26,6 +25,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from ..fileio import write_atomic
+from . import csv_text
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
 SPECIES_FILE = DATA_DIR / "species.jsonl"
@@ -105,14 +105,6 @@ def match(species: list[dict], zh: dict[str, str], en: dict[str, str]) -> tuple[
     return rows, counts
 
 
-def render(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("zh", type=Path, help="IOC scientific name -> Chinese (simplified) lines")
@@ -121,7 +113,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     species = [json.loads(line) for line in SPECIES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows, counts = match(species, dict(read_name_map(args.zh)), dict(read_name_map(args.en)))
-    data = render(rows).encode("utf-8")
+    data = csv_text(rows, COLUMNS).encode("utf-8")
     write_atomic(args.out, lambda fh: fh.write(data), mode=0o644)
     print(f"{len(rows)}/{len(species)} catalogue records with an IOC Chinese name -> {args.out}")
     for how, n in counts.most_common():

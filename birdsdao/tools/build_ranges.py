@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import re
 import sys
@@ -24,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..fileio import write_atomic
+from . import csv_text
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
 SPECIES_FILE = DATA_DIR / "species.jsonl"
@@ -117,14 +117,6 @@ def build(avonet: list[dict], species: list[dict], concepts: dict[str, list[str]
     return rows, counts
 
 
-def render(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("avonet_csv", type=Path)
@@ -132,7 +124,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     species = [json.loads(line) for line in SPECIES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows, counts = build(read_avonet(args.avonet_csv), species, read_concepts())
-    data = render(rows).encode("utf-8")
+    data = csv_text(rows, COLUMNS).encode("utf-8")
     write_atomic(args.out, lambda fh: fh.write(data), mode=0o644)
     with_data = len(species) - counts["no data"] - counts["domestic (neutral)"]
     print(f"{with_data}/{len(species)} species with range data ({len(rows)} rows) -> {args.out}")

@@ -43,18 +43,18 @@ def _check_records(species) -> dict[str, dict]:
     return species
 
 
-class TaughtStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.root / "index.json"
-        self._lock = threading.RLock()  # re-entrant: a teach holds it around records() → put(), which take it too
-        self._depth = 0  # how deep the holding thread is; the flock is taken at depth 0 only
+class _Reentrant:
+    """A cross-process lock (``outer()``: a flock or an advisory lock, as a context manager) that the holding
+    thread may take again: a teach holds it around records() → put(), which take it too. A second flock on a
+    new file description would block its own process, hence the depth count."""
+
+    def __init__(self, outer):
+        self.outer = outer
+        self._lock = threading.RLock()
+        self._depth = 0  # how deep the holding thread is; the outer lock is taken at depth 0 only
 
     @contextmanager
-    def locked(self):
-        """Exclusive access to the index across threads and processes, for a read-modify-write of it.
-        (A second flock on a new file description would block its own process, hence the depth count.)"""
+    def hold(self):
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -63,12 +63,24 @@ class TaughtStore:
                 finally:
                     self._depth -= 1
                 return
-            with exclusive_lock(self.root / ".lock"):
+            with self.outer():
                 self._depth = 1
                 try:
                     yield
                 finally:
                     self._depth = 0
+
+
+class TaughtStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.root / "index.json"
+        self._reentrant = _Reentrant(lambda: exclusive_lock(self.root / ".lock"))
+
+    def locked(self):
+        """Exclusive access to the index across threads and processes, for a read-modify-write of it."""
+        return self._reentrant.hold()
 
     def index_key(self):
         """(inode, mtime, size) of index.json, None when absent: it changes whenever any process rewrote it
@@ -183,25 +195,11 @@ class PgTaughtStore:
         self._db = db
         self.url = url
         self.pool = db.pool(url, max_size=pool_size)
-        self._lock = threading.RLock()
-        self._depth = 0
+        self._reentrant = _Reentrant(lambda: self._db.advisory_lock(self.url, self._db.TAUGHT_LOCK))
 
-    @contextmanager
     def locked(self):
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            with self._db.advisory_lock(self.url, self._db.TAUGHT_LOCK):
-                self._depth = 1
-                try:
-                    yield
-                finally:
-                    self._depth = 0
+        """As TaughtStore.locked, across app servers: a PostgreSQL advisory lock."""
+        return self._reentrant.hold()
 
     def index_key(self):
         with self.pool.connection() as conn:
