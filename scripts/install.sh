@@ -11,6 +11,8 @@ SUDO=""
 PKGS="nginx chromium chromium-driver fonts-wqy-microhei"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# a Java runtime: METEOR in `python -m birdsdao.train score captions` (pycocoevalcap runs its jar); any java will do
+command -v java >/dev/null 2>&1 || missing="$missing default-jre-headless"
 if [ -n "$missing" ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
