@@ -91,7 +91,9 @@ DEFAULTS: dict = {
     "SPECIES_RANGES": None,
     "SPECIES_DATA": None,  # species catalogue file; None = bundled birdsdao/species/data/species.jsonl
     # --- photos in the conversation (issue #17, vision/photos.py) ---
-    "PHOTO_STORE": "file",  # "file": <instance>/photos (or PHOTO_STORE_PATH), shared by the workers of one host
+    # "auto": PostgreSQL when DATABASE_URL is set (every app server answers every photo_id), else "file":
+    # <instance>/photos (or PHOTO_STORE_PATH), shared by the workers of one host; "database" insists on PostgreSQL.
+    "PHOTO_STORE": "auto",
     "PHOTO_STORE_PATH": None,
     "PHOTO_TTL_S": 24 * 3600,  # a photo_id answers 410 photo_expired after this
     "PHOTO_MAX_COUNT": 500,  # photos kept; the oldest go first (their ids answer 410 too)

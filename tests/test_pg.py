@@ -318,6 +318,42 @@ def test_kb_requests_while_postgresql_is_down_answer_503_database_unavailable_an
         time.sleep(0.5)
 
 
+def test_a_photo_kept_by_one_app_server_is_answered_by_another_and_expires_or_is_evicted_with_410(pg_db):
+    from birdsdao.vision.photos import PgPhotoStore, build_photo_store, new_photo_id
+
+    class Clock:
+        now = 1_800_000_000.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    a = PgPhotoStore(pg_db, ttl_s=3600, max_count=2, max_bytes=10_000, clock=clock)
+    b = PgPhotoStore(pg_db, ttl_s=3600, max_count=2, max_bytes=10_000, clock=clock)
+    first = a.put(b"jpeg-1", {"n": 1})
+    got = b.get(first)
+    assert (got.jpeg, got.record) == (b"jpeg-1", {"n": 1})
+    clock.now += 1
+    second = b.put(b"jpeg-2", {"n": 2})
+    clock.now += 1
+    third = a.put(b"jpeg-3", {"n": 3})  # the count limit pushes the oldest out early
+    assert b.stats()["photos"] == 2 and a.get(second).record == {"n": 2} and b.get(third).jpeg == b"jpeg-3"
+    for store, pid, status in ((b, first, 410), (a, new_photo_id(clock.now), 404)):
+        with pytest.raises(APIError) as exc:
+            store.get(pid)
+        assert exc.value.status == status
+    clock.now += 3601  # past the TTL: 410 whatever the table holds
+    with pytest.raises(APIError) as exc:
+        a.get(third)
+    assert exc.value.status == 410
+    with pytest.raises(APIError) as exc:
+        a.put(b"x" * 20_000, {})
+    assert (exc.value.status, exc.value.code) == (413, "photo_too_large")
+    config = {"PHOTO_STORE": "auto", "DATABASE_URL": pg_db, "DATABASE_POOL_SIZE": 2, "PHOTO_TTL_S": 60,
+              "PHOTO_MAX_COUNT": 5, "PHOTO_MAX_BYTES": 1000}
+    assert isinstance(build_photo_store(config), PgPhotoStore)  # the app's choice when DATABASE_URL is set
+
+
 def _multipart(fields: dict, files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
     boundary = "----birdsdao-pg-boundary"
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
@@ -469,6 +505,11 @@ def test_what_one_app_server_writes_the_other_answers_on_its_next_request(two_se
     status, body = _call(b, "/get_response", {"user_input": "白头海雕住在哪里？", "mode": "kb", "kb_name": "field-notes"})
     assert status == 200 and any(s.get("doc_name") == "eagle.txt" for s in body["sources"]), body
     assert "GARDEN PARROT" in {s["label"] for s in _call(b, "/species/taught")[1]["species"]}
+    # A photo detected through A is asked about through B (the photo store is PostgreSQL's too).
+    status, seen = _call(a, "/detect", {"annotate": "0"}, [("image", "q.jpg", query_image)])
+    assert status == 200 and seen["photo_id"], seen
+    status, body = _call(b, "/get_response", {"user_input": "图里有几只鸟？", "photo_id": seen["photo_id"]})
+    assert status == 200 and body["photo_id"] == seen["photo_id"], body
 
     # Through nginx, the upstream alternates between A and B; every answer is the same.
     for _ in range(4):

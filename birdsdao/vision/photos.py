@@ -12,7 +12,7 @@ was never issued here (404).
 
 ``PhotoStore`` is the interface; ``FilePhotoStore`` keeps everything under ``<instance>/photos`` (or
 ``PHOTO_STORE_PATH``), written atomically under one cross-process lock, so all gunicorn workers of a host
-share it. A shared store (PostgreSQL, for several hosts) implements the same three methods.
+share it. ``PgPhotoStore`` (``DATABASE_URL`` set) keeps them in PostgreSQL, shared by every app server.
 
 ``put_later`` (what /detect uses) hands the JPEG encoding and the writes to one writer thread per store and
 returns the id at once: keeping the photo costs a /detect call nothing it waits for (it was a quarter of the
@@ -254,17 +254,78 @@ class FilePhotoStore(PhotoStore):
         return {"photos": len(index["photos"]), "bytes": sum(p["bytes"] for p in index["photos"].values())}
 
 
+class PgPhotoStore(PhotoStore):
+    """The same store on PostgreSQL (``DATABASE_URL`` set): one row per photo, so every app server answers an id
+    another issued. A put and its eviction are one transaction; the watermark only ever rises."""
+
+    def __init__(self, url: str, *, ttl_s: float, max_count: int, max_bytes: int, clock=time.time,
+                 pool_size: int = 8):
+        from .. import db
+
+        self.pool = db.pool(url, max_size=pool_size)
+        self.ttl_s, self.max_count, self.max_bytes, self.clock = float(ttl_s), int(max_count), int(max_bytes), clock
+
+    def put(self, jpeg: bytes, record: dict) -> str:
+        from psycopg.types.json import Jsonb
+
+        now = self.clock()
+        photo_id = new_photo_id(now)
+        size = len(jpeg) + len(json.dumps(record, ensure_ascii=False).encode())
+        if size > self.max_bytes:
+            raise APIError(413, "photo_too_large", "the photo is larger than this server keeps for conversations")
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("INSERT INTO photos (photo_id, created, bytes, jpeg, record) VALUES (%s, %s, %s, %s, %s)",
+                         (photo_id, int(now), size, jpeg, Jsonb(record)))
+            conn.execute("DELETE FROM photos WHERE created < %s", (int(now - self.ttl_s),))
+            kept = total = 0
+            doomed, newest_doomed = [], 0
+            for pid, created, nbytes in conn.execute(
+                    "SELECT photo_id, created, bytes FROM photos ORDER BY created DESC, photo_id DESC"):
+                if kept < self.max_count and total + nbytes <= self.max_bytes:
+                    kept, total = kept + 1, total + nbytes
+                else:
+                    doomed.append(pid)
+                    newest_doomed = max(newest_doomed, created)
+            if doomed:
+                conn.execute("DELETE FROM photos WHERE photo_id = ANY(%s)", (doomed,))
+                conn.execute("UPDATE photo_watermark SET evicted_up_to = GREATEST(evicted_up_to, %s)", (newest_doomed,))
+        return photo_id
+
+    def get(self, photo_id: str) -> StoredPhoto:
+        photo_id = check_photo_id(photo_id)
+        created = id_created(photo_id)
+        if self.clock() - created > self.ttl_s:
+            raise _expired()
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT jpeg, record FROM photos WHERE photo_id = %s", (photo_id,)).fetchone()
+            if row is None:
+                evicted_up_to = conn.execute("SELECT evicted_up_to FROM photo_watermark").fetchone()[0]
+        if row is None:
+            if created <= evicted_up_to:
+                raise _expired()
+            raise APIError(404, "unknown_photo", "no photo with this 'photo_id' was uploaded to this server")
+        return StoredPhoto(photo_id, bytes(row[0]), row[1])
+
+    def stats(self) -> dict:
+        with self.pool.connection() as conn:
+            count, total = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM photos").fetchone()
+        return {"photos": int(count), "bytes": int(total)}
+
+
 def _expired() -> APIError:
     return APIError(410, "photo_expired", "this photo is no longer kept on the server; upload it again")
 
 
 def build_photo_store(config) -> PhotoStore:
     kind = config["PHOTO_STORE"]
-    if kind != "file":
-        raise ValueError(f"PHOTO_STORE must be 'file' (got {kind!r})")
+    if kind not in ("auto", "file", "database"):
+        raise ValueError(f"PHOTO_STORE must be 'auto', 'file' or 'database' (got {kind!r})")
+    options = {"ttl_s": config["PHOTO_TTL_S"], "max_count": config["PHOTO_MAX_COUNT"],
+               "max_bytes": config["PHOTO_MAX_BYTES"]}
+    if kind == "database" or (kind == "auto" and config["DATABASE_URL"]):
+        return PgPhotoStore(config["DATABASE_URL"], pool_size=int(config["DATABASE_POOL_SIZE"]), **options)
     root = Path(config["PHOTO_STORE_PATH"] or Path(config["INSTANCE_PATH"]) / "photos")
-    return FilePhotoStore(root, ttl_s=config["PHOTO_TTL_S"], max_count=config["PHOTO_MAX_COUNT"],
-                          max_bytes=config["PHOTO_MAX_BYTES"], pending_wait_s=float(config["PHOTO_PENDING_WAIT_S"]))
+    return FilePhotoStore(root, pending_wait_s=float(config["PHOTO_PENDING_WAIT_S"]), **options)
 
 
 # -- what is kept ------------------------------------------------------------------------------------
