@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from collections import Counter
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from ..fileio import write_atomic
-from . import csv_text
+from . import DATA_DIR, read_species, write_table
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
-SPECIES_FILE = DATA_DIR / "species.jsonl"
 OUT_FILE = DATA_DIR / "ioc_zh_names.csv"
 COLUMNS = ["species_id", "ioc_name", "chinese_name", "match"]
 FUZZY_ENGLISH = 0.8
@@ -111,13 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("en", type=Path, help="IOC scientific name -> English lines, same sheet")
     parser.add_argument("--out", type=Path, default=OUT_FILE)
     args = parser.parse_args(argv)
-    species = [json.loads(line) for line in SPECIES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    species = read_species()
     rows, counts = match(species, dict(read_name_map(args.zh)), dict(read_name_map(args.en)))
-    data = csv_text(rows, COLUMNS).encode("utf-8")
-    write_atomic(args.out, lambda fh: fh.write(data), mode=0o644)
-    print(f"{len(rows)}/{len(species)} catalogue records with an IOC Chinese name -> {args.out}")
-    for how, n in counts.most_common():
-        print(f"  {how}: {n}")
+    write_table(args.out, rows, COLUMNS, counts, f"{len(rows)}/{len(species)} catalogue records with an IOC Chinese name")
     return 0
 
 

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
-from ..fileio import write_atomic
-from . import csv_text
+from . import DATA_DIR, read_species, write_table
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
-SPECIES_FILE = DATA_DIR / "species.jsonl"
 OUT_FILE = DATA_DIR / "ranges.csv"
 CONCEPTS_FILE = DATA_DIR / "range_concepts.csv"
 COLUMNS = ["species_id", "avonet_name", "match", "min_lat", "max_lat", "centroid_lat", "centroid_lon",
@@ -122,14 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument("avonet_csv", type=Path)
     parser.add_argument("--out", type=Path, default=OUT_FILE)
     args = parser.parse_args(argv)
-    species = [json.loads(line) for line in SPECIES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    species = read_species()
     rows, counts = build(read_avonet(args.avonet_csv), species, read_concepts())
-    data = csv_text(rows, COLUMNS).encode("utf-8")
-    write_atomic(args.out, lambda fh: fh.write(data), mode=0o644)
     with_data = len(species) - counts["no data"] - counts["domestic (neutral)"]
-    print(f"{with_data}/{len(species)} species with range data ({len(rows)} rows) -> {args.out}")
-    for how, n in counts.most_common():
-        print(f"  {how}: {n}")
+    write_table(args.out, rows, COLUMNS, counts, f"{with_data}/{len(species)} species with range data ({len(rows)} rows)")
     return 0
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fileio import write_atomic
-
-DATA_DIR = Path(__file__).resolve().parents[1] / "species" / "data"
+from . import DATA_DIR
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 BIRDS525_TABLE = "birds525_species_reference.csv"

@@ -234,7 +234,6 @@ class SpeciesClassifier:
             vocab.add(entry)
         trained_rows = np.asarray([vocab.add(entry) for entry in self.trained_entries], dtype=np.int64)
         inat_rows = vocab.inat_matrix(self.inat.num_outputs)
-        has_inat = set(inat_rows[inat_rows >= 0].tolist())
         vectors, rows, in_weights = [], [], []
         for key, (vec, _count) in self.base.items():
             if key in vocab.index:

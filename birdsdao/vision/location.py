@@ -136,10 +136,11 @@ def _text(value) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
-def resolve(requested: Location | None, data: bytes, default: Location | None) -> Location | None:
-    """The place /detect uses: what the request said (form lat/lon or region), else the photo's EXIF GPS,
-    else the deployment default. The photo's date rides along whichever place wins."""
-    position, date = read_exif(data)
+def resolve(requested: Location | None, exif: dict, default: Location | None) -> Location | None:
+    """The place /detect uses: what the request said (form lat/lon or region), else the photo's EXIF GPS
+    (``exif``: ``read_photo_exif``'s facts), else the deployment default. The photo's date rides along
+    whichever place wins."""
+    position, date = exif["position"], exif["date"]
     if requested is not None:
         chosen = requested
     elif position is not None:

@@ -359,14 +359,13 @@ def photo_record(result: dict, exif: dict, place) -> dict:
     }
 
 
-def prepare(result, data: bytes, config) -> tuple[Callable[[], bytes], dict]:
+def prepare(result, config) -> tuple[Callable[[], bytes], dict]:
     """(a function that encodes the JPEG, the record) of a ``VisionPipeline.detect(..., keep_image=True)``
-    result and the upload's EXIF facts. The place is named only for a real position (EXIF GPS or the form's
+    result, with the EXIF facts detect already read. The place is named only for a real position (EXIF GPS or the form's
     lat/lon), never for a region."""
-    from . import location as geo
     from .places import place_name
 
-    exif = geo.read_photo_exif(data)
+    exif = result.exif
     where = result.location
     place = None
     if where is not None and where.source in ("exif", "form"):

@@ -53,6 +53,7 @@ class DetectResult:
     timings_ms: dict = field(default_factory=dict)
     location: geo.Location | None = None  # the place whose prior ranked the species (None: no prior)
     image: object = None  # the decoded (downscaled) PIL image, when detect(keep_image=True): the photo store's copy
+    exif: dict = field(default_factory=dict)  # location.read_photo_exif's facts (position, date, time, camera)
 
     def to_dict(self) -> dict:
         out = {
@@ -152,7 +153,8 @@ class VisionPipeline:
         clock.lap("decode")
         boxes, feats = self.observe(image, clock)
         out_boxes = [b.scaled(1 / scale) if b else None for b in boxes]
-        where = geo.resolve(location, data, self.default_location)
+        exif = geo.read_photo_exif(data)  # once: the location here, the photo record's date and camera later
+        where = geo.resolve(location, exif, self.default_location)
         prior = self.location_prior.vector(where.lat, where.lon) if where else None
         readings = self.read(feats, [b.area if b else None for b in out_boxes], top_k, prior) if boxes else []
         detections = [Detection(b, r, (width, height)) for b, r in zip(out_boxes, readings)]
@@ -167,7 +169,7 @@ class VisionPipeline:
             annotated = annotate.draw(image, items, self.font_path)
             clock.lap("annotate")
         return DetectResult(width, height, detections, bool(detections), annotated, clock.done(), where,
-                            image if keep_image else None)
+                            image if keep_image else None, exif)
 
     def observe(self, image, clock: _Clock | None = None) -> tuple[list[Box | None], object]:
         """The birds of a decoded image: their boxes (None: the whole image) and crop features, in one

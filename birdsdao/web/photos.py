@@ -26,7 +26,7 @@ def detect_and_keep(data: bytes, *, with_jpeg: bool = False, **options):
     itself, and an answer about the photo, still go ahead. The photo is written after the response unless the
     caller needs its JPEG now (``with_jpeg``: an answer that sends it to a vision-capable backend)."""
     result = get_service("vision").detect(data, keep_image=True, **options)
-    make_jpeg, record = prepare(result, data, current_app.config)
+    make_jpeg, record = prepare(result, current_app.config)
     jpeg = make_jpeg() if with_jpeg else None
     try:
         if jpeg is not None:
